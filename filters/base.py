@@ -1,0 +1,78 @@
+"""What every check shares: the verdict it returns and the stage it runs at.
+
+A filter knows its own service and nothing else: the relay hands it lookups as plain
+callables, so filters never import the store or the SMTP server.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Action(enum.StrEnum):
+    ACCEPT = "accept"
+    TEMPFAIL = "tempfail"
+    REJECT = "reject"
+
+
+class Stage(enum.StrEnum):
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision and the SMTP reply it implies (`550 5.1.1 User unknown`)."""
+
+    action: Action
+    code: int
+    status: str
+    reason: str
+    text: str
+    detail: str = ""
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @classmethod
+    def reject(cls, code: int, status: str, reason: str, text: str, detail: str = "") -> Verdict:
+        return cls(Action.REJECT, code, status, reason, text, detail)
+
+    @classmethod
+    def tempfail(
+        cls, code: int, status: str, reason: str, text: str, detail: str = ""
+    ) -> Verdict:
+        return cls(Action.TEMPFAIL, code, status, reason, text, detail)
+
+    @classmethod
+    def accept(cls, code: int, status: str, reason: str, text: str, detail: str = "") -> Verdict:
+        return cls(Action.ACCEPT, code, status, reason, text, detail)
+
+
+@dataclass(slots=True)
+class Context:
+    """What a filter may look at: the transaction so far."""
+
+    client: str
+    helo: str = ""
+    mail_from: str = ""
+    rcpt: str = ""
+    rcpts: list[str] = field(default_factory=list)
+    content: bytes = b""
+
+
+class Filter(Protocol):
+    name: str
+    stage: Stage
+    timeout: float
+    on_error: Action
+
+    async def check(self, ctx: Context) -> Verdict | None:
+        """A verdict ends the stage; None lets the next filter look."""
+        ...

@@ -1,0 +1,228 @@
+"""The `floodgate` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from relay import aliases as alias_table
+from relay import logs
+from relay.config import Config, ConfigError, config_path, load_config
+from relay.store import StoreError, current_revision, describe, head_revision, make_engine
+from relay.store import upgrade as upgrade_schema
+
+err = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]floodgate: error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def load(ctx: click.Context) -> Config:
+    path = config_path(ctx.obj["config"])
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            err.print(f"{e.path}: {problem}", highlight=False, markup=False)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config", metavar="FILE",
+              help="Configuration file [env FLOODGATE_CONFIG; default ./floodgate.toml].")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str) -> None:
+    """Floodgate: the inbound relay that keeps floods off your mail servers."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    logs.setup(log_level.upper())
+
+
+@main.command("check-config")
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate the configuration: prints "ok", or each problem with its key."""
+    load(ctx)
+    click.echo("ok")
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the relay until SIGTERM."""
+    from relay.server import StartupError
+    from relay.server import serve as run_server
+
+    config = load(ctx)
+    try:
+        run_server(config)
+    except StartupError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or migrate the schema to this version of Floodgate."""
+    engine = make_engine(load(ctx).store.url)
+    try:
+        before, after = upgrade_schema(engine)
+    except StoreError as e:
+        fail(str(e))
+    click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Show the schema revision of the store and the one this version needs."""
+    engine = make_engine(load(ctx).store.url)
+    try:
+        current = current_revision(engine)
+    except Exception as e:
+        fail(f"cannot open the store: {describe(e)}")
+    click.echo(f"store: {current or 'empty'}  needed: {head_revision()}")
+
+
+@main.group()
+def aliases() -> None:
+    """The table of valid recipient addresses."""
+
+
+def _engine(config: Config):  # type: ignore[no-untyped-def]
+    engine = make_engine(config.store.url)
+    try:
+        current = current_revision(engine)
+        if current is None:
+            upgrade_schema(engine)
+        elif current != head_revision():
+            fail(f"database schema is at {current}, needs {head_revision()}: "
+                 "run `floodgate db upgrade`")
+    except StoreError as e:
+        fail(str(e))
+    except Exception as e:
+        fail(f"cannot open the store: {describe(e)}")
+    return engine
+
+
+def _report(result: alias_table.ImportResult, verb: str = "added") -> None:
+    for problem in result.rejected[:200]:
+        err.print(f"line {problem.line}: {problem.message}: {problem.text!r}", highlight=False,
+                  markup=False)
+    if len(result.rejected) > 200:
+        err.print(f"... and {len(result.rejected) - 200} more rejected lines", markup=False)
+    parts = [f"{verb} {result.added}", f"skipped {result.skipped} (already present)",
+             f"rejected {len(result.rejected)}"]
+    if result.removed:
+        parts.insert(0, f"removed {result.removed}")
+    click.echo(", ".join(parts))
+
+
+@aliases.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--format", "fmt", type=click.Choice(["postfix", "list", "csv"]), default="list",
+              show_default=True, help="postfix: virtual map lines `address target`; list: one "
+              "address per line; csv: address[,target].")
+@click.option("--replace", is_flag=True, help="Replace the whole table with this file.")
+@click.pass_context
+def aliases_import(ctx: click.Context, file: str, fmt: str, replace: bool) -> None:
+    """Import addresses from FILE (`-` for standard input)."""
+    config = load(ctx)
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        text = alias_table.read_text(data)
+    except OSError as e:
+        fail(f"{file}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        fail(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})")
+    total = text.getvalue().count("\n") + 1
+    hosted = config.hosted()
+    engine = _engine(config)
+    progress = Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True,
+                        disable=not err.is_terminal)
+    try:
+        with progress:
+            task = progress.add_task("import", total=total)
+            entries = alias_table.parse(text, fmt)  # type: ignore[arg-type]
+
+            def counted():  # type: ignore[no-untyped-def]
+                for item in entries:
+                    progress.update(task, completed=item.line)
+                    yield item
+
+            result = alias_table.import_entries(engine, counted(), hosted.__contains__,
+                                                replace=replace)
+    except Exception as e:
+        fail(f"import failed, nothing was changed: {describe(e)}")
+    _report(result)
+    if replace and result.rejected:
+        err.print("note: --replace kept the valid lines only", markup=False)
+
+
+@aliases.command("add")
+@click.argument("addresses", nargs=-1, required=True)
+@click.pass_context
+def aliases_add(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+    """Add one or more addresses (user@domain, or @domain for a catch-all)."""
+    config = load(ctx)
+    result = alias_table.add(_engine(config), list(addresses), config.hosted().__contains__)
+    _report(result)
+    if result.rejected:
+        sys.exit(1)
+
+
+@aliases.command("remove")
+@click.argument("addresses", nargs=-1, required=True)
+@click.pass_context
+def aliases_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+    """Remove addresses."""
+    removed, missing = alias_table.remove(_engine(load(ctx)), list(addresses))
+    for m in missing:
+        err.print(f"not in the table: {m}", markup=False, highlight=False)
+    click.echo(f"removed {removed}")
+    if missing:
+        sys.exit(1)
+
+
+@aliases.command("list")
+@click.option("--domain", help="Only this domain.")
+@click.pass_context
+def aliases_list(ctx: click.Context, domain: str | None) -> None:
+    """Print addresses, one per line (with the target where there is one)."""
+    for address, target in alias_table.listing(_engine(load(ctx)), domain):
+        click.echo(f"{address}\t{target}" if target else address)
+
+
+@aliases.command("count")
+@click.pass_context
+def aliases_count(ctx: click.Context) -> None:
+    """Addresses per domain."""
+    counts = alias_table.count(_engine(load(ctx)))
+    table = Table("domain", "addresses")
+    for domain, n in counts.items():
+        table.add_row(domain, str(n))
+    table.add_row("[bold]total", f"[bold]{sum(counts.values())}")
+    out.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

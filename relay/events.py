@@ -1,0 +1,131 @@
+"""Event recording off the hot path: the SMTP reply never waits for the database.
+
+Decisions go into a bounded in-memory buffer; one task writes them in batches from a
+worker thread. When the store is unreachable, events wait in the buffer and are written
+when it comes back; what does not fit is counted and logged, and mail keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from relay.models import Event
+from relay.store import describe
+
+log = logging.getLogger("floodgate.events")
+
+
+@dataclass(slots=True)
+class EventRecord:
+    ts: datetime
+    node: str
+    client: str
+    host: str
+    stage: str
+    action: str
+    reason: str
+    code: int = 0
+    helo: str = ""
+    sender: str = ""
+    recipient: str = ""
+    detail: str = ""
+    size: int | None = None
+    queue_id: str = ""
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+
+class EventWriter:
+    def __init__(self, engine: Engine, *, batch: int = 500, interval: float = 0.5,
+                 capacity: int = 100_000):
+        self.engine = engine
+        self.batch = batch
+        self.interval = interval
+        self.capacity = capacity
+        self.buffer: collections.deque[EventRecord] = collections.deque()
+        self.dropped = 0
+        self.written = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._failing_since: float | None = None
+        self._last_drop_log = 0.0
+
+    def emit(self, record: EventRecord) -> None:
+        """Queue one event; never blocks, never raises."""
+        if len(self.buffer) >= self.capacity:
+            self._drop(1)
+            return
+        self.buffer.append(record)
+        if len(self.buffer) >= self.batch:
+            self._wake.set()
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        now = time.monotonic()
+        if now - self._last_drop_log >= 10:
+            self._last_drop_log = now
+            log.error("event buffer full capacity=%d dropped_total=%d", self.capacity,
+                      self.dropped)
+
+    def _write(self, rows: list[EventRecord]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(Event), [asdict(r) for r in rows])
+
+    async def run(self) -> None:
+        """Write batches until closed; retries with back-off while the store is down."""
+        backoff = self.interval
+        while True:
+            if not self.buffer:
+                if self._closing:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                self._wake.clear()
+                continue
+            rows = [self.buffer.popleft() for _ in range(min(self.batch, len(self.buffer)))]
+            try:
+                await asyncio.to_thread(self._write, rows)
+            except (SQLAlchemyError, OSError) as e:
+                self.buffer.extendleft(reversed(rows))
+                overflow = len(self.buffer) - self.capacity
+                for _ in range(max(0, overflow)):
+                    self.buffer.pop()
+                if overflow > 0:
+                    self._drop(overflow)
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.error("store unreachable, events wait in memory waiting=%d error=%s",
+                              len(self.buffer), describe(e))
+                if self._closing:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self.written += len(rows)
+            backoff = self.interval
+            if self._failing_since is not None:
+                log.warning("store reachable again after %.0fs, writing waiting events",
+                            time.monotonic() - self._failing_since)
+                self._failing_since = None
+
+    async def close(self, task: asyncio.Task[None], timeout: float = 10.0) -> None:
+        """Flush what is buffered (within `timeout`) and stop."""
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(task, timeout)
+        except TimeoutError:
+            task.cancel()
+        if self.buffer:
+            log.error("shutting down with unwritten events lost=%d", len(self.buffer))

@@ -1,0 +1,67 @@
+"""The SQL schema, shared by SQLite and PostgreSQL. Alembic migrations create it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# BIGINT on PostgreSQL, but INTEGER on SQLite so the column is the rowid alias.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Event(Base):
+    """One SMTP decision: who asked what, and what the relay answered."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    node: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(45))
+    host: Mapped[str] = mapped_column(String(49))  # aggregation key: IPv4 address or IPv6 prefix
+    helo: Mapped[str] = mapped_column(String(255), default="")
+    sender: Mapped[str] = mapped_column(String(320), default="")
+    recipient: Mapped[str] = mapped_column(Text, default="")
+    stage: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    code: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    queue_id: Mapped[str] = mapped_column(String(32), default="")
+
+    __table_args__ = (
+        Index("ix_events_ts", "ts"),
+        Index("ix_events_host_ts", "host", "ts"),
+        Index("ix_events_reason_ts", "reason", "ts"),
+    )
+
+
+class Alias(Base):
+    """A valid recipient: the address (domain normalised) and, for Postfix maps, its target."""
+
+    __tablename__ = "aliases"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    domain: Mapped[str] = mapped_column(String(255), index=True)
+    target: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Meta(Base):
+    """Counters relays poll to notice changes made elsewhere (e.g. `aliases_generation`)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,236 @@
+"""`floodgate serve`: wires config, store, snapshots, filters and listeners together, and
+shuts down without cutting a transaction in half."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import ssl
+import time
+
+from sqlalchemy import Engine, inspect
+
+from filters.recipients import RecipientFilter
+from relay import aliases
+from relay.config import Config
+from relay.events import EventWriter
+from relay.logs import kv
+from relay.pipeline import Pipeline
+from relay.smtp import SHUTTING_DOWN, FloodgateSMTP, RelayHandler
+from relay.spool import Spool
+from relay.store import (
+    StoreError,
+    current_revision,
+    describe,
+    head_revision,
+    make_engine,
+    read_generation,
+)
+from relay.store import upgrade as upgrade_schema
+
+log = logging.getLogger("floodgate.serve")
+
+
+class StartupError(Exception):
+    """The relay cannot start; the message tells the operator what to fix."""
+
+
+class AliasSnapshot:
+    """Holds the current AliasBook and swaps in a new one when the store says it changed."""
+
+    def __init__(self, engine: Engine, config: Config):
+        self.engine = engine
+        self.case_sensitive = config.relay.local_part_case == "sensitive"
+        self.delimiter = config.relay.recipient_delimiter
+        self.book = aliases.AliasBook(frozenset(), frozenset(), self.case_sensitive,
+                                      self.delimiter, -1)
+        self._failing = False
+
+    def load(self) -> None:
+        started = time.monotonic()
+        generation = aliases_generation(self.engine)
+        self.book = aliases.load_book(self.engine, generation,
+                                      case_sensitive=self.case_sensitive,
+                                      delimiter=self.delimiter)
+        log.info("aliases loaded %s", kv(count=len(self.book), generation=generation,
+                                        seconds=f"{time.monotonic() - started:.2f}"))
+
+    async def watch(self, interval: float) -> None:
+        """Poll the change counter; reload in a thread so RCPT never waits."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                generation = await asyncio.to_thread(aliases_generation, self.engine)
+                if generation != self.book.generation:
+                    await asyncio.to_thread(self.load)
+                if self._failing:
+                    log.warning("store reachable again, alias snapshot current")
+                    self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error("cannot refresh aliases, answering from the last snapshot "
+                              "%s", kv(count=len(self.book), error=describe(e)))
+                    self._failing = True
+
+    def known(self, local: str, domain: str) -> bool:
+        return self.book.known(local, domain)
+
+
+def aliases_generation(engine: Engine) -> int:
+    return read_generation(engine, aliases.GENERATION_KEY)
+
+
+def prepare_store(engine: Engine) -> None:
+    """Create the schema in an empty database; refuse an outdated one (an operator step)."""
+    try:
+        tables = inspect(engine).get_table_names()
+        current = current_revision(engine)
+    except Exception as e:
+        raise StartupError(f"cannot open the store: {describe(e)}") from e
+    head = head_revision()
+    if not tables:
+        log.info("empty database, creating schema %s", kv(revision=head))
+        try:
+            upgrade_schema(engine)
+        except StoreError as e:
+            raise StartupError(str(e)) from e
+    elif current != head:
+        raise StartupError(
+            f"database schema is at revision {current}, this Floodgate needs {head}: "
+            "run `floodgate db upgrade`"
+        )
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.relay.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as e:
+        raise StartupError(f"relay.tls: cannot load certificate {tls.cert} / key {tls.key}: "
+                           f"{e}") from e
+    return ctx
+
+
+class Relay:
+    def __init__(self, config: Config):
+        self.config = config
+        self.engine = make_engine(config.store.url)
+        self.hosted = config.hosted()
+        self.snapshot = AliasSnapshot(self.engine, config)
+        self.spool = Spool(config.relay.spool_dir)
+        store = config.store
+        self.events = EventWriter(self.engine, batch=store.event_batch,
+                                  interval=store.event_flush_interval,
+                                  capacity=store.event_buffer)
+        recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known)
+        self.handler = RelayHandler(
+            node=config.relay.node, hostname=config.relay.hostname,
+            pipeline=Pipeline([recipients]), spool=self.spool, events=self.events,
+            max_recipients=config.relay.max_recipients, ipv6_prefix=store.ipv6_prefix,
+        )
+        self.servers: list[asyncio.AbstractServer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = asyncio.Event()
+
+    def known(self, local: str, domain: str) -> bool:
+        domain_config = self.hosted.get(domain)
+        if domain_config is not None and domain_config.catch_all:
+            return True
+        return self.snapshot.known(local, domain)
+
+    async def start(self) -> None:
+        prepare_store(self.engine)
+        try:
+            self.spool.prepare()
+        except OSError as e:
+            raise StartupError(f"relay.spool_dir {self.spool.root}: {e.strerror}") from e
+        try:
+            await asyncio.to_thread(self.snapshot.load)
+        except Exception as e:
+            raise StartupError(f"cannot load the alias table: {describe(e)}") from e
+        ctx = tls_context(self.config)
+        relay = self.config.relay
+
+        def factory() -> FloodgateSMTP:
+            return FloodgateSMTP(
+                self.handler, hostname=relay.hostname, ident="ESMTP Floodgate",
+                data_size_limit=relay.max_message_size, tls_context=ctx,
+                require_starttls=bool(ctx and relay.tls and relay.tls.required),
+                timeout=relay.idle_timeout, enable_SMTPUTF8=False,
+            )
+
+        loop = asyncio.get_running_loop()
+        for host, port in relay.endpoints():
+            bind = None if host == "*" else host
+            try:
+                server = await loop.create_server(factory, bind, port, reuse_address=True)
+            except OSError as e:
+                await self.close_servers()
+                why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+                raise StartupError(f"cannot listen on {host}:{port}: {why}") from e
+            self.servers.append(server)
+        self.tasks.append(asyncio.create_task(self.events.run(), name="events"))
+        self.tasks.append(asyncio.create_task(
+            self.snapshot.watch(self.config.store.refresh_interval), name="aliases"))
+        log.info("ready %s", kv(node=relay.node, listen=",".join(relay.listen),
+                               domains=",".join(sorted(self.hosted)),
+                               aliases=len(self.snapshot.book)))
+
+    async def close_servers(self) -> None:
+        """Stop accepting; connections already open carry on."""
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    async def stop(self) -> None:
+        """Stop listening, let transactions in flight finish within the grace period,
+        then say 421 to whoever is left and flush the events."""
+        await self.close_servers()
+        grace = self.config.relay.shutdown_grace
+        deadline = time.monotonic() + grace
+        busy = [c for c in self.handler.connections if c.in_transaction]
+        log.info("shutting down %s", kv(connections=len(self.handler.connections),
+                                       in_transaction=len(busy), grace=f"{grace:.0f}s"))
+        while time.monotonic() < deadline and any(
+                c.in_transaction for c in self.handler.connections):
+            await asyncio.sleep(0.05)
+        for conn in list(self.handler.connections):
+            if conn.transport is not None and not conn.transport.is_closing():
+                with contextlib.suppress(Exception):
+                    conn._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
+                conn.transport.close()
+        watcher = [t for t in self.tasks if t.get_name() != "events"]
+        for t in watcher:
+            t.cancel()
+        events = [t for t in self.tasks if t.get_name() == "events"]
+        if events:
+            await self.events.close(events[0])
+        log.info("stopped %s", kv(events_written=self.events.written,
+                                  events_dropped=self.events.dropped))
+        self.engine.dispose()
+
+
+async def run(config: Config) -> None:
+    relay = Relay(config)
+    await relay.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await relay.stop()
+
+
+def serve(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but optional in spirit
+        asyncio.run(run(config))
+    else:
+        uvloop.run(run(config))

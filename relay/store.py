@@ -1,0 +1,91 @@
+"""The SQL store: engine set-up for SQLite (WAL) and PostgreSQL, and schema migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from relay.models import Meta
+
+log = logging.getLogger("floodgate.store")
+
+
+class StoreError(Exception):
+    """The store cannot be reached or used; the message says which and why."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and its directory created."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """Bring the schema to the newest revision; returns (before, after)."""
+    try:
+        before = current_revision(engine)
+        cfg = _alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return before, current_revision(engine)
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot upgrade the database: {describe(e)}") from e
+
+
+def describe(exc: BaseException) -> str:
+    """One readable line for a database error, without SQLAlchemy's multi-line dump."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def bump_generation(conn, key: str) -> None:  # type: ignore[no-untyped-def]
+    """Increment a change counter inside the caller's transaction."""
+    done = conn.execute(update(Meta).where(Meta.key == key).values(value=Meta.value + 1))
+    if done.rowcount == 0:
+        conn.execute(insert(Meta).values(key=key, value=1))
+
+
+def read_generation(engine: Engine, key: str) -> int:
+    with engine.connect() as conn:
+        value = conn.execute(select(func.coalesce(func.max(Meta.value), 0)).where(
+            Meta.key == key)).scalar_one()
+    return int(value)
