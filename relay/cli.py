@@ -17,8 +17,8 @@ from relay.config import Config, ConfigError, config_path, load_config
 from relay.store import StoreError, current_revision, describe, head_revision, make_engine
 from relay.store import upgrade as upgrade_schema
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

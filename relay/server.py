@@ -4,7 +4,6 @@ shuts down without cutting a transaction in half."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import signal
@@ -197,14 +196,14 @@ class Relay:
         busy = [c for c in self.handler.connections if c.in_transaction]
         log.info("shutting down %s", kv(connections=len(self.handler.connections),
                                        in_transaction=len(busy), grace=f"{grace:.0f}s"))
-        while time.monotonic() < deadline and any(
-                c.in_transaction for c in self.handler.connections):
+        while self.handler.connections:
+            expired = time.monotonic() >= deadline
+            for conn in list(self.handler.connections):
+                if expired or not conn.in_transaction:
+                    conn.close_with(SHUTTING_DOWN)
+            if expired:
+                break
             await asyncio.sleep(0.05)
-        for conn in list(self.handler.connections):
-            if conn.transport is not None and not conn.transport.is_closing():
-                with contextlib.suppress(Exception):
-                    conn._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
-                conn.transport.close()
         watcher = [t for t in self.tasks if t.get_name() != "events"]
         for t in watcher:
             t.cancel()

@@ -75,6 +75,13 @@ class FloodgateSMTP(SMTP):
     def in_transaction(self) -> bool:
         return self.envelope is not None and self.envelope.mail_from is not None
 
+    def close_with(self, reply: str) -> None:
+        """Say `reply` (a 421) and hang up; used at shutdown."""
+        self.relay.disconnected(self)
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
     async def push(self, status: Any) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         if not self._greeted:  # the 220 greeting carries no enhanced code
@@ -218,7 +225,7 @@ class RelayHandler:
         return verdict.reply
 
     async def handle_VRFY(self, server: FloodgateSMTP, session: RelaySession,
-                          address: str) -> str:
+                          envelope: Envelope, address: str) -> str:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
     async def handle_DATA(self, server: FloodgateSMTP, session: RelaySession,
