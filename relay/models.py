@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is the rowid alias.
@@ -56,6 +56,7 @@ class Alias(Base):
     address: Mapped[str] = mapped_column(String(320), unique=True)
     domain: Mapped[str] = mapped_column(String(255), index=True)
     target: Mapped[str] = mapped_column(Text, default="")
+    trap: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -65,3 +66,34 @@ class Meta(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Block(Base):
+    """A network refused at connect (and by the firewall) until `expires`.
+
+    One row per network: a block that expires stays as history, and a host that comes back
+    re-uses its row with a higher `level` (longer blocks, like fail2ban's recidive jail).
+    """
+
+    __tablename__ = "blocks"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    network: Mapped[str] = mapped_column(String(49), unique=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(16), default="auto")  # auto | manual
+    level: Mapped[int] = mapped_column(Integer, default=1)
+    node: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Allow(Base):
+    """A network that is never blocked, whatever its score."""
+
+    __tablename__ = "allowlist"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    network: Mapped[str] = mapped_column(String(49), unique=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
