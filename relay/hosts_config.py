@@ -1,0 +1,74 @@
+"""`[scoring]` and `[blocklist]`: how offences add up, and what a block costs the host."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relay.config_types import parse_duration
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
+    "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 1, "accepted": -1,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoringConfig(_Strict):
+    enabled: bool = True
+    weights: dict[str, float] = Field(default_factory=dict)
+    window: float = 86_400.0
+    threshold: float = Field(default=10.0, gt=0)
+    interval: float = 15.0
+    traps: list[str] = Field(default_factory=list)
+
+    @field_validator("window", "interval", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @field_validator("traps")
+    @classmethod
+    def _traps(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if "@" not in t:
+                raise ValueError(f"{t!r}: a trap is a full address, user@domain")
+        return v
+
+    def all_weights(self) -> dict[str, float]:
+        """The defaults with the configured weights on top: naming one keeps the others."""
+        return {**DEFAULT_WEIGHTS, **self.weights}
+
+
+class BlocklistConfig(_Strict):
+    block_time: float = 86_400.0
+    max_block_time: float = 30 * 86_400.0
+    escalation: float = Field(default=2.0, ge=1.0)
+    recidive_window: float = 7 * 86_400.0
+    history: float = 30 * 86_400.0
+    allow: list[str] = Field(default_factory=list)
+    protect_loopback: bool = True
+
+    @field_validator("block_time", "max_block_time", "recidive_window", "history",
+                     mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is not an address or network") from e
+        return v
+
+    def duration(self, level: int) -> float:
+        """Block time at escalation `level` (1 = first offence), capped at max_block_time."""
+        return min(self.block_time * self.escalation ** max(0, level - 1), self.max_block_time)
