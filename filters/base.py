@@ -35,6 +35,9 @@ class Verdict:
     reason: str
     text: str
     detail: str = ""
+    # Header fields an ACCEPT asks the relay to prepend to the spooled message, in order
+    # (X-Spam-Status, X-Floodgate-Unscanned ...). Ignored on REJECT and TEMPFAIL.
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def reply(self) -> str:
@@ -51,8 +54,11 @@ class Verdict:
         return cls(Action.TEMPFAIL, code, status, reason, text, detail)
 
     @classmethod
-    def accept(cls, code: int, status: str, reason: str, text: str, detail: str = "") -> Verdict:
-        return cls(Action.ACCEPT, code, status, reason, text, detail)
+    def accept(
+        cls, code: int, status: str, reason: str, text: str, detail: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Verdict:
+        return cls(Action.ACCEPT, code, status, reason, text, detail, headers)
 
 
 @dataclass(slots=True)

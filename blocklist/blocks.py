@@ -1,0 +1,151 @@
+"""Blocks and the allowlist in the store: reading offences, writing decisions."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, case, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from blocklist.scoring import BlockDecision, BlockState, Offences
+from relay.models import Allow, Block, Event
+from relay.store import bump_generation
+
+GENERATION_KEY = "blocks_generation"
+
+
+def utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything here is UTC."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def canonical_network(text: str) -> str:
+    """`192.0.2.7`, `192.0.2.0/24`, `2001:db8::/64`: single addresses stay bare."""
+    net = ipaddress.ip_network(text.strip(), strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def _upsert(engine: Engine, table):  # type: ignore[no-untyped-def]
+    return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+_BLOCK = Block.__table__
+
+
+def _state(b) -> BlockState:  # type: ignore[no-untyped-def]
+    return BlockState(b.network, utc(b.first_seen), utc(b.last_seen), utc(b.expires), b.level,
+                      b.source, b.score, b.reason)
+
+
+def load_blocks(engine: Engine) -> dict[str, BlockState]:
+    """Every block row, history included (escalation needs the expired ones)."""
+    with engine.connect() as conn:
+        return {b.network: _state(b) for b in conn.execute(select(_BLOCK))}
+
+
+def load_offences(engine: Engine, *, since: datetime, now: datetime,
+                  reasons: list[str]) -> list[Offences]:
+    """Events per host and reason since `since`, minus what a block already paid for."""
+    cut = case((Block.expires > now, Block.last_seen), else_=Block.expires)
+    stmt = (
+        select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
+        .select_from(Event)
+        .outerjoin(Block, Block.network == Event.host)
+        .where(Event.ts >= since, Event.reason.in_(reasons),
+               or_(Block.id.is_(None), Event.ts > cut))
+        .group_by(Event.host, Event.reason)
+    )
+    with engine.connect() as conn:
+        return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
+
+
+def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
+    stmt = (select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
+            .where(Event.host == host, Event.ts >= since).group_by(Event.host, Event.reason))
+    with engine.connect() as conn:
+        return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
+
+
+def write_decisions(engine: Engine, decisions: list[BlockDecision], node: str,
+                    now: datetime) -> None:
+    """Upsert by network: relays sharing a store converge on one row per network."""
+    if not decisions:
+        return
+    with engine.begin() as conn:
+        for d in decisions:
+            values = {"network": d.network, "reason": d.reason[:2000], "score": d.score,
+                      "first_seen": d.first_seen, "last_seen": d.last_seen,
+                      "expires": d.expires, "created_at": now, "source": d.source,
+                      "level": d.level, "node": node}
+            stmt = _upsert(engine, Block).values(**values)
+            update = {k: v for k, v in values.items() if k != "network"}
+            if not d.new:
+                update.pop("created_at")
+            conn.execute(stmt.on_conflict_do_update(index_elements=["network"], set_=update))
+        bump_generation(conn, GENERATION_KEY)
+
+
+def active_blocks(engine: Engine, now: datetime | None = None) -> list[BlockState]:
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        rows = conn.execute(select(_BLOCK).where(_BLOCK.c.expires > now)
+                            .order_by(_BLOCK.c.expires.desc()))
+        return [_state(b) for b in rows]
+
+
+def add_manual(engine: Engine, network: str, seconds: float, reason: str, node: str = "cli",
+               now: datetime | None = None) -> BlockState:
+    now = now or datetime.now(UTC)
+    net = canonical_network(network)
+    expires = now + timedelta(seconds=seconds)
+    decision = BlockDecision(net, 0.0, reason or "manual", now, now, expires, 1, "manual",
+                             new=True)
+    write_decisions(engine, [decision], node, now)
+    return BlockState(net, now, now, expires, 1, "manual", 0.0, decision.reason)
+
+
+def remove(engine: Engine, network: str) -> bool:
+    net = canonical_network(network)
+    with engine.begin() as conn:
+        gone = conn.execute(delete(Block).where(Block.network == net)).rowcount
+        if gone:
+            bump_generation(conn, GENERATION_KEY)
+    return bool(gone)
+
+
+def prune(engine: Engine, before: datetime) -> int:
+    """Forget blocks that expired before `before` (history kept until then)."""
+    with engine.begin() as conn:
+        return conn.execute(delete(Block).where(Block.expires < before)).rowcount or 0
+
+
+def allow_add(engine: Engine, network: str, reason: str = "") -> bool:
+    net = canonical_network(network)
+    with engine.begin() as conn:
+        done = conn.execute(_upsert(engine, Allow).values(
+            network=net, reason=reason, created_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["network"])).rowcount
+        bump_generation(conn, GENERATION_KEY)
+    return bool(done)
+
+
+def allow_remove(engine: Engine, network: str) -> bool:
+    net = canonical_network(network)
+    with engine.begin() as conn:
+        gone = conn.execute(delete(Allow).where(Allow.network == net)).rowcount
+        if gone:
+            bump_generation(conn, GENERATION_KEY)
+    return bool(gone)
+
+
+def allow_list(engine: Engine) -> list[tuple[str, str, datetime]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Allow.network, Allow.reason, Allow.created_at)
+                            .order_by(Allow.network)).all()
+    return [(n, r, utc(c)) for n, r, c in rows]
+
+

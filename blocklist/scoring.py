@@ -1,0 +1,166 @@
+"""Host scores and block decisions: pure functions over aggregated event rows.
+
+Like rspamd's symbols and fail2ban's jails: events say what a host did, weights are
+configuration, and a block is a threshold on the sum. Nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Offences:
+    """Events of one reason from one host, aggregated."""
+
+    host: str
+    reason: str
+    count: int
+    first: datetime
+    last: datetime
+
+
+@dataclass(slots=True)
+class HostScore:
+    host: str
+    score: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    first_offence: datetime | None = None
+    last_offence: datetime | None = None
+
+    def summary(self, weights: dict[str, float]) -> str:
+        """`unknown_rcpt=20 virus=1`: the reasons that scored, heaviest first."""
+        parts = sorted(((n * weights.get(r, 0), r, n) for r, n in self.counts.items()
+                        if weights.get(r, 0) > 0), reverse=True)
+        return " ".join(f"{r}={n}" for _, r, n in parts)
+
+
+def score_hosts(rows: Iterable[Offences], weights: dict[str, float]) -> dict[str, HostScore]:
+    """Sum weights per host; only positive weights count as offences for the times."""
+    scores: dict[str, HostScore] = {}
+    for row in rows:
+        weight = weights.get(row.reason, 0.0)
+        hs = scores.setdefault(row.host, HostScore(row.host))
+        hs.counts[row.reason] = hs.counts.get(row.reason, 0) + row.count
+        hs.score += weight * row.count
+        if weight > 0:
+            if hs.first_offence is None or row.first < hs.first_offence:
+                hs.first_offence = row.first
+            if hs.last_offence is None or row.last > hs.last_offence:
+                hs.last_offence = row.last
+    return scores
+
+
+@dataclass(frozen=True, slots=True)
+class BlockState:
+    """What the store says about a network's block (active or expired history)."""
+
+    network: str
+    first_seen: datetime
+    last_seen: datetime
+    expires: datetime
+    level: int
+    source: str
+    score: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDecision:
+    network: str
+    score: float
+    reason: str
+    first_seen: datetime
+    last_seen: datetime
+    expires: datetime
+    level: int
+    source: str
+    new: bool  # a new or renewed block, rather than an extension of an active one
+
+
+def cutoff(block: BlockState | None, now: datetime) -> datetime | None:
+    """Offences before this instant are already paid for: while a block is active, by the
+    block (only later offences extend it); after it expired, by the time served."""
+    if block is None:
+        return None
+    return block.last_seen if block.expires > now else block.expires
+
+
+def decide(
+    scores: dict[str, HostScore],
+    blocks: dict[str, BlockState],
+    *,
+    threshold: float,
+    duration: Callable[[int], float],
+    recidive_window: float,
+    protected: Callable[[str], str | None],
+    weights: dict[str, float],
+    now: datetime,
+) -> list[BlockDecision]:
+    """New blocks for hosts at or over the threshold, extensions for blocked hosts that
+    keep offending. `scores` must already exclude offences before `cutoff()`."""
+    decisions: list[BlockDecision] = []
+    for host, hs in scores.items():
+        if hs.last_offence is None or protected(host):
+            continue
+        block = blocks.get(host)
+        active = block is not None and block.expires > now
+        if active:
+            assert block is not None
+            expires = max(block.expires,
+                          hs.last_offence + timedelta(seconds=duration(block.level)))
+            if hs.last_offence <= block.last_seen and expires == block.expires:
+                continue
+            decisions.append(BlockDecision(
+                host, max(block.score, hs.score), block.reason or hs.summary(weights),
+                block.first_seen, max(block.last_seen, hs.last_offence), expires,
+                block.level, block.source, new=False))
+            continue
+        if hs.score < threshold:
+            continue
+        level = 1
+        if block is not None and (now - block.expires).total_seconds() <= recidive_window:
+            level = block.level + 1
+        first = hs.first_offence or hs.last_offence
+        decisions.append(BlockDecision(
+            host, hs.score, hs.summary(weights), first, hs.last_offence,
+            hs.last_offence + timedelta(seconds=duration(level)), level, "auto", new=True))
+    return decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """Networks that are scored and reported but never blocked, with the reason why."""
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    own: frozenset[str]
+    loopback: bool
+
+    @classmethod
+    def build(cls, allow: Iterable[str], own_addresses: Iterable[str],
+              loopback: bool) -> Protection:
+        nets = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        return cls(nets, frozenset(own_addresses), loopback)
+
+    def why(self, host: str) -> str | None:
+        """None when `host` (an address or network) may be blocked, else the reason."""
+        if host in self.own:
+            return "one of the relay's own listen addresses"
+        try:
+            net = ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            return None
+        if self.loopback and net.network_address.is_loopback:
+            return "loopback"
+        for allowed in self.allow:
+            if net.version == allowed.version and (net.subnet_of(allowed)  # type: ignore[arg-type]
+                                                   or allowed.subnet_of(net)):  # type: ignore[arg-type]
+                return f"allowlisted ({allowed})"
+        return None
+
+    def with_allow(self, extra: Iterable[str]) -> Protection:
+        nets = self.allow + tuple(ipaddress.ip_network(a, strict=False) for a in extra)
+        return Protection(nets, self.own, self.loopback)

@@ -1,0 +1,325 @@
+"""End-of-DATA virus check through clamd's INSTREAM command, with the outbreak cache.
+
+Why a small native asyncio client and not pyclamd: pyclamd is blocking, so it would need a
+thread pool sized to clamd's threads, and a thread stuck on a hung clamd cannot be
+cancelled: the SMTP session gives up but the thread (and its pool slot) stays stuck until
+the socket times out. The clamd protocol is tiny (`zINSTREAM\\0`, 4-byte big-endian chunk
+lengths, a zero-length chunk, a NUL-terminated reply), so here every scan is a coroutine on
+the relay's loop: no threads, one `asyncio.timeout` covers connect, send and reply,
+cancellation closes the socket, and a semaphore keeps in-flight scans within clamd's
+MaxThreads instead of piling into its queue.
+
+Verdicts: a virus is `554 5.7.1 Virus found: <signature>` (reason `virus`, detail the
+signature). clamd down, refusing, slow or talking nonsense is `451 4.7.1` by default, or an
+ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. A message over
+the stream limit follows `on_oversize`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from filters.base import Action, Context, Stage, Verdict
+from filters.mime import Parts, split_parts
+from filters.verdict_cache import VerdictCache
+
+log = logging.getLogger("floodgate.clamav")
+
+CHUNK = 64 * 1024
+UNSCANNED_HEADER = "X-Floodgate-Unscanned"
+# Scans spent finding which leaf of an infected message carries the virus, at most.
+MAX_ATTRIBUTION_SCANS = 8
+# Parsing a big message costs real CPU; above this size it happens off the event loop.
+PARSE_INLINE_LIMIT = 1024 * 1024
+
+OversizePolicy = Literal["tempfail", "accept", "reject"]
+
+
+class ClamdError(Exception):
+    """clamd could not give a verdict: down, refused, timed out, or answered garbage."""
+
+
+class ClamdSizeLimit(ClamdError):
+    """clamd refused the stream as over its StreamMaxLength."""
+
+
+def parse_address(address: str) -> tuple[str, int] | str:
+    """`host:port` / `[v6]:port` for TCP, anything with a slash (or `unix:` prefix) a socket."""
+    if address.startswith("unix:"):
+        return address[5:]
+    if "/" in address:
+        return address
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", address) or re.fullmatch(
+        r"([^:\[\]/]+):(\d+)", address)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"expected \"host:port\" or a socket path, got {address!r}")
+    return m.group(1), int(m.group(2))
+
+
+class ClamdClient:
+    """One clamd endpoint. Every call opens its own connection (clamd serves one command per
+    connection unless IDSESSION is used, and sessions pin a clamd thread)."""
+
+    def __init__(self, address: str, timeout: float = 30.0, concurrency: int = 10,
+                 chunk_size: int = CHUNK) -> None:
+        self.address = address
+        self.endpoint = parse_address(address)
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+        self._slots = asyncio.Semaphore(concurrency)
+        self.scans = 0  # INSTREAM requests sent (the outbreak tests count these)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if isinstance(self.endpoint, str):
+            return await asyncio.open_unix_connection(self.endpoint)
+        host, port = self.endpoint
+        return await asyncio.open_connection(host, port)
+
+    async def _command(self, payload: bytes | None, command: bytes) -> str:
+        """Send `z<command>\\0` (and a stream), return the NUL-terminated reply."""
+        try:
+            # The wait for a free slot counts too: an overloaded clamd is a tempfail.
+            async with asyncio.timeout(self.timeout), self._slots:
+                reader, writer = await self._open()
+                try:
+                    return await self._exchange(reader, writer, payload, command)
+                finally:
+                    writer.close()
+        except TimeoutError as e:
+            raise ClamdError(f"timeout after {self.timeout:g}s") from e
+        except OSError as e:
+            raise ClamdError(f"{type(e).__name__}: {e.strerror or e}") from e
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        payload: bytes | None, command: bytes) -> str:
+        writer.write(b"z" + command + b"\0")
+        if payload is not None:
+            view = memoryview(payload)
+            try:
+                for i in range(0, len(view), self.chunk_size):
+                    chunk = view[i:i + self.chunk_size]
+                    writer.write(struct.pack(">I", len(chunk)))
+                    writer.write(chunk)
+                    await writer.drain()
+                writer.write(struct.pack(">I", 0))
+                await writer.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                # clamd hangs up mid-stream when the size limit is hit; its reply (if any)
+                # is still waiting in our receive buffer.
+                pass
+        try:
+            raw = await reader.readuntil(b"\0")
+        except asyncio.IncompleteReadError as e:
+            raw = e.partial
+        except asyncio.LimitOverrunError as e:
+            raise ClamdError("reply too long") from e
+        reply = raw.rstrip(b"\0").decode("utf-8", "replace").strip()
+        if not reply:
+            raise ClamdError("connection closed without a reply")
+        return reply
+
+    async def instream(self, data: bytes) -> str | None:
+        """The signature name if clamd found one, None if clean."""
+        self.scans += 1
+        reply = await self._command(data, b"INSTREAM")
+        return parse_scan_reply(reply)
+
+    async def version(self) -> str:
+        reply = await self._command(None, b"VERSION")
+        if not reply.startswith("ClamAV "):
+            raise ClamdError(f"unexpected VERSION reply {reply[:80]!r}")
+        return reply
+
+    async def ping(self) -> bool:
+        try:
+            return await self._command(None, b"PING") == "PONG"
+        except ClamdError:
+            return False
+
+
+def parse_scan_reply(reply: str) -> str | None:
+    """`stream: OK` -> None; `stream: Sig FOUND` -> "Sig"; errors and garbage raise."""
+    if reply == "stream: OK":
+        return None
+    if reply.startswith("stream: ") and reply.endswith(" FOUND"):
+        sig = reply[len("stream: "):-len(" FOUND")].strip()
+        if sig and "\n" not in sig:
+            return sig
+    if "size limit exceeded" in reply:
+        raise ClamdSizeLimit(reply)
+    raise ClamdError(f"unexpected reply {reply[:120]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ClamAVStats:
+    messages: int
+    scans: int
+    cache_hits: int  # messages decided from the cache, without a clamd round trip
+    cache_size: int
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cache_hits / self.messages if self.messages else 0.0
+
+
+class ClamAVFilter:
+    """The DATA-stage virus check. `cache` turns on outbreak mode (see filters/mime.py):
+    infected leaves are remembered for `infected_ttl`, clean ones for `clean_ttl` and only
+    while clamd's VERSION string (which carries the signature database version) is the same.
+    """
+
+    name = "clamav"
+    stage = Stage.DATA
+
+    def __init__(
+        self,
+        client: ClamdClient,
+        *,
+        on_error: Action = Action.TEMPFAIL,
+        max_size: int = 0,
+        on_oversize: OversizePolicy = "reject",
+        cache: VerdictCache[str] | None = None,
+        infected_ttl: float = 3600.0,
+        clean_ttl: float = 600.0,
+        version_interval: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if on_error not in (Action.TEMPFAIL, Action.ACCEPT):
+            raise ValueError("on_error must be TEMPFAIL or ACCEPT")
+        self.client = client
+        self.on_error = on_error
+        # Outer limit for the pipeline; the client's own timeout fires first so that the
+        # answer is this filter's 451 4.7.1, not the pipeline's generic 451 4.3.0.
+        self.timeout = client.timeout * (2 + MAX_ATTRIBUTION_SCANS) + 5
+        self.max_size = max_size
+        self.on_oversize = on_oversize
+        self.cache = cache
+        self.infected_ttl = infected_ttl
+        self.clean_ttl = clean_ttl
+        self.version_interval = version_interval
+        self._clock = clock or time.monotonic
+        self._db_version: str | None = None
+        self._version_checked = float("-inf")
+        self.messages = 0
+        self.cache_hits = 0
+
+    # -- verdicts ----------------------------------------------------------------------
+    @staticmethod
+    def virus(sig: str) -> Verdict:
+        return Verdict.reject(554, "5.7.1", "virus", f"Virus found: {sig}", detail=sig)
+
+    def failed(self, why: str) -> Verdict:
+        if self.on_error == Action.ACCEPT:
+            return Verdict.accept(
+                250, "2.0.0", "clamav_unscanned", "Accepted without virus scan", detail=why,
+                headers=((UNSCANNED_HEADER, f"clamav ({why})"),))
+        return Verdict.tempfail(451, "4.7.1", "clamav_error",
+                                "Virus scanner unavailable, try again later", detail=why)
+
+    def oversize(self, why: str) -> Verdict:
+        if self.on_oversize == "reject":
+            return Verdict.reject(552, "5.3.4", "scan_oversize",
+                                  "Message too large to scan for viruses", detail=why)
+        if self.on_oversize == "accept":
+            return Verdict.accept(
+                250, "2.0.0", "clamav_unscanned", "Accepted without virus scan", detail=why,
+                headers=((UNSCANNED_HEADER, f"clamav ({why})"),))
+        return Verdict.tempfail(451, "4.7.1", "scan_oversize",
+                                "Message too large to scan now, try again later", detail=why)
+
+    # -- the check ---------------------------------------------------------------------
+    async def check(self, ctx: Context) -> Verdict | None:
+        self.messages += 1
+        content = ctx.content
+        if self.max_size and len(content) > self.max_size:
+            return self.oversize(f"{len(content)} bytes over limit {self.max_size}")
+        parts: Parts | None = None
+        version: str | None = None
+        if self.cache is not None:
+            parts = await self._split(content)
+            version = await self.db_version()
+            hit = self._lookup(parts, version)
+            if hit is not None:
+                self.cache_hits += 1
+                return self.virus(hit) if hit else None
+        try:
+            sig = await self.client.instream(content)
+        except ClamdSizeLimit as e:
+            return self.oversize(str(e))
+        except ClamdError as e:
+            log.warning("clamd scan failed address=%s error=%s", self.client.address, e)
+            return self.failed(str(e))
+        if parts is not None and self.cache is not None:
+            await self._remember(parts, sig, version)
+        return self.virus(sig) if sig else None
+
+    async def _split(self, content: bytes) -> Parts:
+        if len(content) > PARSE_INLINE_LIMIT:
+            return await asyncio.to_thread(split_parts, content)
+        return split_parts(content)
+
+    async def db_version(self) -> str | None:
+        """clamd's VERSION line, asked at most every `version_interval` seconds."""
+        now = self._clock()
+        if now - self._version_checked >= self.version_interval:
+            self._version_checked = now
+            try:
+                self._db_version = await self.client.version()
+            except ClamdError as e:
+                log.warning("clamd VERSION failed address=%s error=%s", self.client.address, e)
+                self._db_version = None
+        return self._db_version
+
+    def _lookup(self, parts: Parts, version: str | None) -> str | None:
+        """A signature if any leaf is known infected, "" if every leaf is known clean
+        under the current database, None when clamd has to look."""
+        assert self.cache is not None
+        outbreak = self.cache.get(parts.body_digest)
+        if outbreak:
+            return outbreak
+        if not parts.leaves:
+            return None
+        all_clean = parts.trustworthy and version is not None
+        for leaf in parts.leaves:
+            cached = self.cache.get(leaf.digest, version)
+            if cached:
+                return cached
+            if cached is None:
+                all_clean = False
+        return "" if all_clean else None
+
+    async def _remember(self, parts: Parts, sig: str | None, version: str | None) -> None:
+        """Cache what clamd said. For an infected message, find which leaf carries the
+        virus (one scan per leaf, paid once per outbreak) so later copies with new cover
+        text still hit; if no single leaf reproduces it, key the whole body."""
+        assert self.cache is not None
+        if sig is None:
+            if version is not None and parts.trustworthy:
+                for leaf in parts.leaves:
+                    self.cache.put(leaf.digest, "", self.clean_ttl, version)
+            return
+        # Attachments first: that is where worms travel; the cover text is the last suspect.
+        suspects = sorted((leaf for leaf in parts.leaves if leaf.payload),
+                          key=lambda leaf: leaf.content_type.startswith("text/"))
+        for leaf in suspects[:MAX_ATTRIBUTION_SCANS]:
+            try:
+                leaf_sig = await self.client.instream(leaf.payload)
+            except ClamdError:
+                break
+            if leaf_sig:
+                self.cache.put(leaf.digest, leaf_sig, self.infected_ttl)
+                return
+            if version is not None:
+                self.cache.put(leaf.digest, "", self.clean_ttl, version)
+        self.cache.put(parts.body_digest, sig, self.infected_ttl)
+
+    def stats(self) -> ClamAVStats:
+        return ClamAVStats(self.messages, self.client.scans, self.cache_hits,
+                           len(self.cache) if self.cache is not None else 0)

@@ -1,0 +1,186 @@
+"""`[clamav]` and `[spamassassin]` configuration, and building the content filters from it.
+
+Kept apart from relay/config.py so the scanners can be configured and built (by the relay,
+`floodgate scan`, the demo, the tests) without the rest of the relay's configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from filters.base import Action, Context, Filter, Verdict
+from filters.clamav import ClamAVFilter, ClamdClient, parse_address
+from filters.spamassassin import SpamAssassinFilter, SpamResult, Thresholds
+from filters.verdict_cache import VerdictCache
+
+Duration = Annotated[float, Field(ge=0)]
+OnError = Literal["tempfail", "accept"]
+OnOversize = Literal["tempfail", "accept", "reject"]
+
+
+def _duration(v: object) -> float:
+    from relay.config import parse_duration  # late: relay.config imports this module
+
+    return parse_duration(v)
+
+
+def _address(v: str) -> str:
+    try:
+        parse_address(v)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClamAVCacheConfig(_Strict):
+    """Outbreak mode: verdicts by digest of each decoded MIME leaf."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=100_000, gt=0)
+    infected_ttl: Duration = 3600.0
+    clean_ttl: Duration = 600.0
+    # How often clamd's VERSION (signature database) is asked; a change drops clean entries.
+    version_interval: Duration = 30.0
+
+    @field_validator("infected_ttl", "clean_ttl", "version_interval", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> float:
+        return _duration(v)
+
+
+class ClamAVConfig(_Strict):
+    enabled: bool = True
+    address: str = "127.0.0.1:3310"  # "host:port", "[v6]:port", or a unix socket path
+    timeout: Duration = 30.0
+    on_error: OnError = "tempfail"
+    # Bytes; 0 = let clamd decide. Set to clamd's StreamMaxLength to refuse without a trip.
+    max_size: int = Field(default=26_214_400, ge=0)
+    on_oversize: OnOversize = "reject"
+    # In-flight scans; keep at or below clamd's MaxThreads.
+    concurrency: int = Field(default=10, gt=0)
+    cache: ClamAVCacheConfig = ClamAVCacheConfig()
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> float:
+        return _duration(v)
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return _address(v)
+
+
+class SpamThresholds(_Strict):
+    tag_score: float
+    reject_score: float
+
+    @model_validator(mode="after")
+    def _order(self) -> SpamThresholds:
+        if self.reject_score < self.tag_score:
+            raise ValueError("reject_score must not be below tag_score")
+        return self
+
+
+class SpamCacheConfig(_Strict):
+    """Scores by digest of the whole body: a spam run resends one body."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=50_000, gt=0)
+    ttl: Duration = 600.0
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> float:
+        return _duration(v)
+
+
+class SpamAssassinConfig(_Strict):
+    enabled: bool = True
+    address: str = "127.0.0.1:783"
+    timeout: Duration = 30.0
+    on_error: OnError = "tempfail"
+    tag_score: float = 5.0
+    reject_score: float = 10.0
+    # [spamassassin.domains."example.org"] tag_score = 3.0, reject_score = 6.0
+    # Most specific domain rule wins per recipient; the strictest across recipients.
+    domains: dict[str, SpamThresholds] = Field(default_factory=dict)
+    max_size: int = Field(default=524_288, ge=0)  # bytes; 0 = no limit
+    on_oversize: OnOversize = "accept"
+    concurrency: int = Field(default=5, gt=0)  # keep at or below spamd's --max-children
+    cache: SpamCacheConfig = SpamCacheConfig()
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> float:
+        return _duration(v)
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return _address(v)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: dict[str, SpamThresholds]) -> dict[str, SpamThresholds]:
+        return {k.strip().rstrip(".").lower(): t for k, t in v.items()}
+
+    @model_validator(mode="after")
+    def _order(self) -> SpamAssassinConfig:
+        if self.reject_score < self.tag_score:
+            raise ValueError("reject_score must not be below tag_score")
+        return self
+
+
+def _action(on_error: OnError) -> Action:
+    return Action.ACCEPT if on_error == "accept" else Action.TEMPFAIL
+
+
+def build_clamav(cfg: ClamAVConfig) -> ClamAVFilter:
+    cache = VerdictCache[str](cfg.cache.max_entries) if cfg.cache.enabled else None
+    return ClamAVFilter(
+        ClamdClient(cfg.address, timeout=cfg.timeout, concurrency=cfg.concurrency),
+        on_error=_action(cfg.on_error), max_size=cfg.max_size, on_oversize=cfg.on_oversize,
+        cache=cache, infected_ttl=cfg.cache.infected_ttl, clean_ttl=cfg.cache.clean_ttl,
+        version_interval=cfg.cache.version_interval,
+    )
+
+
+def build_spamassassin(cfg: SpamAssassinConfig) -> SpamAssassinFilter:
+    cache = VerdictCache[SpamResult](cfg.cache.max_entries) if cfg.cache.enabled else None
+    return SpamAssassinFilter(
+        cfg.address, timeout=cfg.timeout, on_error=_action(cfg.on_error),
+        tag_score=cfg.tag_score, reject_score=cfg.reject_score,
+        domains={d: Thresholds(t.tag_score, t.reject_score) for d, t in cfg.domains.items()},
+        max_size=cfg.max_size, on_oversize=cfg.on_oversize, concurrency=cfg.concurrency,
+        cache=cache, cache_ttl=cfg.cache.ttl,
+    )
+
+
+def build_scanners(clamav_cfg: ClamAVConfig | None,
+                   spam_cfg: SpamAssassinConfig | None) -> list[Filter]:
+    """DATA-stage filters in cost order: virus (cheap, and refuses outbreaks) before spam.
+    Nothing connects here: each scan opens its own connection."""
+    filters: list[Filter] = []
+    if clamav_cfg is not None and clamav_cfg.enabled:
+        filters.append(build_clamav(clamav_cfg))
+    if spam_cfg is not None and spam_cfg.enabled:
+        filters.append(build_spamassassin(spam_cfg))
+    return filters
+
+
+async def scan_message(filters: list[Filter], content: bytes,
+                       rcpts: list[str] | None = None) -> list[tuple[str, Verdict | None]]:
+    """For `floodgate scan`: every filter's own verdict on one message (none stops the
+    others, unlike the pipeline), so an operator sees each scanner's opinion."""
+    ctx = Context(client="127.0.0.1", rcpts=list(rcpts or []), content=content)
+    results: list[tuple[str, Verdict | None]] = []
+    for f in filters:
+        results.append((f.name, await f.check(ctx)))
+    return results

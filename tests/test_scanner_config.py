@@ -1,0 +1,70 @@
+"""[clamav] and [spamassassin] sections: validation, and the filters built from them."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from pydantic import ValidationError
+
+from filters.base import Action, Stage
+from filters.clamav import ClamAVFilter
+from filters.spamassassin import SpamAssassinFilter, Thresholds
+from relay.scanner_config import ClamAVConfig, SpamAssassinConfig, build_scanners
+
+TOML = """
+[clamav]
+address = "/run/clamav/clamd.ctl"
+timeout = "20s"
+on_error = "accept"
+max_size = 1048576
+on_oversize = "tempfail"
+concurrency = 4
+cache = { max_entries = 500, infected_ttl = "2h", clean_ttl = "5m" }
+
+[spamassassin]
+address = "127.0.0.1:7830"
+tag_score = 4.0
+reject_score = 8.0
+[spamassassin.domains."Example.ORG"]
+tag_score = 2.0
+reject_score = 5.0
+"""
+
+
+def test_sections_parse_and_build() -> None:
+    data = tomllib.loads(TOML)
+    clam = ClamAVConfig.model_validate(data["clamav"])
+    spam = SpamAssassinConfig.model_validate(data["spamassassin"])
+    assert clam.timeout == 20.0 and clam.cache.infected_ttl == 7200.0
+    assert spam.domains["example.org"].reject_score == 5.0
+    c, s = build_scanners(clam, spam)
+    assert isinstance(c, ClamAVFilter) and isinstance(s, SpamAssassinFilter)
+    assert c.stage == s.stage == Stage.DATA
+    assert c.on_error == Action.ACCEPT and c.on_oversize == "tempfail" and c.max_size == 1048576
+    assert c.client.endpoint == "/run/clamav/clamd.ctl" and c.client.timeout == 20.0
+    assert c.cache is not None and c.cache.max_entries == 500 and c.clean_ttl == 300.0
+    assert s.on_error == Action.TEMPFAIL and s.defaults == Thresholds(4.0, 8.0)
+    assert s.thresholds(["a@mail.example.org"]) == Thresholds(2.0, 5.0)
+
+
+def test_defaults() -> None:
+    c, s = build_scanners(ClamAVConfig(), SpamAssassinConfig())
+    assert c.client.endpoint == ("127.0.0.1", 3310) and c.on_error == Action.TEMPFAIL
+    assert s.address == "127.0.0.1:783" and s.defaults == Thresholds(5.0, 10.0)
+    assert build_scanners(None, SpamAssassinConfig(enabled=False)) == []
+
+
+@pytest.mark.parametrize(("section", "data", "key"), [
+    (ClamAVConfig, {"adress": "x:1"}, "adress"),
+    (ClamAVConfig, {"address": "localhost"}, "address"),
+    (ClamAVConfig, {"on_error": "reject"}, "on_error"),
+    (ClamAVConfig, {"timeout": "soon"}, "timeout"),
+    (ClamAVConfig, {"cache": {"ttl": 5}}, "ttl"),
+    (SpamAssassinConfig, {"tag_score": 9, "reject_score": 5}, "reject_score"),
+    (SpamAssassinConfig, {"domains": {"a.test": {"tag_score": 1}}}, "reject_score"),
+])
+def test_mistakes_name_their_key(section: type, data: dict, key: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        section.model_validate(data)
+    assert key in str(e.value)
