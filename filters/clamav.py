@@ -100,6 +100,7 @@ class ClamdClient:
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         payload: bytes | None, command: bytes) -> str:
         writer.write(b"z" + command + b"\0")
+        cut_short = False
         if payload is not None:
             view = memoryview(payload)
             try:
@@ -113,11 +114,17 @@ class ClamdClient:
             except (BrokenPipeError, ConnectionResetError):
                 # clamd hangs up mid-stream when the size limit is hit; its reply (if any)
                 # is still waiting in our receive buffer.
-                pass
+                cut_short = True
         try:
             raw = await reader.readuntil(b"\0")
         except asyncio.IncompleteReadError as e:
             raw = e.partial
+        except (BrokenPipeError, ConnectionResetError):
+            if not cut_short:
+                raise
+            # The reset overtook clamd's reply; hanging up mid-stream is what clamd does
+            # at StreamMaxLength and nowhere else.
+            raise ClamdSizeLimit("INSTREAM size limit exceeded (connection reset)") from None
         except asyncio.LimitOverrunError as e:
             raise ClamdError("reply too long") from e
         reply = raw.rstrip(b"\0").decode("utf-8", "replace").strip()

@@ -15,15 +15,18 @@ from filters.base import Action, Context, Stage, Verdict
 RELAY_DENIED = Verdict.reject(554, "5.7.1", "relay_denied", "Relay access denied")
 UNKNOWN = Verdict.reject(550, "5.1.1", "unknown_rcpt", "User unknown in virtual alias table")
 KNOWN = Verdict.accept(250, "2.1.5", "known_rcpt", "Ok")
+# A trap answers exactly like an unknown address: the sender learns nothing.
+TRAP = Verdict.reject(550, "5.1.1", "trap", UNKNOWN.text)
 BAD_ADDRESS = Verdict.reject(501, "5.1.3", "protocol", "Bad recipient address syntax")
 
 
 @dataclass(slots=True)
 class RecipientFilter:
-    """Decides RCPT from two injected lookups: hosted(domain) and known(local, domain)."""
+    """Decides RCPT from injected lookups: hosted(domain), trap(...) and known(local, domain)."""
 
     hosted: Callable[[str], bool]
     known: Callable[[str, str], bool]
+    trap: Callable[[str, str], bool] = lambda local, domain: False
     name: str = "recipients"
     stage: Stage = Stage.RCPT
     timeout: float = 1.0
@@ -36,6 +39,8 @@ class RecipientFilter:
         local, domain = parts
         if not self.hosted(domain):
             return RELAY_DENIED
+        if self.trap(local, domain):
+            return TRAP
         return KNOWN if self.known(local, domain) else UNKNOWN
 
     async def check(self, ctx: Context) -> Verdict | None:

@@ -131,6 +131,7 @@ def import_entries(
     hosted: Callable[[str], bool],
     *,
     replace: bool = False,
+    trap: bool = False,
     progress: Callable[[int], None] = lambda n: None,
 ) -> ImportResult:
     """Write entries in one transaction: relays never see a half-done import.
@@ -159,7 +160,7 @@ def import_entries(
                 continue
             batch.append(
                 {"address": item.address, "domain": domain, "target": item.target,
-                 "created_at": now}
+                 "trap": trap, "created_at": now}
             )
             valid += 1
             if len(batch) >= CHUNK:
@@ -177,7 +178,8 @@ def import_entries(
     return result
 
 
-def add(engine: Engine, addresses: list[str], hosted: Callable[[str], bool]) -> ImportResult:
+def add(engine: Engine, addresses: list[str], hosted: Callable[[str], bool],
+        trap: bool = False) -> ImportResult:
     return import_entries(
         engine,
         (
@@ -186,6 +188,7 @@ def add(engine: Engine, addresses: list[str], hosted: Callable[[str], bool]) -> 
             for a in [normalise_address(raw) if "@" in raw else None]
         ),
         hosted,
+        trap=trap,
     )
 
 
@@ -230,6 +233,7 @@ class AliasBook:
     case_sensitive: bool
     delimiter: str
     generation: int = 0
+    traps: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -241,22 +245,41 @@ class AliasBook:
                            delimiter=self.delimiter)
         return any(k in self.keys for k in keys)
 
+    def trap(self, local: str, domain: str) -> bool:
+        """Spam-trap addresses match exactly (no plus-addressing: a trap is bait)."""
+        if not self.traps:
+            return False
+        key = f"{local if self.case_sensitive else local.lower()}@{domain}"
+        return key in self.traps
 
-def load_book(engine: Engine, generation: int, *, case_sensitive: bool,
-              delimiter: str) -> AliasBook:
-    """Read the whole table into a snapshot (about a second per million addresses)."""
+
+def load_book(engine: Engine, generation: int, *, case_sensitive: bool, delimiter: str,
+              extra_traps: Iterable[str] = ()) -> AliasBook:
+    """Read the whole table into a snapshot (about a second per million addresses).
+
+    Trap addresses (flagged in the table, or `[scoring] traps`) are kept apart: they are
+    never valid recipients.
+    """
     keys: set[str] = set()
     catch_all: set[str] = set()
+    traps: set[str] = set()
+    for raw in extra_traps:
+        address = normalise_address(raw)
+        if address:
+            traps.add(address if case_sensitive else address.lower())
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=50_000).execute(select(Alias.address))
-        for (address,) in result:
-            if address.startswith("@"):
+        result = conn.execution_options(yield_per=50_000).execute(
+            select(Alias.address, Alias.trap))
+        for address, is_trap in result:
+            key = address if case_sensitive else address.lower()
+            if is_trap:
+                traps.add(key)
+            elif address.startswith("@"):
                 catch_all.add(address[1:])
-            elif case_sensitive:
-                keys.add(address)
             else:
-                keys.add(address.lower())
-    return AliasBook(frozenset(keys), frozenset(catch_all), case_sensitive, delimiter, generation)
+                keys.add(key)
+    return AliasBook(frozenset(keys - traps), frozenset(catch_all), case_sensitive, delimiter,
+                     generation, frozenset(traps))
 
 
 def read_text(data: bytes) -> io.StringIO:

@@ -13,7 +13,9 @@ from rich.table import Table
 
 from relay import aliases as alias_table
 from relay import logs
+from relay.blocklist_cli import blocklist
 from relay.config import Config, ConfigError, config_path, load_config
+from relay.queue_cli import queue
 from relay.store import StoreError, current_revision, describe, head_revision, make_engine
 from relay.store import upgrade as upgrade_schema
 
@@ -107,7 +109,8 @@ def aliases() -> None:
     """The table of valid recipient addresses."""
 
 
-def _engine(config: Config):  # type: ignore[no-untyped-def]
+def open_store(config: Config):  # type: ignore[no-untyped-def]
+    """The store's engine, with the schema created if the database is empty."""
     engine = make_engine(config.store.url)
     try:
         current = current_revision(engine)
@@ -142,8 +145,10 @@ def _report(result: alias_table.ImportResult, verb: str = "added") -> None:
               show_default=True, help="postfix: virtual map lines `address target`; list: one "
               "address per line; csv: address[,target].")
 @click.option("--replace", is_flag=True, help="Replace the whole table with this file.")
+@click.option("--trap", is_flag=True, help="These are spam traps: refused like unknown "
+              "addresses, and a host that tries one scores the `trap` weight.")
 @click.pass_context
-def aliases_import(ctx: click.Context, file: str, fmt: str, replace: bool) -> None:
+def aliases_import(ctx: click.Context, file: str, fmt: str, replace: bool, trap: bool) -> None:
     """Import addresses from FILE (`-` for standard input)."""
     config = load(ctx)
     try:
@@ -155,7 +160,7 @@ def aliases_import(ctx: click.Context, file: str, fmt: str, replace: bool) -> No
         fail(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})")
     total = text.getvalue().count("\n") + 1
     hosted = config.hosted()
-    engine = _engine(config)
+    engine = open_store(config)
     progress = Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True,
                         disable=not err.is_terminal)
@@ -170,7 +175,7 @@ def aliases_import(ctx: click.Context, file: str, fmt: str, replace: bool) -> No
                     yield item
 
             result = alias_table.import_entries(engine, counted(), hosted.__contains__,
-                                                replace=replace)
+                                                replace=replace, trap=trap)
     except Exception as e:
         fail(f"import failed, nothing was changed: {describe(e)}")
     _report(result)
@@ -180,11 +185,13 @@ def aliases_import(ctx: click.Context, file: str, fmt: str, replace: bool) -> No
 
 @aliases.command("add")
 @click.argument("addresses", nargs=-1, required=True)
+@click.option("--trap", is_flag=True, help="Add them as spam traps.")
 @click.pass_context
-def aliases_add(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+def aliases_add(ctx: click.Context, addresses: tuple[str, ...], trap: bool) -> None:
     """Add one or more addresses (user@domain, or @domain for a catch-all)."""
     config = load(ctx)
-    result = alias_table.add(_engine(config), list(addresses), config.hosted().__contains__)
+    result = alias_table.add(open_store(config), list(addresses), config.hosted().__contains__,
+                             trap=trap)
     _report(result)
     if result.rejected:
         sys.exit(1)
@@ -195,7 +202,7 @@ def aliases_add(ctx: click.Context, addresses: tuple[str, ...]) -> None:
 @click.pass_context
 def aliases_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
     """Remove addresses."""
-    removed, missing = alias_table.remove(_engine(load(ctx)), list(addresses))
+    removed, missing = alias_table.remove(open_store(load(ctx)), list(addresses))
     for m in missing:
         err.print(f"not in the table: {m}", markup=False, highlight=False)
     click.echo(f"removed {removed}")
@@ -208,7 +215,7 @@ def aliases_remove(ctx: click.Context, addresses: tuple[str, ...]) -> None:
 @click.pass_context
 def aliases_list(ctx: click.Context, domain: str | None) -> None:
     """Print addresses, one per line (with the target where there is one)."""
-    for address, target in alias_table.listing(_engine(load(ctx)), domain):
+    for address, target in alias_table.listing(open_store(load(ctx)), domain):
         click.echo(f"{address}\t{target}" if target else address)
 
 
@@ -216,13 +223,60 @@ def aliases_list(ctx: click.Context, domain: str | None) -> None:
 @click.pass_context
 def aliases_count(ctx: click.Context) -> None:
     """Addresses per domain."""
-    counts = alias_table.count(_engine(load(ctx)))
+    counts = alias_table.count(open_store(load(ctx)))
     table = Table("domain", "addresses")
     for domain, n in counts.items():
         table.add_row(domain, str(n))
     table.add_row("[bold]total", f"[bold]{sum(counts.values())}")
     out.print(table)
 
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--rcpt", "rcpts", multiple=True, help="Recipient (for per-domain thresholds).")
+@click.pass_context
+def scan(ctx: click.Context, files: tuple[str, ...], rcpts: tuple[str, ...]) -> None:
+    """Run the content filters on FILE.eml offline and print each scanner's verdict.
+
+    Exit status: 0 all clean, 1 something would be refused or tempfailed.
+    """
+    import asyncio
+
+    from relay.scanner_config import build_scanners, scan_message
+
+    config = load(ctx)
+    filters = build_scanners(config.clamav, config.spamassassin)
+    if not filters:
+        fail("no scanner configured: add a [clamav] or [spamassassin] section")
+    refused = False
+    for name in files:
+        try:
+            content = Path(name).read_bytes()
+        except OSError as e:
+            fail(f"{name}: {e.strerror}")
+        results = asyncio.run(scan_message(filters, content, list(rcpts)))
+        for scanner, verdict in results:
+            if verdict is None:
+                click.echo(f"{name}: {scanner}: clean")
+                continue
+            extra = " ".join(f"{h}: {v};" for h, v in verdict.headers)
+            click.echo(f"{name}: {scanner}: {verdict.action.value} {verdict.reply}"
+                       + (f" [{extra}]" if extra else ""))
+            refused |= verdict.action.value != "accept"
+    sys.exit(1 if refused else 0)
+
+
+def _register() -> None:
+    from relay.hosts_cli import allow, block, hosts
+    from relay.report_cli import report
+
+    for group in (block, allow, hosts, report):
+        main.add_command(group)
+
+
+_register()
+main.add_command(blocklist)
+main.add_command(queue)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -20,7 +20,12 @@ from pydantic import (
 
 from filters.address import normalise_domain
 from relay.config_types import parse_duration, parse_endpoint
+from relay.delivery_config import DeliveryConfig
+from relay.dnsbl_config import DnsblConfig
+from relay.firewall_config import FirewallConfig
 from relay.hosts_config import BlocklistConfig, ScoringConfig
+from relay.reports_config import MetricsConfig, RetentionConfig
+from relay.scanner_config import ClamAVConfig, SpamAssassinConfig
 
 DEFAULT_CONFIG = "floodgate.toml"
 CONFIG_ENV = "FLOODGATE_CONFIG"
@@ -117,7 +122,14 @@ class Config(Strict):
     store: StoreConfig = StoreConfig()
     domains: dict[str, DomainConfig] = Field(min_length=1)
     scoring: ScoringConfig = ScoringConfig()
+    dnsbl: DnsblConfig = DnsblConfig()
+    clamav: ClamAVConfig | None = None
+    spamassassin: SpamAssassinConfig | None = None
     blocklist: BlocklistConfig = BlocklistConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    firewall: FirewallConfig = FirewallConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _domains(self) -> Config:

@@ -30,13 +30,12 @@ from filters.dnsbl import (
     parse_site,
 )
 from filters.verdict_cache import VerdictCache
+from relay.config_types import parse_duration
 
 Duration = Annotated[float, Field(ge=0)]
 
 
 def _duration(v: object) -> float:
-    from relay.config import parse_duration  # late, like scanner_config: no import cycle
-
     return parse_duration(v)
 
 

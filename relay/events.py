@@ -13,13 +13,14 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.models import Event
-from relay.store import describe
+from relay.rollup_models import add_to_rollups, prune
+from relay.store import describe, in_store_thread
 
 log = logging.getLogger("floodgate.events")
 
@@ -81,6 +82,7 @@ class EventWriter:
     def _write(self, rows: list[EventRecord]) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(Event), [asdict(r) for r in rows])
+            add_to_rollups(conn, rows)  # same transaction: reports never disagree
 
     async def run(self) -> None:
         """Write batches until closed; retries with back-off while the store is down."""
@@ -95,7 +97,7 @@ class EventWriter:
                 continue
             rows = [self.buffer.popleft() for _ in range(min(self.batch, len(self.buffer)))]
             try:
-                await asyncio.to_thread(self._write, rows)
+                await in_store_thread(self._write, rows)
             except (SQLAlchemyError, OSError) as e:
                 self.buffer.extendleft(reversed(rows))
                 overflow = len(self.buffer) - self.capacity
@@ -129,3 +131,21 @@ class EventWriter:
             task.cancel()
         if self.buffer:
             log.error("shutting down with unwritten events lost=%d", len(self.buffer))
+
+
+async def prune_loop(engine: Engine, events_age: float, rollups_age: float,
+                     interval: float) -> None:
+    """Retention: drop events older than `events_age` and rollups older than `rollups_age`
+    (0 keeps forever), every `interval` seconds. Relays sharing a store may all run it."""
+    while True:
+        now = datetime.now(UTC)
+        try:
+            events, rollups = await in_store_thread(
+                prune, engine,
+                events_before=now - timedelta(seconds=events_age) if events_age else None,
+                rollups_before=now - timedelta(seconds=rollups_age) if rollups_age else None)
+            if events or rollups:
+                log.info("pruned events=%d rollup_rows=%d", events, rollups)
+        except (SQLAlchemyError, OSError) as e:
+            log.warning("pruning failed, will retry error=%s", describe(e))
+        await asyncio.sleep(interval)

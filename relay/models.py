@@ -97,3 +97,6 @@ class Allow(Base):
     network: Mapped[str] = mapped_column(String(49), unique=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+from relay import rollup_models  # noqa: E402, F401  (registers the rollup tables)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,8 +32,10 @@ class Pipeline:
             self.stages[f.stage].append(f)
 
     async def run(self, stage: Stage, ctx: Context) -> Verdict | None:
-        """The first REJECT or TEMPFAIL ends the stage; otherwise the last ACCEPT, or None."""
+        """The first REJECT or TEMPFAIL ends the stage; otherwise the last ACCEPT (carrying
+        the headers every accepting filter asked for), or None."""
         accepted: Verdict | None = None
+        headers: list[tuple[str, str]] = []
         for f in self.stages.get(stage, ()):
             try:
                 verdict = await asyncio.wait_for(f.check(ctx), f.timeout)
@@ -46,5 +49,8 @@ class Pipeline:
                 continue
             if verdict.action != Action.ACCEPT:
                 return verdict
+            headers.extend(verdict.headers)
             accepted = verdict
+        if accepted is not None and len(headers) != len(accepted.headers):
+            accepted = dataclasses.replace(accepted, headers=tuple(headers))
         return accepted

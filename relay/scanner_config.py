@@ -14,6 +14,7 @@ from filters.base import Action, Context, Filter, Verdict
 from filters.clamav import ClamAVFilter, ClamdClient, parse_address
 from filters.spamassassin import SpamAssassinFilter, SpamResult, Thresholds
 from filters.verdict_cache import VerdictCache
+from relay.config_types import parse_duration
 
 Duration = Annotated[float, Field(ge=0)]
 OnError = Literal["tempfail", "accept"]
@@ -21,8 +22,6 @@ OnOversize = Literal["tempfail", "accept", "reject"]
 
 
 def _duration(v: object) -> float:
-    from relay.config import parse_duration  # late: relay.config imports this module
-
     return parse_duration(v)
 
 

@@ -12,12 +12,20 @@ import time
 
 from sqlalchemy import Engine, inspect
 
+from blocklist.scoring import Protection
+from filters.base import Filter
 from filters.recipients import RecipientFilter
 from relay import aliases
 from relay.config import Config
-from relay.events import EventWriter
+from relay.delivery import DeliveryService
+from relay.dnsbl_config import build_dnsbl
+from relay.events import EventWriter, prune_loop
+from relay.gate import BlockGate
 from relay.logs import kv
+from relay.metrics import Metrics
 from relay.pipeline import Pipeline
+from relay.scanner_config import build_scanners
+from relay.scorer import Scorer
 from relay.smtp import SHUTTING_DOWN, FloodgateSMTP, RelayHandler
 from relay.spool import Spool
 from relay.store import (
@@ -25,6 +33,7 @@ from relay.store import (
     current_revision,
     describe,
     head_revision,
+    in_store_thread,
     make_engine,
     read_generation,
 )
@@ -44,6 +53,7 @@ class AliasSnapshot:
         self.engine = engine
         self.case_sensitive = config.relay.local_part_case == "sensitive"
         self.delimiter = config.relay.recipient_delimiter
+        self.traps = list(config.scoring.traps)
         self.book = aliases.AliasBook(frozenset(), frozenset(), self.case_sensitive,
                                       self.delimiter, -1)
         self._failing = False
@@ -53,7 +63,7 @@ class AliasSnapshot:
         generation = aliases_generation(self.engine)
         self.book = aliases.load_book(self.engine, generation,
                                       case_sensitive=self.case_sensitive,
-                                      delimiter=self.delimiter)
+                                      delimiter=self.delimiter, extra_traps=self.traps)
         log.info("aliases loaded %s", kv(count=len(self.book), generation=generation,
                                         seconds=f"{time.monotonic() - started:.2f}"))
 
@@ -62,9 +72,9 @@ class AliasSnapshot:
         while True:
             await asyncio.sleep(interval)
             try:
-                generation = await asyncio.to_thread(aliases_generation, self.engine)
+                generation = await in_store_thread(aliases_generation, self.engine)
                 if generation != self.book.generation:
-                    await asyncio.to_thread(self.load)
+                    await in_store_thread(self.load)
                 if self._failing:
                     log.warning("store reachable again, alias snapshot current")
                     self._failing = False
@@ -76,6 +86,9 @@ class AliasSnapshot:
 
     def known(self, local: str, domain: str) -> bool:
         return self.book.known(local, domain)
+
+    def trap(self, local: str, domain: str) -> bool:
+        return self.book.trap(local, domain)
 
 
 def aliases_generation(engine: Engine) -> int:
@@ -127,15 +140,38 @@ class Relay:
         self.events = EventWriter(self.engine, batch=store.event_batch,
                                   interval=store.event_flush_interval,
                                   capacity=store.event_buffer)
-        recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known)
+        recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known,
+                                     trap=self.snapshot.trap)
+        own = [host for host, _ in config.relay.endpoints()]
+        protection = Protection.build(config.blocklist.allow, own,
+                                      config.blocklist.protect_loopback)
+        self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
+        self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
+                             config.relay.node)
+        self.metrics = Metrics()
+        chain = self.metrics.timed(self.filters(recipients))
         self.handler = RelayHandler(
             node=config.relay.node, hostname=config.relay.hostname,
-            pipeline=Pipeline([recipients]), spool=self.spool, events=self.events,
+            pipeline=Pipeline(chain), spool=self.spool, events=self.events,
             max_recipients=config.relay.max_recipients, ipv6_prefix=store.ipv6_prefix,
+            gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
         )
+        self.delivery = DeliveryService(config, self.spool, self.events)
+        self.handler.queue_full = self.delivery.queue_full
+        self.handler.on_decision = self.metrics.decision
+        self.metrics.watch(self, chain)
         self.servers: list[asyncio.AbstractServer] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
+
+    def filters(self, recipients: RecipientFilter) -> list[Filter]:
+        """Every check, grouped by stage by the pipeline, cheapest first within a stage."""
+        chain: list[Filter] = [recipients]
+        dnsbl = build_dnsbl(self.config.dnsbl)
+        if dnsbl is not None:
+            chain.append(dnsbl)
+        chain.extend(build_scanners(self.config.clamav, self.config.spamassassin))
+        return chain
 
     def known(self, local: str, domain: str) -> bool:
         domain_config = self.hosted.get(domain)
@@ -150,10 +186,18 @@ class Relay:
         except OSError as e:
             raise StartupError(f"relay.spool_dir {self.spool.root}: {e.strerror}") from e
         try:
-            await asyncio.to_thread(self.snapshot.load)
+            await in_store_thread(self.snapshot.load)
+            await in_store_thread(self.gate.load)
         except Exception as e:
-            raise StartupError(f"cannot load the alias table: {describe(e)}") from e
+            raise StartupError(f"cannot load the alias table or blocks: {describe(e)}") from e
         ctx = tls_context(self.config)
+        metrics = self.config.metrics.endpoint()
+        if metrics is not None:
+            try:
+                self.metrics.serve(*metrics)
+            except OSError as e:
+                raise StartupError(f"metrics.listen {self.config.metrics.listen}: "
+                                   f"{e.strerror or e}") from e
         relay = self.config.relay
 
         def factory() -> FloodgateSMTP:
@@ -175,8 +219,15 @@ class Relay:
                 raise StartupError(f"cannot listen on {host}:{port}: {why}") from e
             self.servers.append(server)
         self.tasks.append(asyncio.create_task(self.events.run(), name="events"))
+        refresh = self.config.store.refresh_interval
+        self.tasks.append(asyncio.create_task(self.snapshot.watch(refresh), name="aliases"))
+        self.tasks.append(asyncio.create_task(self.gate.watch(refresh), name="gate"))
+        if self.config.scoring.enabled:
+            self.tasks.append(asyncio.create_task(self.scorer.loop(), name="scoring"))
+        keep = self.config.retention
         self.tasks.append(asyncio.create_task(
-            self.snapshot.watch(self.config.store.refresh_interval), name="aliases"))
+            prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
+        await self.delivery.start()
         log.info("ready %s", kv(node=relay.node, listen=",".join(relay.listen),
                                domains=",".join(sorted(self.hosted)),
                                aliases=len(self.snapshot.book)))
@@ -204,6 +255,7 @@ class Relay:
             if expired:
                 break
             await asyncio.sleep(0.05)
+        await self.delivery.stop(max(1.0, deadline - time.monotonic()))
         watcher = [t for t in self.tasks if t.get_name() != "events"]
         for t in watcher:
             t.cancel()
@@ -212,6 +264,7 @@ class Relay:
             await self.events.close(events[0])
         log.info("stopped %s", kv(events_written=self.events.written,
                                   events_dropped=self.events.dropped))
+        self.metrics.close()
         self.engine.dispose()
 
 

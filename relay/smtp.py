@@ -18,7 +18,9 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from blocklist.hosts import host_key
+from blocklist.scoring import BlockState
 from filters.base import Action, Context, Stage, Verdict
+from filters.headers import apply_headers
 from relay import replies
 from relay.events import EventRecord, EventWriter
 from relay.logs import kv
@@ -32,8 +34,15 @@ TOO_MANY_RCPTS = Verdict.tempfail(452, "4.5.3", "too_many_rcpts", "Too many reci
 SPOOL_FAILED = Verdict.tempfail(
     451, "4.3.0", "spool", "Cannot queue the message right now, try again later"
 )
+CONNECTED = Verdict.accept(220, "2.0.0", "connect", "connected")
 NO_VALID_RCPTS = "554 5.5.1 Error: no valid recipients"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+def queue_full(detail: str) -> Verdict:
+    """Back-pressure: the spool is over its limit or the disk nearly full; mail waits."""
+    return Verdict.tempfail(452, "4.3.1", "queue_full",
+                            "Insufficient system storage, try again later", detail=detail)
 
 
 class RelaySession(Session):
@@ -65,7 +74,20 @@ class FloodgateSMTP(SMTP):
         assert isinstance(session, RelaySession)
         peer = session.peer
         session.client = peer[0] if isinstance(peer, tuple) else str(peer)
-        self.relay.connected(self)
+        self.relay.connections.add(self)
+
+    async def _handle_client(self) -> None:
+        """Connect-time checks run before the greeting: a refused host sees only a 554."""
+        session = self.session
+        assert isinstance(session, RelaySession)
+        verdict = await self.relay.on_connect(session)
+        if verdict.action != Action.ACCEPT:
+            self._greeted = True
+            if self.transport is not None:
+                self._writer.write(verdict.reply.encode() + b"\r\n")
+                self.transport.close()
+            return
+        await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         self.relay.disconnected(self)
@@ -135,7 +157,9 @@ class RelayHandler:
     """aiosmtpd hooks: decide, record, spool."""
 
     def __init__(self, *, node: str, hostname: str, pipeline: Pipeline, spool: Spool,
-                 events: EventWriter, max_recipients: int, ipv6_prefix: int = 64):
+                 events: EventWriter, max_recipients: int, ipv6_prefix: int = 64,
+                 gate: Callable[[str], BlockState | None] = lambda client: None,
+                 protected: Callable[[str], str | None] = lambda client: None):
         self.node = node
         self.hostname = hostname
         self.pipeline = pipeline
@@ -143,7 +167,13 @@ class RelayHandler:
         self.events = events
         self.max_recipients = max_recipients
         self.ipv6_prefix = ipv6_prefix
+        self.gate = gate
+        self.protected = protected
         self.connections: set[FloodgateSMTP] = set()
+        # Why new mail must wait (spool or disk full), or None; set by the delivery service.
+        self.queue_full: Callable[[], str | None] = lambda: None
+        # Counts each decision (stage, action, reason) for metrics; set by the server.
+        self.on_decision: Callable[[str, str, str], None] = lambda *decision: None
 
     # -- recording ---------------------------------------------------------------------
 
@@ -159,6 +189,7 @@ class RelayHandler:
             helo=session.helo[:255], sender=sender[:320], recipient=recipient,
             detail=verdict.detail, size=size, queue_id=queue_id,
         ))
+        self.on_decision(stage, verdict.action.value, verdict.reason)
         log.info("decision %s", kv(
             session=session.sid, client=session.client, stage=stage,
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
@@ -166,12 +197,22 @@ class RelayHandler:
             rcpt=recipient, size=size, queue_id=queue_id, detail=verdict.detail,
         ))
 
-    def connected(self, conn: FloodgateSMTP) -> None:
-        self.connections.add(conn)
-        session = conn.session
-        assert isinstance(session, RelaySession)
-        self.record(session, None, Stage.CONNECT,
-                    Verdict.accept(220, "2.0.0", "connect", "connected"))
+    async def on_connect(self, session: RelaySession) -> Verdict:
+        """The gate (active blocks), then the CONNECT filters (DNSBL) unless protected."""
+        verdict: Verdict | None = None
+        block = self.gate(session.client)
+        if block is not None:
+            verdict = Verdict.reject(
+                554, "5.7.1", "blocked",
+                f"Service unavailable; client [{session.client}] is blocked until "
+                f"{block.expires.strftime('%Y-%m-%d %H:%M UTC')}", detail=block.network)
+        elif not self.protected(session.client):
+            ctx = Context(client=session.client)
+            verdict = await self.pipeline.run(Stage.CONNECT, ctx)
+        if verdict is None or verdict.action == Action.ACCEPT:
+            verdict = CONNECTED
+        self.record(session, None, Stage.CONNECT, verdict)
+        return verdict
 
     def disconnected(self, conn: FloodgateSMTP) -> None:
         self.connections.discard(conn)
@@ -202,6 +243,11 @@ class RelayHandler:
 
     async def handle_MAIL(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope, address: str, mail_options: list[str]) -> str:
+        full = self.queue_full()
+        if full is not None:
+            verdict = queue_full(full)
+            self.record(session, envelope, Stage.MAIL, verdict)
+            return verdict.reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -209,8 +255,11 @@ class RelayHandler:
     async def handle_RCPT(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         session.rcpt_attempts += 1
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            verdict: Verdict | None = TOO_MANY_RCPTS
+        full = self.queue_full()
+        if full is not None:
+            verdict: Verdict | None = queue_full(full)
+        elif len(envelope.rcpt_tos) >= self.max_recipients:
+            verdict = TOO_MANY_RCPTS
         else:
             ctx = Context(client=session.client, helo=session.helo,
                           mail_from=envelope.mail_from or "", rcpt=address,
@@ -239,6 +288,15 @@ class RelayHandler:
         if verdict is not None and verdict.action != Action.ACCEPT:
             self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
             return verdict.reply
+        notes = ""
+        if Stage.DATA in self.pipeline.stages:
+            # strip forged X-Spam-*/X-Floodgate-* fields even when no filter added any
+            headers = verdict.headers if verdict is not None else ()
+            data = apply_headers(data, headers)
+            notes = " ".join(f"{name}={value}" for name, value in headers
+                             if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))
+            if verdict is not None:
+                notes = f"{verdict.reason} {notes}".strip()
         queue_id = new_queue_id()
         message = self.received_header(session, envelope, queue_id) + data
         spooled = SpoolEnvelope(
@@ -255,7 +313,8 @@ class RelayHandler:
                                       SPOOL_FAILED.text, detail=str(e.strerror or e))
             self.record(session, envelope, Stage.DATA, failed, recipient=rcpts, size=len(data))
             return failed.reply
-        accepted = Verdict.accept(250, "2.0.0", "accepted", f"Ok: queued as {queue_id}")
+        accepted = Verdict.accept(250, "2.0.0", "accepted", f"Ok: queued as {queue_id}",
+                                  detail=notes)
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
                     size=len(message), queue_id=queue_id)
         return accepted.reply

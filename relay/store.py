@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -16,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from relay.models import Meta
 
 log = logging.getLogger("floodgate.store")
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -40,7 +46,20 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # A server that went away must fail fast: the relay logs it and carries on.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=10,
+                         connect_args={"connect_timeout": 5})
+
+
+# Store calls get threads of their own, so a slow or unreachable database can never hold up
+# the default executor that spool writes (the fsync before every 250) run on.
+_STORE_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
+
+
+async def in_store_thread(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run a blocking store call off the event loop, on the store's own threads."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _STORE_THREADS, functools.partial(fn, *args, **kwargs))
 
 
 def _alembic_config() -> AlembicConfig:

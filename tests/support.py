@@ -104,7 +104,10 @@ class PostgresCluster:
 
 def write_config(path: Path, *, store_url: str, port: int, extra_relay: str = "",
                  extra_store: str = "", extra: str = "",
-                 listen: list[str] | None = None) -> Path:
+                 listen: list[str] | None = None,
+                 extra_delivery: str = "enabled = false") -> Path:
+    """`extra_delivery`: the `[delivery]` section's lines. Off unless a test asks, so tests
+    of the front end see the spool (and the events) exactly as the SMTP side left them."""
     listen = listen or [f"127.0.0.1:{port}"]
     listen_toml = ", ".join(f'"{x}"' for x in listen)
     path.write_text(f"""
@@ -123,6 +126,9 @@ url = "{store_url}"
 refresh_interval = "0.2s"
 event_flush_interval = "0.1s"
 {extra_store}
+
+[delivery]
+{extra_delivery}
 
 [domains."example.org"]
 next_hop = "127.0.0.1:2600"

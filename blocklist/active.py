@@ -1,0 +1,64 @@
+"""What the firewall should hold right now: active blocks and every network never to block."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Engine, String, select, type_coerce
+
+from blocklist.export import Entry, utc
+from relay.models import Allow, Block
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def load(engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
+    """Active blocks (expires after `now`) and the store's allowlist, in one snapshot."""
+    now = utc(now)
+    sqlite = engine.dialect.name == "sqlite"
+    # SQLite: take the stored text and parse it in C; SQLAlchemy's converter is 3x slower.
+    expires = type_coerce(Block.expires, String()) if sqlite else Block.expires
+    with engine.connect() as conn, conn.begin():
+        rows = conn.execute(
+            select(Block.network, Block.reason, Block.score, expires).where(Block.expires > now)
+        ).all()
+        allow = list(conn.execute(select(Allow.network)).scalars())
+    parse = datetime.fromisoformat if sqlite else (lambda v: v)
+    entries = [Entry(n, r or "", float(s or 0.0), utc(parse(e))) for n, r, s, e in rows]
+    return [e for e in entries if e.expires > now], allow
+
+
+def protected(allow: Iterable[str], listen_hosts: Iterable[str], loopback: bool,
+              extra: Iterable[str] = ()) -> list[str]:
+    """Allowlist + the relay's own listen addresses (+ loopback): never exported, ever.
+
+    Wildcard listeners (`*`, 0.0.0.0, ::) name no single address and add nothing.
+    """
+    out = [*allow, *extra]
+    for host in listen_hosts:
+        if host == "localhost":
+            out += ["127.0.0.1", "::1"]
+            continue
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not ip.is_unspecified:
+            out.append(str(ip))
+    if loopback:
+        out += LOOPBACK
+    return sorted(set(out))
+
+
+def fingerprint(entries: Iterable[Entry], protect: Iterable[str]) -> str:
+    """Changes when a block, its expiry or the protected set changes, not with the clock."""
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.network):
+        h.update(f"{e.network}\0{e.expires.isoformat()}\0{e.reason}\0{e.score}\n".encode())
+    h.update(b"\1")
+    for p in sorted(protect):
+        h.update(p.encode() + b"\n")
+    return h.hexdigest()

@@ -1,0 +1,87 @@
+"""The connect gate: an in-memory snapshot of active blocks, refreshed from the store.
+
+A blocked host costs one dict lookup and a 554 before the greeting; blocks written by any
+relay sharing the store take effect here within `refresh_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from blocklist import blocks
+from blocklist.hosts import host_key
+from blocklist.scoring import BlockState, Protection
+from relay.logs import kv
+from relay.store import describe, in_store_thread, read_generation
+
+log = logging.getLogger("floodgate.gate")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BlockGate:
+    def __init__(self, engine: Engine, protection: Protection, ipv6_prefix: int = 64):
+        self.engine = engine
+        self.base_protection = protection
+        self.protection = protection
+        self.ipv6_prefix = ipv6_prefix
+        self.exact: dict[str, BlockState] = {}
+        self.networks: list[tuple[IPNetwork, BlockState]] = []
+        self.generation = -1
+        self._failing = False
+
+    def load(self) -> None:
+        generation = read_generation(self.engine, blocks.GENERATION_KEY)
+        active = blocks.active_blocks(self.engine)
+        allowed = [n for n, _, _ in blocks.allow_list(self.engine)]
+        exact: dict[str, BlockState] = {}
+        networks: list[tuple[IPNetwork, BlockState]] = []
+        for b in active:
+            net = ipaddress.ip_network(b.network, strict=False)
+            if net.prefixlen == net.max_prefixlen or (net.version == 6
+                                                      and net.prefixlen == self.ipv6_prefix):
+                exact[b.network] = b
+            else:
+                networks.append((net, b))
+        self.exact, self.networks = exact, networks
+        self.protection = self.base_protection.with_allow(allowed)
+        self.generation = generation
+
+    def lookup(self, client: str, now: datetime | None = None) -> BlockState | None:
+        """The active block covering `client`, if any; protected hosts are never blocked."""
+        now = now or datetime.now(UTC)
+        block = self.exact.get(host_key(client, self.ipv6_prefix))
+        if block is None and self.networks:
+            try:
+                ip = ipaddress.ip_address(client)
+            except ValueError:
+                return None
+            block = next((b for net, b in self.networks
+                          if net.version == ip.version and ip in net), None)
+        if block is None or block.expires <= now:
+            return None
+        if self.protection.why(client):
+            return None
+        return block
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                generation = await in_store_thread(read_generation, self.engine,
+                                                     blocks.GENERATION_KEY)
+                if generation != self.generation:
+                    await in_store_thread(self.load)
+                    log.info("blocks loaded %s", kv(active=len(self.exact) + len(self.networks),
+                                                   generation=self.generation))
+                self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error("cannot refresh blocks, using the last snapshot %s",
+                              kv(error=describe(e)))
+                    self._failing = True

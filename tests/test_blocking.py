@@ -1,0 +1,158 @@
+"""Host scoring and the connect gate against running relays, with many client addresses
+from 127.0.0.0/8 (the relay itself listens on 127.0.0.1, which is never blocked)."""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import timedelta
+
+import pytest
+
+from blocklist import blocks
+from relay.store import make_engine
+from tests.support import floodgate, wait_until
+from tests.test_smtp import ALIASES
+
+SCORING = """
+[scoring]
+threshold = 10
+interval = "0.2s"
+window = "1h"
+traps = ["trap@example.org"]
+[blocklist]
+block_time = "%s"
+escalation = 2
+protect_loopback = false
+allow = ["127.0.0.9"]
+"""
+
+
+def connect(relay, source: str) -> smtplib.SMTP:  # type: ignore[no-untyped-def]
+    return smtplib.SMTP("127.0.0.1", relay.port, timeout=10, source_address=(source, 0))
+
+
+def refused_at_connect(relay, source: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The 554 text when `source` is refused before the greeting, else None."""
+    try:
+        connect(relay, source).quit()
+    except smtplib.SMTPConnectError as e:
+        assert e.smtp_code == 554
+        return e.smtp_error.decode()
+    return None
+
+
+def dictionary_attack(relay, source: str, tries: int = 20) -> None:  # type: ignore[no-untyped-def]
+    with connect(relay, source) as smtp:
+        smtp.ehlo("attacker.test")
+        smtp.mail("x@attacker.test")
+        for i in range(tries):
+            assert smtp.rcpt(f"guess{i}@example.org")[0] == 550
+
+
+@pytest.fixture
+def relay(start_relay, sqlite_url):  # type: ignore[no-untyped-def]
+    return start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "1h")
+
+
+def test_dictionary_attacker_is_blocked_at_next_connection(relay) -> None:  # type: ignore[no-untyped-def]
+    dictionary_attack(relay, "127.0.0.9")  # allowlisted: scored, never blocked
+    dictionary_attack(relay, "127.0.0.5")
+    text = wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="block")
+    assert "5.7.1 Service unavailable; client [127.0.0.5] is blocked until" in str(text)
+    assert refused_at_connect(relay, "127.0.0.6") is None
+    assert refused_at_connect(relay, "127.0.0.9") is None
+    relay.wait_for_log(r"block network=127.0.0.5 score=20 level=1 .*reason=unknown_rcpt=20")
+    relay.wait_for_log(r"decision .*client=127.0.0.5 stage=connect action=reject reason=blocked")
+    shown = floodgate(relay.config, "hosts", "show", "127.0.0.9").stdout
+    assert "never blocked: allowlisted (127.0.0.9/32)" in shown
+    assert "unknown_rcpt │ 1      │ 20" in shown
+    shown = floodgate(relay.config, "hosts", "show", "127.0.0.5").stdout
+    assert "BLOCKED until" in shown
+
+
+def test_block_expires_and_escalates(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "2s")
+    dictionary_attack(relay, "127.0.0.5")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="block")
+    # Knocking while blocked is an offence too (it extends the block), so watch the store
+    # rather than the door until the block has run out.
+    engine = make_engine(sqlite_url)
+    wait_until(lambda: not blocks.active_blocks(engine), 20, "block expiry")
+    assert refused_at_connect(relay, "127.0.0.5") is None
+    first = blocks.load_blocks(engine)["127.0.0.5"]
+    assert first.level == 1
+    # back soon after: a longer block
+    dictionary_attack(relay, "127.0.0.5")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="second block")
+    second = wait_until(lambda: (b := blocks.load_blocks(engine)["127.0.0.5"]).level == 2
+                        and b, what="level 2")
+    assert second.expires - second.last_seen >= timedelta(seconds=4)  # 2s doubled
+    engine.dispose()
+
+
+def test_a_trap_blocks_at_once(relay) -> None:  # type: ignore[no-untyped-def]
+    with connect(relay, "127.0.0.7") as smtp:
+        smtp.ehlo("spammer.test")
+        smtp.mail("x@spammer.test")
+        unknown = smtp.rcpt("nobody@example.org")
+        trap = smtp.rcpt("trap@example.org")
+        assert trap[0] == 550
+        assert trap == unknown  # the sender learns nothing
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.7"), what="trap block")
+
+
+def test_manual_block_and_unblock(relay) -> None:  # type: ignore[no-untyped-def]
+    out = floodgate(relay.config, "block", "add", "127.0.0.4", "--for", "1h", "--reason",
+                    "abuse report").stdout
+    assert out.startswith("blocked 127.0.0.4 until ")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.4"), what="manual block")
+    assert "abuse report" in floodgate(relay.config, "block", "list").stdout
+    refused = floodgate(relay.config, "block", "add", "127.0.0.9", check=False)
+    assert refused.returncode == 1
+    assert "127.0.0.9 is never blocked: allowlisted" in refused.stderr
+    floodgate(relay.config, "block", "remove", "127.0.0.4")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.4") is None, what="unblock")
+    floodgate(relay.config, "block", "add", "127.0.0.0/29", "--for", "1h")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.3"), what="network block")
+    assert refused_at_connect(relay, "127.0.0.1") is None  # the relay's own address
+    floodgate(relay.config, "allow", "add", "127.0.0.3")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.3") is None, what="allow wins")
+    assert refused_at_connect(relay, "127.0.0.2")
+
+
+def test_offences_on_one_relay_block_on_the_other(start_relay, postgres) -> None:  # type: ignore[no-untyped-def]
+    url = postgres.create_database()
+    one = start_relay(url, name="one", aliases=ALIASES, extra=SCORING % "1h")
+    two = start_relay(url, name="two", extra=SCORING % "1h")
+    dictionary_attack(one, "127.0.0.8")
+    wait_until(lambda: refused_at_connect(two, "127.0.0.8"), what="block seen by relay two")
+    engine = make_engine(url)
+    assert list(blocks.load_blocks(engine)) == ["127.0.0.8"]  # one row, not one per relay
+    engine.dispose()
+
+
+def test_dnsbl_listed_host_is_refused_at_connect(start_relay, sqlite_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.dnsbl_fixtures import run_rbldnsd
+
+    with run_rbldnsd(tmp_path / "rbldnsd") as dns:
+        dnsbl = f"""
+[dnsbl]
+nameserver = "{dns.nameserver}"
+reject_score = 3
+[dnsbl.zones."zen.example"]
+weight = 3
+codes = ["127.0.0.2-127.0.0.11"]
+[dnsbl.zones."bl.example"]
+weight = 1
+"""
+        relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "1h" + dnsbl)
+        text = refused_at_connect(relay, "127.0.0.2")
+        assert text == ("5.7.1 Service unavailable; client [127.0.0.2] blocked using "
+                        "zen.example")
+        assert refused_at_connect(relay, "127.0.0.41") is None  # bl.example alone: 1 < 3
+        assert refused_at_connect(relay, "127.0.0.30") is None  # an error answer
+        assert refused_at_connect(relay, "127.0.0.9") is None  # allowlisted: not even asked
+        relay.wait_for_log(r"client=127.0.0.2 stage=connect action=reject reason=dnsbl code=554")
+        shown = floodgate(relay.config, "hosts", "show", "127.0.0.40").stdout
+        assert "DNSBL score 4 (reject at 3): refused at connect" in shown
+        assert "listed in zen.example: 127.0.0.2 (weight 3)" in shown
