@@ -266,6 +266,27 @@ def scan(ctx: click.Context, files: tuple[str, ...], rcpts: tuple[str, ...]) -> 
     sys.exit(1 if refused else 0)
 
 
+@main.command()
+@click.option("--listen", default="127.0.0.1:2600", show_default=True, help="host:port")
+@click.option("--dir", "directory", default="var/sink", show_default=True,
+              type=click.Path(file_okay=False), help="Where received messages are filed.")
+def sink(listen: str, directory: str) -> None:
+    """Accept all mail and file it: a stand-in next hop for trying Floodgate out."""
+    import asyncio
+
+    from relay.config_types import parse_endpoint
+    from relay.sink import run_sink
+
+    try:
+        host, port = parse_endpoint(listen)
+    except ValueError as e:
+        fail(f"--listen: {e}")
+    try:
+        asyncio.run(run_sink(host, port, Path(directory)))
+    except OSError as e:
+        fail(f"cannot listen on {listen}: {e.strerror or e}")
+
+
 def _register() -> None:
     from relay.hosts_cli import allow, block, hosts
     from relay.report_cli import report
