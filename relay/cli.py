@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 import click
 from rich.console import Console
@@ -13,9 +13,7 @@ from rich.table import Table
 
 from relay import aliases as alias_table
 from relay import logs
-from relay.blocklist_cli import blocklist
 from relay.config import Config, ConfigError, config_path, load_config
-from relay.queue_cli import queue
 from relay.store import StoreError, current_revision, describe, head_revision, make_engine
 from relay.store import upgrade as upgrade_schema
 
@@ -38,7 +36,25 @@ def load(ctx: click.Context) -> Config:
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Command groups living in other modules are imported only when used: every command
+    would otherwise pay for importing all of them (over a second on this machine)."""
+
+    lazy: ClassVar[dict[str, str]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config", metavar="FILE",
               help="Configuration file [env FLOODGATE_CONFIG; default ./floodgate.toml].")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -60,15 +76,23 @@ def check_config(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Relay processes sharing the listening sockets (SO_REUSEPORT); "
+              "worker 0 runs delivery.")
 @click.pass_context
-def serve(ctx: click.Context) -> None:
+def serve(ctx: click.Context, workers: int) -> None:
     """Run the relay until SIGTERM."""
     from relay.server import StartupError
     from relay.server import serve as run_server
 
     config = load(ctx)
     try:
-        run_server(config)
+        if workers > 1:
+            from relay.workers import serve_workers
+
+            serve_workers(config, workers)
+        else:
+            run_server(config)
     except StartupError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -288,16 +312,18 @@ def sink(listen: str, directory: str) -> None:
 
 
 def _register() -> None:
-    from relay.hosts_cli import allow, block, hosts
-    from relay.report_cli import report
-
-    for group in (block, allow, hosts, report):
-        main.add_command(group)
+    """Subcommands from other modules, as "module:attribute", loaded on first use."""
+    LazyGroup.lazy.update({
+        "block": "relay.hosts_cli:block",
+        "allow": "relay.hosts_cli:allow",
+        "hosts": "relay.hosts_cli:hosts",
+        "report": "relay.report_cli:report",
+        "blocklist": "relay.blocklist_cli:blocklist",
+        "queue": "relay.queue_cli:queue",
+    })
 
 
 _register()
-main.add_command(blocklist)
-main.add_command(queue)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
