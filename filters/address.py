@@ -26,14 +26,18 @@ def valid_domain(domain: str) -> bool:
 
 
 def split_address(address: str) -> tuple[str, str] | None:
-    """`local@domain` to (local, normalised domain); None when it is not a usable mailbox."""
+    """`local@domain` to (local, normalised domain); None when it is not a usable mailbox.
+
+    An address literal (`user@[192.0.2.1]`) is returned as is: it is never a hosted domain,
+    so the recipient check refuses it as relaying rather than as bad syntax.
+    """
     local, at, domain = address.rpartition("@")
     if not at or not local or len(local) > 64:
         return None
     domain = normalise_domain(domain)
-    if domain.startswith("[") or not valid_domain(domain):
-        return None if not domain.startswith("[") else (local, domain)
-    return local, domain
+    if domain.startswith("["):
+        return local, domain
+    return (local, domain) if valid_domain(domain) else None
 
 
 def lookup_keys(local: str, domain: str, *, case_sensitive: bool, delimiter: str) -> list[str]:
