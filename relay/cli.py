@@ -320,6 +320,8 @@ def _register() -> None:
         "report": "relay.report_cli:report",
         "blocklist": "relay.blocklist_cli:blocklist",
         "queue": "relay.queue_cli:queue",
+        "web": "relay.web_cli:web",
+        "token": "relay.web_cli:token",
     })
 
 

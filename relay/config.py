@@ -23,9 +23,11 @@ from relay.config_types import parse_duration, parse_endpoint
 from relay.delivery_config import DeliveryConfig
 from relay.dnsbl_config import DnsblConfig
 from relay.firewall_config import FirewallConfig
+from relay.hardening_config import LimitsConfig
 from relay.hosts_config import BlocklistConfig, ScoringConfig
 from relay.reports_config import MetricsConfig, RetentionConfig
 from relay.scanner_config import ClamAVConfig, SpamAssassinConfig
+from relay.web_config import WebConfig
 
 DEFAULT_CONFIG = "floodgate.toml"
 CONFIG_ENV = "FLOODGATE_CONFIG"
@@ -130,6 +132,8 @@ class Config(Strict):
     firewall: FirewallConfig = FirewallConfig()
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
+    limits: LimitsConfig = LimitsConfig()
+    web: WebConfig = WebConfig()
 
     @model_validator(mode="after")
     def _domains(self) -> Config:

@@ -12,7 +12,7 @@ import collections
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
@@ -45,6 +45,9 @@ class EventRecord:
     @staticmethod
     def now() -> datetime:
         return datetime.now(UTC)
+
+
+_FIELDS = tuple(f.name for f in fields(EventRecord))
 
 
 class EventWriter:
@@ -81,7 +84,9 @@ class EventWriter:
 
     def _write(self, rows: list[EventRecord]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(Event), [asdict(r) for r in rows])
+            # Not dataclasses.asdict: it deep-copies every value (each datetime through
+            # copy.deepcopy), which was 70% of the writer's time.
+            conn.execute(insert(Event), [{f: getattr(r, f) for f in _FIELDS} for r in rows])
             add_to_rollups(conn, rows)  # same transaction: reports never disagree
 
     async def run(self) -> None:

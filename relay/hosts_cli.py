@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import click
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -187,7 +188,9 @@ def hosts_show(ctx: click.Context, address: str, shown: int) -> None:
         ev = Table("time (UTC)", "stage", "action", "reason", "recipient", "detail",
                    title=f"last {len(recent)} events")
         for ts, stage, action, reason, rcpt, detail in recent:
-            ev.add_row(_when(blocks.utc(ts)), stage, action, reason, rcpt, detail)
+            # client-chosen text: never rich markup (a stray "[/]" would crash the report)
+            ev.add_row(_when(blocks.utc(ts)), stage, action, reason, escape(rcpt),
+                       escape(detail))
         out.print(ev)
     existing = blocks.load_blocks(engine).get(key)
     why = _protection(config, engine).why(key)

@@ -11,6 +11,7 @@ from relay.config_types import parse_duration
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
     "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 1, "accepted": -1,
+    "rate_limit": 1, "pregreet": 3,
 }
 
 

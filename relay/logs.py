@@ -6,18 +6,38 @@ import logging
 import sys
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@/+[]<>,=")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """Control characters (C0, DEL, C1, line and paragraph separators) as `\\n`, `\\xNN`
+    or `\\uNNNN`: client-chosen text can neither end a log line, nor drive a terminal
+    (ANSI escapes), nor carry a NUL into the store."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() or c == " ":
+            out.append(c)
+        elif c in _NAMED:
+            out.append(_NAMED[c])
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return "".join(out)
 
 
 def kv(**fields: object) -> str:
-    """Render fields in logfmt; values with spaces or quotes are quoted."""
+    """Render fields in logfmt; values with spaces or quotes are quoted, control
+    characters escaped (see `printable`), so one decision is always one line."""
     out = []
     for key, value in fields.items():
         if value is None or value == "":
             continue
         text = str(value)
         if not set(text) <= _SAFE:
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") \
-                .replace("\r", "\\r") + '"'
+            text = '"' + printable(text.replace("\\", "\\\\")).replace('"', '\\"') + '"'
         out.append(f"{key}={text}")
     return " ".join(out)
 

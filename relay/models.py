@@ -100,3 +100,4 @@ class Allow(Base):
 
 
 from relay import rollup_models  # noqa: E402, F401  (registers the rollup tables)
+from relay import web_models  # noqa: E402, F401  (audit trail, API tokens)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import ssl
 import time
@@ -20,6 +21,7 @@ from relay.config import Config
 from relay.delivery import DeliveryService
 from relay.dnsbl_config import build_dnsbl
 from relay.events import EventWriter, prune_loop
+from relay.fastsmtp import fast_protocol
 from relay.gate import BlockGate
 from relay.logs import kv
 from relay.metrics import Metrics
@@ -130,8 +132,12 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class Relay:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, worker: int | None = None):
+        """`worker`: this process's number under `serve --workers N` (None: the only one).
+        Workers share the listening sockets (SO_REUSEPORT) and the spool; the supervisor
+        prepares the spool, and only worker 0 serves metrics and runs delivery."""
         self.config = config
+        self.worker = worker
         self.engine = make_engine(config.store.url)
         self.hosted = config.hosted()
         self.snapshot = AliasSnapshot(self.engine, config)
@@ -155,6 +161,7 @@ class Relay:
             pipeline=Pipeline(chain), spool=self.spool, events=self.events,
             max_recipients=config.relay.max_recipients, ipv6_prefix=store.ipv6_prefix,
             gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
+            limits=config.limits,
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.handler.queue_full = self.delivery.queue_full
@@ -182,7 +189,8 @@ class Relay:
     async def start(self) -> None:
         prepare_store(self.engine)
         try:
-            self.spool.prepare()
+            if self.worker is None:  # workers: done once by the supervisor (it clears tmp/)
+                self.spool.prepare()
         except OSError as e:
             raise StartupError(f"relay.spool_dir {self.spool.root}: {e.strerror}") from e
         try:
@@ -192,7 +200,7 @@ class Relay:
             raise StartupError(f"cannot load the alias table or blocks: {describe(e)}") from e
         ctx = tls_context(self.config)
         metrics = self.config.metrics.endpoint()
-        if metrics is not None:
+        if metrics is not None and not self.worker:
             try:
                 self.metrics.serve(*metrics)
             except OSError as e:
@@ -200,8 +208,10 @@ class Relay:
                                    f"{e.strerror or e}") from e
         relay = self.config.relay
 
+        protocol = fast_protocol(FloodgateSMTP)  # aiosmtpd's set-up cost, once per class
+
         def factory() -> FloodgateSMTP:
-            return FloodgateSMTP(
+            return protocol(
                 self.handler, hostname=relay.hostname, ident="ESMTP Floodgate",
                 data_size_limit=relay.max_message_size, tls_context=ctx,
                 require_starttls=bool(ctx and relay.tls and relay.tls.required),
@@ -212,7 +222,12 @@ class Relay:
         for host, port in relay.endpoints():
             bind = None if host == "*" else host
             try:
-                server = await loop.create_server(factory, bind, port, reuse_address=True)
+                # backlog: asyncio's default of 100 overflows in a connection flood (5,000
+                # clients at once): the kernel then drops handshakes and clients wait
+                # seconds for SYN-ACK retransmits. The kernel caps it at net.core.somaxconn.
+                server = await loop.create_server(factory, bind, port, reuse_address=True,
+                                                  reuse_port=self.worker is not None,
+                                                  backlog=4096)
             except OSError as e:
                 await self.close_servers()
                 why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
@@ -227,8 +242,10 @@ class Relay:
         keep = self.config.retention
         self.tasks.append(asyncio.create_task(
             prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
-        await self.delivery.start()
-        log.info("ready %s", kv(node=relay.node, listen=",".join(relay.listen),
+        if not self.worker:
+            await self.delivery.start()
+        log.info("ready %s", kv(node=relay.node, worker=self.worker,
+                               listen=",".join(relay.listen),
                                domains=",".join(sorted(self.hosted)),
                                aliases=len(self.snapshot.book)))
 
@@ -268,8 +285,8 @@ class Relay:
         self.engine.dispose()
 
 
-async def run(config: Config) -> None:
-    relay = Relay(config)
+async def run(config: Config, worker: int | None = None) -> None:
+    relay = Relay(config, worker)
     await relay.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -279,10 +296,13 @@ async def run(config: Config) -> None:
     await relay.stop()
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, worker: int | None = None) -> None:
+    """Run on uvloop; FLOODGATE_EVENT_LOOP=asyncio picks asyncio's own loop (benchmarks)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional in spirit
-        asyncio.run(run(config))
+        uvloop = None
+    if uvloop is None or os.environ.get("FLOODGATE_EVENT_LOOP", "uvloop") == "asyncio":
+        asyncio.run(run(config, worker))
     else:
-        uvloop.run(run(config))
+        uvloop.run(run(config, worker))

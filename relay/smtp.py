@@ -8,22 +8,29 @@ decisions: it runs the filter pipeline, records every decision and spools accept
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import email.utils
+import errno
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import apply_headers
 from relay import replies
+from relay.addresses import routing_problem, size_problem
+from relay.data import DataScanner, Problem, read_data
 from relay.events import EventRecord, EventWriter
-from relay.logs import kv
+from relay.hardening_config import LimitsConfig
+from relay.limits import ConnectionLimiter
+from relay.logs import kv, printable
 from relay.pipeline import Pipeline
 from relay.spool import Envelope as SpoolEnvelope
 from relay.spool import Spool, new_queue_id
@@ -37,6 +44,22 @@ SPOOL_FAILED = Verdict.tempfail(
 CONNECTED = Verdict.accept(220, "2.0.0", "connect", "connected")
 NO_VALID_RCPTS = "554 5.5.1 Error: no valid recipients"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+# RFC 5321 4.5.3.1.4: 512 octets with the CRLF (aiosmtpd allows 512 without it).
+COMMAND_LIMIT = 510
+# SMTP smuggling: Postfix's smtpd_forbid_bare_newline answers commands this way and hangs
+# up; in DATA the message is refused whole, the session goes on (only <CRLF>.<CRLF> ended
+# it, so the stream is still in step with the client).
+BARE_IN_COMMAND = "550 5.5.2 Error: bare <CR> or <LF> received in a command"
+BARE_IN_DATA = "550 5.6.11 Error: bare <CR> or <LF>, or NUL, in message data"
+PREGREET = "521 5.5.1 Protocol error: client talked before the greeting"
+CONNECT_FAILED = Verdict.tempfail(421, "4.3.0", "connect", "Internal error, try again later")
+BIG = 1 << 20  # bytes: messages larger than this are copied in a worker thread
+TOO_SLOW = Verdict.tempfail(451, "4.3.0", "timeout",
+                            "Took too long to process the message, try again later")
+
+
+class BareNewline(Exception):
+    """A command line with a CR or LF outside a CRLF pair: its framing cannot be trusted."""
 
 
 def queue_full(detail: str) -> Verdict:
@@ -54,6 +77,8 @@ class RelaySession(Session):
         self.client = ""
         self.helo = ""
         self.rcpt_attempts = 0
+        # loop.time() by which the reply to the message in hand must be sent
+        self.reply_deadline: float | None = None
 
 
 class FloodgateSMTP(SMTP):
@@ -64,6 +89,17 @@ class FloodgateSMTP(SMTP):
         self.relay = handler
         self._greeted = False
         self._collect: list[bytes] | None = None
+        # aiosmtpd keeps these in one dict shared by every connection (and adds 26 to MAIL
+        # on each EHLO): each connection gets its own, at the RFC's size.
+        self.command_size_limit = COMMAND_LIMIT
+        self.command_size_limits = collections.defaultdict(lambda: COMMAND_LIMIT)
+        self._refusal: Verdict | None = None  # from the connection limits
+        self._admitted = False
+        self._pregreet = False
+        self._talked = asyncio.Event()
+        self._close_after_reply = False
+        self._processing = False  # a message is being scanned/queued: do not cut it off
+        self._session_timer: asyncio.TimerHandle | None = None
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
@@ -75,22 +111,109 @@ class FloodgateSMTP(SMTP):
         peer = session.peer
         session.client = peer[0] if isinstance(peer, tuple) else str(peer)
         self.relay.connections.add(self)
+        if not self._admitted and self._refusal is None:  # not again after STARTTLS
+            self._refusal = self.relay.admit(session)
+            self._admitted = self._refusal is None
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        """Command lines must end in CRLF, with no CR or LF inside: aiosmtpd splits them
+        at a bare LF, which a next hop may not."""
+        super()._cb_client_connected(reader, writer)
+        plain = reader.readuntil
+        overrun = False  # the tail of an over-long line is refused as such anyway
+
+        async def strict(separator: bytes = b"\n") -> bytes:
+            nonlocal overrun
+            try:
+                line = await plain(separator)
+            except asyncio.LimitOverrunError:
+                overrun = True
+                raise
+            if overrun:
+                overrun = False
+            elif separator == b"\n" and (not line.endswith(b"\r\n") or b"\r" in line[:-2]):
+                raise BareNewline(line[:80])
+            return line
+
+        reader.readuntil = strict  # type: ignore[method-assign]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._greeted and not self._pregreet:
+            self._pregreet = True
+            self._talked.set()
+        super().data_received(data)
 
     async def _handle_client(self) -> None:
-        """Connect-time checks run before the greeting: a refused host sees only a 554."""
+        """Connect-time checks run before the greeting: a refused host sees only its 4xx or
+        5xx. Then postscreen's pregreet test, then aiosmtpd's command loop."""
         session = self.session
         assert isinstance(session, RelaySession)
-        verdict = await self.relay.on_connect(session)
+        verdict = self._refusal
+        if verdict is None:
+            try:
+                verdict = await self.relay.on_connect(session)
+            except Exception:
+                log.exception("connect check failed %s", kv(session=session.sid,
+                                                            client=session.client))
+                verdict = CONNECT_FAILED
         if verdict.action != Action.ACCEPT:
-            self._greeted = True
-            if self.transport is not None:
-                self._writer.write(verdict.reply.encode() + b"\r\n")
-                self.transport.close()
+            self._hang_up(verdict.reply)
             return
+        limits = self.relay.limits
+        if limits.greet_wait and not self._pregreet:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._talked.wait(), limits.greet_wait)
+        if self._pregreet:
+            drop = limits.pregreet_action == "drop"
+            self.relay.record(session, None, Stage.CONNECT, Verdict(
+                Action.REJECT if drop else Action.ACCEPT, 521 if drop else 220, "5.5.1",
+                "pregreet", "client talked before the greeting"))
+            if drop:
+                self._hang_up(PREGREET)
+                return
+        if limits.session_timeout:
+            self._session_timer = self.loop.call_later(limits.session_timeout,
+                                                       self._session_expired)
         await super()._handle_client()
+
+    def _hang_up(self, reply: str) -> None:
+        self._greeted = True
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        """Idle (or DATA) timeout: say 421 before hanging up, as RFC 5321 3.8 asks."""
+        session = self.session
+        if isinstance(session, RelaySession) and self.transport is not None:
+            self.relay.record(session, self.envelope, "command", Verdict.tempfail(
+                421, "4.4.2", "timeout", "timeout exceeded", detail="idle or data timeout"))
+            self._hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+        if self.transport is not None:
+            super()._timeout_cb()
+
+    def _session_expired(self) -> None:
+        """slowloris: however busy, a session ends after limits.session_timeout; a message
+        being scanned still gets its reply first."""
+        if self._processing:
+            self._close_after_reply = True
+            return
+        session = self.session
+        if isinstance(session, RelaySession) and self.transport is not None:
+            self.relay.record(session, self.envelope, "command", Verdict.tempfail(
+                421, "4.4.2", "timeout", "session too long", detail="session_timeout"))
+            self._hang_up(f"421 4.4.2 {self.hostname} Error: session too long")
 
     def connection_lost(self, error: Exception | None) -> None:
         self.relay.disconnected(self)
+        if self._admitted:
+            self._admitted = False
+            session = self.session
+            if isinstance(session, RelaySession):
+                self.relay.limiter.release(session.client)
+        if self._session_timer is not None:
+            self._session_timer.cancel()
         super().connection_lost(error)
 
     @property
@@ -116,6 +239,22 @@ class FloodgateSMTP(SMTP):
             if reason is not None:
                 self.relay.protocol_refusal(self, text, reason, stage)
         await super().push(text)
+        if self._close_after_reply and self.transport is not None:
+            self.transport.close()
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A bare newline in a command: refuse and hang up. Anything else is our fault:
+        451 (aiosmtpd says 500), the transaction is dropped, the session goes on."""
+        if isinstance(error, BareNewline):
+            self._close_after_reply = True
+            self.relay.protocol_refusal(self, BARE_IN_COMMAND, "protocol", "command")
+            return BARE_IN_COMMAND
+        session = self.session
+        if isinstance(session, RelaySession):
+            log.error("hook failed %s", kv(session=session.sid, client=session.client,
+                                           error=type(error).__name__))
+        self._set_rset_state()
+        return await super().handle_exception(error)
 
     async def _greeting_reply(self, method: Callable[[str], Any], arg: str) -> None:
         """Run HELO/EHLO, sending its lines in one write: simple clients misread a
@@ -131,6 +270,8 @@ class FloodgateSMTP(SMTP):
 
     async def smtp_EHLO(self, arg: str) -> None:
         await self._greeting_reply(super().smtp_EHLO, arg)
+        # SIZE lets MAIL grow by 26 (RFC 1870); aiosmtpd adds it again on every EHLO
+        self.command_size_limits["MAIL"] = COMMAND_LIMIT + 26
 
     async def smtp_HELO(self, arg: str) -> None:
         await self._greeting_reply(super().smtp_HELO, arg)
@@ -142,7 +283,54 @@ class FloodgateSMTP(SMTP):
                 and not self.envelope.rcpt_tos and session.rcpt_attempts and not arg):
             await self.push(NO_VALID_RCPTS)
             return
-        await super().smtp_DATA(arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if self.envelope is None or not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limits = self.relay.limits
+        scanner = DataScanner(limit=self.data_size_limit)
+        self._reset_timeout(limits.data_timeout or None)  # the whole transfer, not per line
+        try:
+            await read_data(self._reader, scanner)
+        except Exception:
+            # out of step with the client: whatever it sends next cannot be trusted
+            self._close_after_reply = True
+            raise
+        refused = scanner.refused
+        if refused is not Problem.NONE:
+            self._reset_timeout()
+            if refused is Problem.BARE:
+                self.relay.protocol_refusal(self, BARE_IN_DATA, "protocol", "data")
+                await self.push(BARE_IN_DATA)
+            elif refused is Problem.TOO_LONG:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            else:
+                await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        # big messages are copied off the loop (bytes.join drops the GIL for large copies)
+        content = (await asyncio.to_thread(scanner.content) if scanner.size > BIG
+                   else scanner.content())
+        self.envelope.content = self.envelope.original_content = content
+        # from here the reply deadline rules, not the idle timer: never hang up on a
+        # message while it is scanned or written to the spool
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        session.reply_deadline = self.loop.time() + limits.reply_timeout
+        self._processing = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._processing = False
+            session.reply_deadline = None
+            self._reset_timeout()
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("502 5.5.1 AUTH not available on this MX")
@@ -159,7 +347,8 @@ class RelayHandler:
     def __init__(self, *, node: str, hostname: str, pipeline: Pipeline, spool: Spool,
                  events: EventWriter, max_recipients: int, ipv6_prefix: int = 64,
                  gate: Callable[[str], BlockState | None] = lambda client: None,
-                 protected: Callable[[str], str | None] = lambda client: None):
+                 protected: Callable[[str], str | None] = lambda client: None,
+                 limits: LimitsConfig | None = None):
         self.node = node
         self.hostname = hostname
         self.pipeline = pipeline
@@ -169,6 +358,8 @@ class RelayHandler:
         self.ipv6_prefix = ipv6_prefix
         self.gate = gate
         self.protected = protected
+        self.limits = limits or LimitsConfig()
+        self.limiter = ConnectionLimiter(self.limits, ipv6_prefix)
         self.connections: set[FloodgateSMTP] = set()
         # Why new mail must wait (spool or disk full), or None; set by the delivery service.
         self.queue_full: Callable[[], str | None] = lambda: None
@@ -182,12 +373,15 @@ class RelayHandler:
                queue_id: str = "") -> None:
         """One decision: an event row for the store and a log line for the operator."""
         sender = envelope.mail_from if envelope is not None and envelope.mail_from else ""
+        # client-chosen text (HELO, addresses, virus names) is stored escaped: no NUL for
+        # PostgreSQL to refuse, no terminal escapes for a report to replay
         self.events.emit(EventRecord(
             ts=EventRecord.now(), node=self.node, client=session.client,
             host=host_key(session.client, self.ipv6_prefix), stage=stage,
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
-            helo=session.helo[:255], sender=sender[:320], recipient=recipient,
-            detail=verdict.detail, size=size, queue_id=queue_id,
+            helo=printable(session.helo)[:255], sender=printable(sender)[:320],
+            recipient=printable(recipient), detail=printable(verdict.detail), size=size,
+            queue_id=queue_id,
         ))
         self.on_decision(stage, verdict.action.value, verdict.reason)
         log.info("decision %s", kv(
@@ -212,6 +406,14 @@ class RelayHandler:
         if verdict is None or verdict.action == Action.ACCEPT:
             verdict = CONNECTED
         self.record(session, None, Stage.CONNECT, verdict)
+        return verdict
+
+    def admit(self, session: RelaySession) -> Verdict | None:
+        """The connection limits, checked as the TCP connection is made; a refusal is
+        recorded here (its 421 is said instead of the greeting)."""
+        verdict = self.limiter.admit(session.client)
+        if verdict is not None:
+            self.record(session, None, Stage.CONNECT, verdict)
         return verdict
 
     def disconnected(self, conn: FloodgateSMTP) -> None:
@@ -244,8 +446,8 @@ class RelayHandler:
     async def handle_MAIL(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope, address: str, mail_options: list[str]) -> str:
         full = self.queue_full()
-        if full is not None:
-            verdict = queue_full(full)
+        verdict = queue_full(full) if full is not None else size_problem(address, sender=True)
+        if verdict is not None:
             self.record(session, envelope, Stage.MAIL, verdict)
             return verdict.reply
         envelope.mail_from = address
@@ -260,6 +462,8 @@ class RelayHandler:
             verdict: Verdict | None = queue_full(full)
         elif len(envelope.rcpt_tos) >= self.max_recipients:
             verdict = TOO_MANY_RCPTS
+        elif (problem := size_problem(address, sender=False) or routing_problem(address)):
+            verdict = problem
         else:
             ctx = Context(client=session.client, helo=session.helo,
                           mail_from=envelope.mail_from or "", rcpt=address,
@@ -284,7 +488,13 @@ class RelayHandler:
         ctx = Context(client=session.client, helo=session.helo,
                       mail_from=envelope.mail_from or "", rcpts=list(envelope.rcpt_tos),
                       content=data)
-        verdict = await self.pipeline.run(Stage.DATA, ctx)
+        left = (session.reply_deadline - asyncio.get_running_loop().time()
+                if session.reply_deadline is not None else None)
+        try:
+            async with asyncio.timeout(left):
+                verdict = await self.pipeline.run(Stage.DATA, ctx)
+        except TimeoutError:
+            verdict = TOO_SLOW
         if verdict is not None and verdict.action != Action.ACCEPT:
             self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
             return verdict.reply
@@ -292,32 +502,40 @@ class RelayHandler:
         if Stage.DATA in self.pipeline.stages:
             # strip forged X-Spam-*/X-Floodgate-* fields even when no filter added any
             headers = verdict.headers if verdict is not None else ()
-            data = apply_headers(data, headers)
+            data = (await asyncio.to_thread(apply_headers, data, headers) if len(data) > BIG
+                    else apply_headers(data, headers))
             notes = " ".join(f"{name}={value}" for name, value in headers
                              if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))
             if verdict is not None:
                 notes = f"{verdict.reason} {notes}".strip()
         queue_id = new_queue_id()
-        message = self.received_header(session, envelope, queue_id) + data
+        trace = self.received_header(session, envelope, queue_id)
         spooled = SpoolEnvelope(
             queue_id=queue_id, mail_from=envelope.mail_from or "",
             rcpt_tos=list(envelope.rcpt_tos), client=session.client, helo=session.helo,
-            node=self.node, received=time.time(), size=len(message),
+            node=self.node, received=time.time(), size=len(trace) + len(data),
             mail_options=list(envelope.mail_options),
         )
         try:
-            await asyncio.to_thread(self.spool.write, spooled, message)
+            await asyncio.to_thread(self._write, spooled, trace, data)
         except OSError as e:
             log.error("spool write failed %s", kv(queue_id=queue_id, error=e.strerror or e))
-            failed = Verdict.tempfail(SPOOL_FAILED.code, SPOOL_FAILED.status, "spool",
-                                      SPOOL_FAILED.text, detail=str(e.strerror or e))
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # disk full: 452, as at MAIL
+                failed = queue_full(f"spool write: {e.strerror}")
+            else:
+                failed = Verdict.tempfail(SPOOL_FAILED.code, SPOOL_FAILED.status, "spool",
+                                          SPOOL_FAILED.text, detail=str(e.strerror or e))
             self.record(session, envelope, Stage.DATA, failed, recipient=rcpts, size=len(data))
             return failed.reply
         accepted = Verdict.accept(250, "2.0.0", "accepted", f"Ok: queued as {queue_id}",
                                   detail=notes)
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
-                    size=len(message), queue_id=queue_id)
+                    size=spooled.size, queue_id=queue_id)
         return accepted.reply
+
+    def _write(self, envelope: SpoolEnvelope, trace: bytes, data: bytes) -> None:
+        """In a worker thread; trace line and message are written without joining them."""
+        self.spool.write(envelope, trace, data)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("session error", exc_info=error)

@@ -118,8 +118,12 @@ class Spool:
     def path(self, queue_id: str) -> Path:
         return self.queue / f"{queue_id}.msg"
 
-    def write(self, envelope: Envelope, message: bytes) -> Path:
-        """Store durably; returns the queue file. Raises OSError when the disk refuses."""
+    def write(self, envelope: Envelope, message: bytes, *more: bytes) -> Path:
+        """Store durably; returns the queue file. Raises OSError when the disk refuses.
+
+        The message may come in parts (trace header, then body), written one after the
+        other: joining a 20 MB body to its `Received:` line would copy it for nothing.
+        """
         header = MAGIC + json.dumps(asdict(envelope), separators=(",", ":")).encode() + b"\n"
         tmp = self.tmp / f"{envelope.queue_id}.tmp"
         final = self.path(envelope.queue_id)
@@ -128,6 +132,8 @@ class Spool:
             with os.fdopen(fd, "wb", closefd=False) as fh:
                 fh.write(header)
                 fh.write(message)
+                for part in more:
+                    fh.write(part)
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -26,7 +26,7 @@ from relay.config import ConfigError, load_config
 from relay.events import EventRecord, EventWriter
 from relay.models import Base, Event
 from relay.rollup_models import HOUR, MINUTE, HostRollup, TimelineRollup, floor, prune
-from relay.store import _alembic_config, make_engine, upgrade
+from relay.store import _alembic_config, head_revision, make_engine, upgrade
 from tests.support import floodgate, free_port, wait_until, write_config
 
 pytest_plugins = ["tests.scanner_fixtures"]
@@ -332,7 +332,7 @@ def test_migration_0003_fills_rollups_from_existing_events(store_url: str) -> No
     with engine.begin() as conn:
         conn.execute(insert(Event), [{k: getattr(r, k) for k in r.__dataclass_fields__}
                                      for r in rows])
-    assert upgrade(engine) == ("0002", "0003")
+    assert upgrade(engine) == ("0002", head_revision())  # 0003 and later ones
     with engine.connect() as conn:  # the migration builds exactly what the models say
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     hosts, minutes = rolled(engine)
@@ -341,7 +341,7 @@ def test_migration_0003_fills_rollups_from_existing_events(store_url: str) -> No
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0002")
-    assert upgrade(engine) == ("0002", "0003")
+    assert upgrade(engine) == ("0002", head_revision())  # 0003 and later ones
 
 
 def test_config_sections(tmp_path: Path) -> None:

@@ -1,0 +1,65 @@
+"""`[limits]`: what one client, or all of them together, may cost the relay.
+
+Defaults follow Postfix where it has one (anvil's per-client connection count 50, the
+RFC 5321 4.5.3.2 timeouts) and keep loopback exempt, as Postfix exempts $mynetworks, so
+local tools and benchmarks are not throttled by accident.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from relay.config_types import parse_duration
+
+Duration = Annotated[float, Field(ge=0)]
+
+
+class LimitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Connections open at once, over all clients (0: no cap): `421 4.3.2` beyond.
+    max_connections: int = Field(default=10_000, ge=0)
+    # Per client address (IPv6: per store.ipv6_prefix network): `421 4.7.0` beyond.
+    max_per_client: int = Field(default=50, ge=0)
+    # New connections per client within rate_window (0: no limit).
+    connection_rate: int = Field(default=0, ge=0)
+    rate_window: Duration = 60.0
+    # Networks the per-client limits do not apply to (the global cap still does).
+    exempt: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # postscreen's greet_wait: hold the banner this long, watching for early talkers.
+    greet_wait: Duration = 0.0
+    pregreet_action: Literal["record", "drop"] = "record"
+    # Whole session, however busy (slowloris sending a command every idle_timeout).
+    session_timeout: Duration = 3600.0
+    # From the 354 to the client's final dot (RFC 5321 4.5.3.2: 3 min per block, we
+    # allow the whole transfer this long).
+    data_timeout: Duration = 600.0
+    # From the final dot to our reply: scanning and queueing. RFC 5321 4.5.3.2.6 gives
+    # the client 10 minutes; replying well inside that avoids a duplicate delivery.
+    reply_timeout: Duration = 300.0
+
+    @field_validator("rate_window", "greet_wait", "session_timeout", "data_timeout",
+                     "reply_timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @field_validator("exempt")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{item!r}: not an address or network") from e
+        return v
+
+    @model_validator(mode="after")
+    def _reply_inside_client_timeout(self) -> LimitsConfig:
+        if self.reply_timeout > 540:
+            raise ValueError("reply_timeout: keep it under the client's 10 minutes "
+                             "(RFC 5321 4.5.3.2.6), at most 9m")
+        return self

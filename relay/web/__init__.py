@@ -1,0 +1,1 @@
+"""The web console, the JSON API and the blocklist feeds (`floodgate web`)."""

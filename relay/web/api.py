@@ -1,0 +1,252 @@
+"""The JSON API under `/api`: reads need any token, changes an admin token, and every
+change is written to the audit trail under the token's name."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, get_args
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from blocklist import blocks
+from blocklist import reports as rp
+from relay.config import Config
+from relay.config_types import parse_duration
+from relay.web import data
+from relay.web.auth import Authenticator, Principal
+from relay.web.schemas import (
+    AllowIn,
+    AllowOut,
+    AuditRow,
+    BlockIn,
+    BlockOut,
+    Changed,
+    HostDetail,
+    HostRow,
+    QueueOut,
+    SummaryOut,
+    TimelineOut,
+    WhoAmI,
+)
+
+BEARER = HTTPBearer(auto_error=False, description="A read or admin token.")
+BUCKETS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
+           "15m": timedelta(minutes=15), "1h": timedelta(hours=1)}
+MAX_SINCE = 400 * 86_400.0
+MAX_BLOCK = 3650 * 86_400.0
+MAX_BUCKETS = 5_000
+Reason = Literal["connect", "blocked", "dnsbl", "known_rcpt", "unknown_rcpt", "trap",
+                 "relay_denied", "too_many_rcpts", "size", "protocol", "virus", "spam",
+                 "clamav_error", "spamassassin_error", "accepted", "spool", "queue_full"]
+Bucket = Literal["1m", "5m", "15m", "1h"]
+assert set(get_args(Bucket)) == set(BUCKETS)
+
+
+def config_of(request: Request) -> Config:
+    return request.app.state.config  # type: ignore[no-any-return]
+
+
+def engine_of(request: Request) -> Any:
+    return request.app.state.engine
+
+
+def principal(request: Request,
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+              ) -> Principal:
+    """Any valid token, else 401 with the Bearer challenge."""
+    auth: Authenticator = request.app.state.auth
+    found = auth.lookup(creds.credentials) if creds is not None else None
+    if found is None:
+        raise HTTPException(401, "a valid bearer token is needed",
+                            headers={"WWW-Authenticate": 'Bearer realm="floodgate"'})
+    return found
+
+
+def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not who.admin:
+        raise HTTPException(403, f"token {who.name!r} may read but not change anything")
+    return who
+
+
+Reader = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]
+router = APIRouter(prefix="/api", responses={401: {"description": "no or unknown token"}})
+
+
+def seconds(value: str | float, name: str, maximum: float) -> float:
+    try:
+        secs = parse_duration(value)
+    except ValueError as e:
+        raise HTTPException(422, f"{name}: {e}") from None
+    if not 0 < secs <= maximum:
+        raise HTTPException(422, f"{name}: must be more than 0 and at most {maximum:g}s")
+    return secs
+
+
+def parse_network(value: str) -> str:
+    try:
+        net = blocks.canonical_network(value)
+    except ValueError:
+        raise HTTPException(422, f"{value!r} is not an IP address or network") from None
+    if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+        raise HTTPException(422, "a block of every address is refused")
+    return net
+
+
+@router.get("/whoami", response_model=WhoAmI, tags=["session"])
+def whoami(request: Request, who: Reader) -> dict[str, Any]:
+    """The token's name and scope, and the console's settings."""
+    cfg = config_of(request)
+    return {"name": who.name, "scope": who.scope, "node": cfg.relay.node,
+            "refresh_seconds": cfg.web.refresh, "public_feeds": cfg.web.public_feeds}
+
+
+# -- hosts and reports -------------------------------------------------------------------
+
+
+@router.get("/hosts/{address}", response_model=HostDetail, tags=["hosts"])
+def host(request: Request, _: Reader, address: str,
+         events: Annotated[int, Query(ge=0, le=500)] = 20) -> dict[str, Any]:
+    """Score over the scoring window, events by reason with their weights, block state and
+    why (`floodgate hosts show`)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise HTTPException(422, f"{address!r} is not an IP address") from None
+    return data.host_detail(config_of(request), engine_of(request), address, events)
+
+
+@router.get("/reports/hosts", response_model=list[HostRow], tags=["reports"])
+def report_hosts(request: Request, _: Reader, since: str = "24h",
+                 top: Annotated[int, Query(ge=0, le=10_000)] = 20,
+                 reason: Reason | None = None) -> list[dict[str, Any]]:
+    """Most refused hosts first (`floodgate report hosts --format json`); top=0: all."""
+    cfg, engine = config_of(request), engine_of(request)
+    window = seconds(since, "since", MAX_SINCE)
+    start, now = rp.since_now(window)
+    score_since = start if cfg.scoring.window == window else \
+        now - timedelta(seconds=cfg.scoring.window)
+    rows = rp.hosts_report(engine, since=start, top=top, reason=reason,
+                           weights=cfg.scoring.all_weights(), score_since=score_since,
+                           active=blocks.active_blocks(engine, now))
+    return [h.row() for h in rows]
+
+
+@router.get("/reports/timeline", response_model=TimelineOut, tags=["reports"])
+def report_timeline(request: Request, _: Reader, since: str = "6h",
+                    bucket: Bucket = "5m") -> dict[str, Any]:
+    """Outcomes per bucket, zero-filled (`floodgate report timeline --format json`)."""
+    window = seconds(since, "since", MAX_SINCE)
+    if window / BUCKETS[bucket].total_seconds() > MAX_BUCKETS:
+        raise HTTPException(422, f"more than {MAX_BUCKETS} buckets: use a larger bucket")
+    start, now = rp.since_now(window)
+    tl = rp.timeline_report(engine_of(request), since=start, now=now, step=BUCKETS[bucket])
+    return {"start": tl.start.isoformat(), "end": tl.end.isoformat(), "bucket": bucket,
+            "outcomes": list(rp.OUTCOMES), "buckets": tl.rows()}
+
+
+@router.get("/reports/summary", response_model=SummaryOut, tags=["reports"])
+def report_summary(request: Request, _: Reader, since: str = "24h",
+                   top: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
+    """Totals by outcome, top viruses, refused recipients, DNSBL zones, blocks, queue."""
+    cfg, engine = config_of(request), engine_of(request)
+    start, now = rp.since_now(seconds(since, "since", MAX_SINCE))
+    queue = data.queue_summary(cfg, 0)
+    s = rp.summary_report(engine, since=start, now=now, limit=top,
+                          active=blocks.active_blocks(engine, now), queued=queue["queued"],
+                          held=queue["held"])
+    return s.as_dict()
+
+
+@router.get("/queue", response_model=QueueOut, tags=["queue"])
+def queue(request: Request, _: Reader,
+          limit: Annotated[int, Query(ge=0, le=1000)] = 50) -> dict[str, Any]:
+    """What waits in the spool: counts, destinations, and the oldest messages."""
+    return data.queue_summary(config_of(request), limit)
+
+
+# -- blocks ------------------------------------------------------------------------------
+
+
+@router.get("/blocks", response_model=list[BlockOut], tags=["blocks"])
+def block_list(request: Request, _: Reader) -> list[dict[str, Any]]:
+    """Active blocks, longest first (`floodgate block list`)."""
+    now = datetime.now(UTC)
+    return [data.block_view(b, now) for b in blocks.active_blocks(engine_of(request), now)]
+
+
+@router.post("/blocks", response_model=BlockOut, status_code=201, tags=["blocks"],
+             responses={403: {"description": "read token"},
+                        409: {"description": "a network that is never blocked"}})
+def block_add(request: Request, who: Admin, body: BlockIn) -> dict[str, Any]:
+    """Block a network now for `duration` (`floodgate block add`)."""
+    cfg, engine = config_of(request), engine_of(request)
+    net = parse_network(body.network)
+    secs = seconds(body.duration, "duration", MAX_BLOCK)
+    never = data.protection(cfg, engine).why(net)
+    if never:
+        raise HTTPException(409, f"{net} is never blocked: {never}")
+    state = blocks.add_manual(engine, net, secs, body.reason, node=f"web:{who.name}"[:64])
+    data.audit(engine, who.name, "block", net, f"for {secs:g}s: {state.reason}")
+    return data.block_view(state, datetime.now(UTC))
+
+
+@router.delete("/blocks/{network:path}", response_model=Changed, tags=["blocks"],
+               responses={403: {"description": "read token"},
+                          404: {"description": "not blocked"}})
+def block_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
+    """Lift an active block now. It is kept as history, so the offences that caused it
+    do not block the host again at the next scoring run."""
+    engine = engine_of(request)
+    net = parse_network(network)
+    if not data.end_block(engine, net):
+        raise HTTPException(404, f"{net} is not blocked")
+    data.audit(engine, who.name, "unblock", net)
+    return {"ok": True, "network": net, "detail": f"unblocked {net}"}
+
+
+# -- allowlist ---------------------------------------------------------------------------
+
+
+@router.get("/allow", response_model=list[AllowOut], tags=["allowlist"])
+def allow_list(request: Request, _: Reader) -> list[dict[str, Any]]:
+    """Networks never blocked: the configuration's and the store's."""
+    cfg = config_of(request)
+    out: list[dict[str, Any]] = [{"network": n, "reason": "", "source": "config",
+                                  "created_at": None} for n in cfg.blocklist.allow]
+    out += [{"network": n, "reason": r, "source": "store", "created_at": data.iso(c)}
+            for n, r, c in blocks.allow_list(engine_of(request))]
+    return out
+
+
+@router.post("/allow", response_model=Changed, status_code=201, tags=["allowlist"],
+             responses={403: {"description": "read token"}})
+def allow_add(request: Request, who: Admin, body: AllowIn) -> dict[str, Any]:
+    """Never block a network; a block on it stops taking effect (`floodgate allow add`)."""
+    engine = engine_of(request)
+    net = parse_network(body.network)
+    added = blocks.allow_add(engine, net, body.reason)
+    data.audit(engine, who.name, "allow", net, body.reason)
+    return {"ok": True, "network": net,
+            "detail": f"allowed {net}" if added else f"{net} was already allowed"}
+
+
+@router.delete("/allow/{network:path}", response_model=Changed, tags=["allowlist"],
+               responses={403: {"description": "read token"},
+                          404: {"description": "not in the allowlist"}})
+def allow_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
+    engine = engine_of(request)
+    net = parse_network(network)
+    if not blocks.allow_remove(engine, net):
+        raise HTTPException(404, f"{net} is not in the store's allowlist")
+    data.audit(engine, who.name, "unallow", net)
+    return {"ok": True, "network": net, "detail": f"removed {net} from the allowlist"}
+
+
+@router.get("/audit", response_model=list[AuditRow], tags=["audit"])
+def audit(request: Request, _: Reader,
+          limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    """Changes made through the API, newest first: who, when, what."""
+    return data.audit_list(engine_of(request), limit)

@@ -1,0 +1,172 @@
+"""Request and response bodies: what the OpenAPI schema promises, and checks it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WhoAmI(BaseModel):
+    name: str
+    scope: str
+    node: str
+    refresh_seconds: float
+    public_feeds: bool
+
+
+class BlockIn(_In):
+    network: str = Field(max_length=64, examples=["198.51.100.0/24"],
+                         description="An address or CIDR network.")
+    duration: str | float = Field(default="24h", examples=["7d"],
+                                  description="Seconds, or 30m, 24h, 7d...")
+    reason: str = Field(default="manual", max_length=500)
+
+
+class BlockOut(BaseModel):
+    network: str
+    reason: str
+    source: str = Field(description="auto (scored) or manual")
+    level: int
+    score: float
+    first_seen: str | None
+    last_seen: str | None
+    expires: str | None
+    seconds_left: int
+
+
+class AllowIn(_In):
+    network: str = Field(max_length=64, examples=["203.0.113.5"])
+    reason: str = Field(default="", max_length=500)
+
+
+class AllowOut(BaseModel):
+    network: str
+    reason: str
+    source: str = Field(description="store (API, CLI) or config (blocklist.allow)")
+    created_at: str | None
+
+
+class Changed(BaseModel):
+    ok: bool
+    network: str
+    detail: str
+
+
+class ReasonRow(BaseModel):
+    reason: str
+    weight: float
+    count: int
+    points: float
+    first: str | None
+    last: str | None
+
+
+class EventRow(BaseModel):
+    ts: str | None
+    stage: str
+    action: str
+    reason: str
+    code: int
+    recipient: str
+    detail: str
+
+
+class HostDetail(BaseModel):
+    address: str
+    host: str = Field(description="What it is counted as (IPv6: its prefix).")
+    score: float
+    threshold: float
+    window_seconds: float
+    reasons: list[ReasonRow]
+    state: str = Field(description="never | blocked | expired | pending | clear")
+    why: str
+    block: BlockOut | None
+    events: list[EventRow]
+
+
+class HostRow(BaseModel):
+    """One row of `floodgate report hosts --format json`."""
+
+    host: str
+    connections: int
+    accepted: int
+    rejected: int
+    unknown_rcpt: int
+    trap: int
+    relay_denied: int
+    virus: int
+    spam: int
+    dnsbl: int
+    blocked: int
+    protocol: int
+    other: int
+    tempfail: int
+    score: float
+    blocked_until: str | None
+
+
+class TimelineOut(BaseModel):
+    """`floodgate report timeline --format json`, plus the outcome names in chart order."""
+
+    start: str
+    end: str
+    bucket: str
+    outcomes: list[str]
+    buckets: list[dict[str, int | str]]
+
+
+class BlockedNow(BaseModel):
+    network: str
+    until: str
+    level: int
+    reason: str
+
+
+class SummaryOut(BaseModel):
+    """`floodgate report summary --format json`."""
+
+    since: str
+    now: str
+    outcomes: dict[str, int]
+    connections: int
+    delivery: dict[str, int]
+    viruses: dict[str, int]
+    recipients: dict[str, int]
+    dnsbl_zones: dict[str, int]
+    blocked: list[BlockedNow]
+    queued: int
+    held: int
+
+
+class QueuedOut(BaseModel):
+    queue_id: str
+    sender: str
+    size: int
+    age_seconds: int
+    held: bool
+    attempts: int
+    pending: list[str]
+    next_attempt: float | None
+    last_reply: str
+
+
+class QueueOut(BaseModel):
+    queued: int
+    held: int
+    deferred: int = Field(description="messages with at least one failed attempt")
+    recipients: int = Field(description="recipients still pending")
+    oldest_seconds: int | None
+    by_destination: dict[str, int]
+    messages: list[QueuedOut]
+
+
+class AuditRow(BaseModel):
+    id: int
+    ts: str | None
+    who: str
+    action: str
+    target: str
+    detail: str

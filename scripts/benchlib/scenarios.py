@@ -1,0 +1,641 @@
+"""The seven scenarios of the performance issue, each with its baseline from the same run.
+
+Every scenario returns `Row`s; `run.py` prints them and writes the README table. Relays get
+the demo configuration adapted by `services.relay_config` (own port, store, spool; scoring off
+so that it never blocks the load generator; loopback not protected so scenario 2 can block a
+127/8 source).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from scripts.benchlib import loadgen as lg
+from scripts.benchlib.procstat import cpu_seconds, rss_bytes, tree_cpu_seconds
+from scripts.benchlib.services import PY, ROOT, Baseline, Relay, Sink, free_port, relay_config
+
+GEN_SOURCES = lg.source_addresses(net=10)  # scenario 1, 3-6 clients: 127.10.x.y
+BLOCKED_NET = "127.20.0.0/24"  # scenario 2: blocked with `floodgate block add`
+BLOCKED_SOURCES = [f"127.20.0.{i}" for i in range(1, 251)]
+
+
+@dataclass
+class Row:
+    scenario: str
+    measurement: str
+    value: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Settings:
+    workdir: Path
+    quick: bool
+
+    @property
+    def seconds(self) -> float:
+        return 4.0 if self.quick else 8.0
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}/s"
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:.1f} ms"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def load(port: int, steps, *, concurrency: int, duration: float, sources=None,
+         limit: int = 0, warmup: float = 1.0) -> lg.LoadResult:
+    import uvloop
+
+    return uvloop.run(lg.drive("127.0.0.1", port, steps, concurrency=concurrency,
+                               duration=duration, warmup=warmup, sources=sources,
+                               limit=limit))
+
+
+def measured(pids: list[int], fn):  # type: ignore[no-untyped-def]
+    """Run `fn()`; returns (its result, CPU seconds the `pids` used meanwhile)."""
+    before = sum(cpu_seconds(p) for p in pids)
+    result = fn()
+    return result, sum(cpu_seconds(p) for p in pids) - before
+
+
+@contextlib.contextmanager
+def relay(s: Settings, name: str, *, workers: int = 1, uvloop: bool = True,
+          setup: list[list[str]] | None = None, **config: object) -> Iterator[Relay]:
+    workdir = s.workdir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    path = relay_config(workdir / "relay.toml", port=port, workdir=workdir, **config)  # type: ignore[arg-type]
+    r = Relay(path, port, workers=workers, uvloop=uvloop)
+    for args in setup or []:
+        r.cli(*args)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+ALIASES = ["aliases", "import", str(ROOT / "fixtures" / "aliases.txt"), "--format", "postfix"]
+
+
+# -- scenario 1 and 2: sessions per second ----------------------------------------------------
+
+def _sessions(s: Settings, port: int, pids: list[int], steps, sources) -> tuple[lg.LoadResult,
+                                                                                   float]:
+    result, cpu = measured(pids, lambda: load(port, steps, concurrency=32,
+                                              duration=s.seconds, sources=sources))
+    if result.errors:
+        print(f"    {result.errors} failed sessions, first: {result.first_error}")
+    return result, cpu / max(1, result.ok)
+
+
+def scenario_1_2(s: Settings, which: str) -> list[Row]:
+    """1: dictionary attack; 2: blocked host at connect. Baseline: bare aiosmtpd."""
+    dictionary = which == "1"
+    steps = lg.dictionary_steps if dictionary else lg.blocked_steps
+    sources = GEN_SOURCES if dictionary else BLOCKED_SOURCES
+    label = "sessions" if dictionary else "refusals"
+    title = "1 dictionary attack" if dictionary else "2 blocked host at connect"
+    setup = [] if dictionary else [["block", "add", BLOCKED_NET, "--for", "1d",
+                                    "--reason", "bench"]]
+    rows: list[Row] = []
+    results: dict[str, tuple[lg.LoadResult, float]] = {}
+    variants = [("baseline", 1, True), ("relay", 1, True), ("relay", 1, False),
+                ("relay", 2, True)]
+    if not s.quick:
+        variants.insert(1, ("baseline", 1, False))
+    for kind, workers, uv in variants:
+        key = f"{kind} w{workers} {'uvloop' if uv else 'asyncio'}"
+        print(f"  scenario {which}: {key}", flush=True)
+        if kind == "baseline":
+            b = Baseline(s.workdir, "rcpt" if dictionary else "connect", uvloop=uv)
+            try:
+                results[key] = _sessions(s, b.port, [b.proc.pid], steps, sources)
+            finally:
+                b.stop()
+        else:
+            with relay(s, f"s{which}-w{workers}-{'uv' if uv else 'aio'}", workers=workers,
+                       uvloop=uv, setup=setup) as r:
+                results[key] = _sessions(s, r.port, r.pids, steps, sources)
+    base, base_cpu = results["baseline w1 uvloop"]
+    one, one_cpu = results["relay w1 uvloop"]
+    aio, aio_cpu = results["relay w1 asyncio"]
+    two, two_cpu = results["relay w2 uvloop"]
+    target_rate = 1000 if dictionary else 5000
+    rows.append(Row(title, f"bare aiosmtpd baseline, uvloop ({label}/s; p50 / p99)",
+                    f"{_fmt_rate(base.rate)}; {_ms(base.p50)} / {_ms(base.p99)}",
+                    note=f"server CPU {base_cpu * 1e6:.0f} us/session"))
+    if "baseline w1 asyncio" in results:
+        b_aio, _ = results["baseline w1 asyncio"]
+        rows.append(Row(title, "bare aiosmtpd baseline, asyncio loop",
+                        _fmt_rate(b_aio.rate), _fmt_rate(base.rate), _ratio(b_aio.rate, base.rate)))
+    met_rate = one.rate >= target_rate and (not dictionary or one.rate >= 0.8 * base.rate)
+    rows.append(Row(title, f"relay, 1 process, uvloop ({label}/s; p50 / p99)",
+                    f"{_fmt_rate(one.rate)}; {_ms(one.p50)} / {_ms(one.p99)}",
+                    _fmt_rate(base.rate), _ratio(one.rate, base.rate),
+                    f">= {target_rate:,}/s" + (" and >= 0.8x" if dictionary else ""), met_rate,
+                    f"relay CPU {one_cpu * 1e6:.0f} us/session"))
+    rows.append(Row(title, "relay, 1 process, asyncio loop (uvloop off)",
+                    f"{_fmt_rate(aio.rate)}; {_ms(aio.p50)} / {_ms(aio.p99)}",
+                    _fmt_rate(one.rate), _ratio(aio.rate, one.rate),
+                    note=f"relay CPU {aio_cpu * 1e6:.0f} us/session"))
+    rows.append(Row(title, "relay, --workers 2, uvloop",
+                    f"{_fmt_rate(two.rate)}; {_ms(two.p50)} / {_ms(two.p99)}",
+                    _fmt_rate(one.rate), _ratio(two.rate, one.rate), ">= 1.7x",
+                    two.rate >= 1.7 * one.rate,
+                    f"relay CPU {two_cpu * 1e6:.0f} us/session"))
+    return rows
+
+
+# -- scenario 3: clean mail end to end -------------------------------------------------------
+
+CLEAN_WORDS = ("meeting", "minutes", "schedule", "review", "relay", "configuration",
+               "results", "agreed", "update", "team", "project", "report", "budget",
+               "quarter", "planning", "notes", "office", "week")
+
+
+def clean_message(n: int, size: int = 3072) -> bytes:
+    rnd = random.Random(n)
+    head = (f"From: Alice <alice@sender.example>\r\nTo: <bob@example.org>\r\n"
+            f"Subject: Notes {n}: {rnd.choice(CLEAN_WORDS)} {rnd.choice(CLEAN_WORDS)}\r\n"
+            f"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+            f"Message-ID: <bench-{n}-{rnd.getrandbits(40):x}@sender.example>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
+    body = [f"Hi Bob,\r\n\r\nhere are the notes from meeting {n}.\r\n"]
+    length = len(head) + len(body[0])
+    while length < size:
+        line = " ".join(rnd.choice(CLEAN_WORDS) for _ in range(11)).capitalize() + ".\r\n"
+        body.append(line)
+        length += len(line)
+    body.append("\r\nThanks,\r\nAlice\r\n")
+    return (head + "".join(body)).encode()
+
+
+async def _direct_scans(clamd: str, spamd: str, messages: list[bytes], concurrency: int,
+                        duration: float) -> tuple[int, float]:
+    """clamd INSTREAM then spamd SYMBOLS for each message, `concurrency` at a time."""
+    from filters.clamav import ClamdClient
+    from filters.spamassassin import SpamAssassinFilter
+
+    clam = ClamdClient(clamd, concurrency=4)
+    spam = SpamAssassinFilter(spamd, concurrency=2)
+    counter = iter(range(10**9))
+    done = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            msg = messages[next(counter) % len(messages)]
+            await clam.instream(msg)
+            await spam.score(msg)
+            done += 1
+
+    for msg in messages[-4:]:  # warm-up, as the relay run has: spamd's first checks are slow
+        await clam.instream(msg)
+        await spam.score(msg)
+    deadline = time.perf_counter() + duration
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - start
+
+
+def scenario_3(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-def]
+    clamd, spamd = scanners
+    duration = 8.0 if s.quick else 20.0
+    concurrency = 8
+    messages = [clean_message(n) for n in range(20_000)]
+    print("  scenario 3: direct clamd+spamd", flush=True)
+    import uvloop
+
+    n, secs = uvloop.run(_direct_scans(clamd.address, spamd.address, messages[10_000:],
+                                       concurrency, duration))
+    direct = n / secs
+    sink = Sink(s.workdir)
+    try:
+        print("  scenario 3: relay", flush=True)
+        with relay(s, "s3", clamd=clamd.address, spamd=spamd.address, clamav_cache=False,
+                   spam_cache=False, delivery=True, sink_port=sink.port,
+                   setup=[ALIASES]) as r:
+            wire = [lg.to_wire(m) for m in messages[:10_000]]
+
+            def steps(i: int) -> list[lg.Step]:
+                return lg.mail_steps("alice@example.org", wire[i % len(wire)])
+
+            scanner_pids = [clamd.proc.pid, spamd.proc.pid]
+            before_scan = sum(tree_cpu_seconds(p) for p in scanner_pids)
+            (res, relay_cpu) = measured(r.pids, lambda: load(
+                r.port, steps, concurrency=concurrency, duration=duration,
+                sources=GEN_SOURCES, warmup=2.0))
+            scan_cpu = sum(tree_cpu_seconds(p) for p in scanner_pids) - before_scan
+            accepted = res.ok
+            deadline = time.monotonic() + 60
+            while sink.count() < accepted and time.monotonic() < deadline:
+                time.sleep(0.2)
+            delivered = sink.count()
+    finally:
+        sink.stop()
+    if res.errors:
+        print(f"    {res.errors} failed, first: {res.first_error}")
+    rate = res.rate
+    return [
+        Row("3 clean mail end to end", "direct clamd INSTREAM + spamd SYMBOLS (msgs/s)",
+            f"{direct:.1f}/s", note=f"{concurrency} at a time; spamd --max-children 2"),
+        Row("3 clean mail end to end", "relay: accepted, scanned, spooled (msgs/s; p50 / p99)",
+            f"{rate:.1f}/s; {_ms(res.p50)} / {_ms(res.p99)}", f"{direct:.1f}/s",
+            _ratio(rate, direct), ">= 0.9x", rate >= 0.9 * direct,
+            f"sink received {delivered} (measured {accepted} + warm-up); {res.errors} failed"),
+        Row("3 clean mail end to end", "relay CPU per message (scanners excluded)",
+            f"{relay_cpu / max(1, accepted) * 1000:.1f} ms",
+            f"{scan_cpu / max(1, accepted) * 1000:.1f} ms", note="baseline column: clamd + "
+            "spamd CPU per message in the same run"),
+    ]
+
+
+# -- scenario 4: worm outbreak ----------------------------------------------------------------
+
+def worm_payload() -> bytes:
+    from tests.make_fixtures import WORM_PAYLOAD
+
+    return WORM_PAYLOAD + random.Random(7).randbytes(28_000)
+
+
+def worm_message(n: int, payload: bytes) -> bytes:
+    from tests.make_fixtures import with_attachment
+
+    rnd = random.Random(n)
+    subject = rnd.choice(["Mail Transaction Failed", "Error", "hello", "Delivery failed",
+                          "status", "test"])
+    text = rnd.choice(["The message contains Unicode characters and has been sent as a "
+                       "binary attachment.", "Mail transaction failed. Partial message is "
+                       "available.", f"The original message was included as attachment {n}."])
+    return with_attachment(f"{subject} {n}", text, payload, rnd.choice(
+        ["document.pif", "text.zip", "message.scr", "readme.exe"]),
+        boundary=f"----=_NextPart_{n:06d}_{rnd.getrandbits(32):08X}",
+        sender=f"user{n}@infected.example", rcpt="bob@example.org",
+        msgid=f"{n}{rnd.getrandbits(32):x}").encode()
+
+
+async def _raw_instream(address: str, message: bytes, concurrency: int,
+                        duration: float) -> tuple[int, float]:
+    from filters.clamav import ClamdClient
+
+    client = ClamdClient(address, concurrency=concurrency)
+    done = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            assert await client.instream(message)
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - start
+
+
+def scenario_4(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-def]
+    clamd, spamd = scanners
+    payload = worm_payload()
+    wire = [lg.to_wire(worm_message(n, payload)) for n in range(3000)]
+    size = len(wire[0])
+    import uvloop
+
+    print("  scenario 4: raw clamd INSTREAM", flush=True)
+    (n, secs), raw_cpu = measured([clamd.proc.pid], lambda: uvloop.run(
+        _raw_instream(clamd.address, wire[0], 4, s.seconds)))
+    raw_rate = n / secs
+    out = {}
+    for cache in (True, False):
+        print(f"  scenario 4: relay, cache {'on' if cache else 'off'}", flush=True)
+        with relay(s, f"s4-cache-{'on' if cache else 'off'}", clamd=clamd.address,
+                   spamd=spamd.address, clamav_cache=cache, setup=[ALIASES]) as r:
+            def steps(i: int) -> list[lg.Step]:
+                return lg.mail_steps(f"{'bob' if i % 2 else 'alice'}@example.org",
+                                     wire[i % len(wire)], sender=f"u{i}@infected.example",
+                                     expect=554)
+
+            scans0 = clamd.scans()
+            (res, clam_cpu) = measured([clamd.proc.pid], lambda: load(
+                r.port, steps, concurrency=16, duration=s.seconds, sources=GEN_SOURCES))
+            scans = clamd.wait_scans(scans0 + 1, 2) - scans0
+            if res.errors:
+                print(f"    {res.errors} failed, first: {res.first_error}")
+            out[cache] = (res, clam_cpu, scans)
+    on, on_cpu, on_scans = out[True]
+    off, off_cpu, off_scans = out[False]
+    per_on = on_cpu / max(1, on.ok)
+    per_off = off_cpu / max(1, off.ok)
+    title = "4 worm outbreak"
+    return [
+        Row(title, f"raw clamd INSTREAM of one copy ({size // 1024} KB; scans/s)",
+            f"{raw_rate:,.0f}/s", note=f"clamd CPU {raw_cpu / max(1, n) * 1000:.2f} ms/scan, "
+            "4 at a time"),
+        Row(title, "relay, cache on: refusals/s (p50 / p99)",
+            f"{_fmt_rate(on.rate)} ({_ms(on.p50)} / {_ms(on.p99)})", _fmt_rate(raw_rate),
+            _ratio(on.rate, raw_rate), ">= 300/s", on.rate >= 300,
+            f"cache hit rate {1 - min(on_scans, on.ok) / max(1, on.ok):.1%} "
+            f"({on_scans} clamd scans for {on.ok} copies, measured window plus warm-up)"),
+        Row(title, "relay, cache off: refusals/s", _fmt_rate(off.rate), _fmt_rate(raw_rate),
+            _ratio(off.rate, raw_rate), note=f"{off_scans} clamd scans"),
+        Row(title, "clamd CPU per refused copy, cache on", f"{per_on * 1000:.3f} ms",
+            f"{per_off * 1000:.3f} ms (cache off)", f"{per_on / per_off:.3f}x" if per_off
+            else "n/a", "< 0.1x", per_off > 0 and per_on < 0.1 * per_off),
+    ]
+
+
+# -- scenario 5: large messages ---------------------------------------------------------------
+
+async def _probe(port: int, stop: asyncio.Event, interval: float = 0.01) -> list[float]:
+    """A NOOP every `interval` on one connection: the reply time bounds the relay's longest
+    event-loop stall from outside (a stalled loop answers nothing)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                   local_addr=("127.10.9.9", 0))
+    await reader.readline()
+    rtts = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        writer.write(b"NOOP\r\n")
+        await reader.readline()
+        rtts.append(time.perf_counter() - t0)
+        await asyncio.sleep(interval)
+    writer.write(b"QUIT\r\n")
+    writer.close()
+    return rtts
+
+
+async def _large_run(port: int, big: list[bytes], small: int, quiet: bool
+                     ) -> tuple[lg.LoadResult, list[float], list[float]]:
+    stop = asyncio.Event()
+    probe = asyncio.create_task(_probe(port, stop))
+    big_times: list[float] = []
+
+    async def one_big(i: int) -> None:
+        t0 = time.perf_counter()
+        await lg.session("127.0.0.1", port, lg.mail_steps("alice@example.org", big[i]),
+                         f"127.10.8.{i + 1}", timeout=600)
+        big_times.append(time.perf_counter() - t0)
+
+    bigs = [] if quiet else [asyncio.create_task(one_big(i)) for i in range(len(big))]
+    await asyncio.sleep(0.5 if quiet else 3.0)  # the big ones are streaming by now
+    smalls = await lg.drive("127.0.0.1", port, lg.dictionary_steps, concurrency=10,
+                            duration=0, warmup=0, sources=GEN_SOURCES, limit=small)
+    await asyncio.gather(*bigs)
+    stop.set()
+    return smalls, await probe, big_times
+
+
+def scenario_5(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-def]
+    clamd, spamd = scanners
+    count = 20
+    size = 20 * 2**20
+    raw = random.Random(5).randbytes(size * 3 // 4 - 4096)
+    body = base64.encodebytes(raw)
+    big = []
+    for i in range(count):
+        head = (f"From: <big{i}@sender.example>\nTo: <alice@example.org>\nSubject: big {i}\n"
+                f"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b{i}\n\n"
+                f"--b{i}\nContent-Type: text/plain\n\nsee attached\n--b{i}\n"
+                f"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n"
+                f"\n").encode()
+        big.append(lg.to_wire(head + body + f"--b{i}--\n".encode()))
+    import uvloop
+
+    with relay(s, "s5", clamd=clamd.address, spamd=spamd.address, setup=[ALIASES]) as r:
+        print("  scenario 5: small sessions alone", flush=True)
+        quiet, quiet_rtt, _ = uvloop.run(_large_run(r.port, big, 100, True))
+        print(f"  scenario 5: {count} x {len(big[0]) / 2**20:.0f} MB + 100 small", flush=True)
+        loaded, rtt, big_times = uvloop.run(_large_run(r.port, big, 100, False))
+    stall = max(rtt) if rtt else float("nan")
+    title = "5 large messages"
+    return [
+        Row(title, "small sessions' p99, alone (baseline)", _ms(quiet.p99),
+            note=f"NOOP probe max {_ms(max(quiet_rtt))}"),
+        Row(title, f"small sessions' p99 during {count} x 20 MB", _ms(loaded.p99),
+            _ms(quiet.p99), _ratio(loaded.p99, quiet.p99), "< 200 ms", loaded.p99 < 0.2,
+            f"{loaded.ok} of 100 ok; {len(big_times)} big messages in "
+            f"{max(big_times, default=0):.1f} s"),
+        Row(title, "longest event-loop stall (NOOP probe every 10 ms)", _ms(stall),
+            _ms(max(quiet_rtt)), _ratio(stall, max(quiet_rtt)), "< 100 ms", stall < 0.1,
+            "upper bound: probe reply time"),
+    ]
+
+
+# -- scenario 6: idle connections -------------------------------------------------------------
+
+async def _hold(port: int, n: int) -> list:  # type: ignore[type-arg]
+    steps = [(None, 220), (b"EHLO idle.example\r\n", 250)]
+    sem = asyncio.Semaphore(200)
+    out = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            _, transport = await lg.session("127.0.0.1", port, steps,
+                                            GEN_SOURCES[i % len(GEN_SOURCES)], hold=True)
+            out.append(transport)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return out
+
+
+def _idle_rss(port: int, pid: int, n: int) -> tuple[int, int]:
+    import uvloop
+
+    async def go() -> tuple[int, int]:
+        before = rss_bytes(pid)
+        transports = await _hold(port, n)
+        await asyncio.sleep(1.0)
+        after = rss_bytes(pid)
+        for t in transports:
+            t.close()
+        await asyncio.sleep(0.5)
+        return before, after
+
+    return uvloop.run(go())
+
+
+def scenario_6(s: Settings) -> list[Row]:
+    n = 5000
+    print("  scenario 6: bare aiosmtpd", flush=True)
+    b = Baseline(s.workdir, "rcpt")
+    try:
+        b0, b1 = _idle_rss(b.port, b.proc.pid, n)
+    finally:
+        b.stop()
+    print("  scenario 6: relay", flush=True)
+    with relay(s, "s6") as r:
+        r0, r1 = _idle_rss(r.port, r.pids[0], n)
+    mb = 2**20
+    return [
+        Row("6 idle connections", f"relay RSS with {n:,} idle connections",
+            f"{r1 / mb:.0f} MB", f"{b1 / mb:.0f} MB (bare aiosmtpd)", _ratio(r1, b1),
+            "< 300 MB", r1 < 300 * mb,
+            f"{(r1 - r0) / n / 1024:.1f} KB/connection (bare aiosmtpd "
+            f"{(b1 - b0) / n / 1024:.1f}); {r0 / mb:.0f} MB before"),
+    ]
+
+
+# -- scenario 7: the store --------------------------------------------------------------------
+
+def _event_rows(n: int) -> list:  # type: ignore[type-arg]
+    from relay.events import EventRecord
+
+    now = datetime.now(UTC)
+    return [EventRecord(ts=now - timedelta(microseconds=i), node="bench",
+                        client=f"10.1.{i % 250}.{i % 200}", host=f"10.1.{i % 250}.{i % 200}",
+                        stage="rcpt", action="reject", reason="unknown_rcpt", code=550,
+                        helo="bot.invalid", sender=f"x{i}@spammer.invalid",
+                        recipient=f"nobody{i}@example.org") for i in range(n)]
+
+
+def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
+    """Events/s through EventWriter: emit all, then let its task write them in batches."""
+    from relay.events import EventWriter
+    from relay.store import make_engine, upgrade
+
+    engine = make_engine(url)
+    upgrade(engine)
+
+    async def go() -> float:
+        writer = EventWriter(engine, batch=500, interval=0.05, capacity=len(rows) + 1)
+        task = asyncio.create_task(writer.run())
+        start = time.perf_counter()
+        for r in rows:
+            writer.emit(r)
+        while writer.written < len(rows):
+            await asyncio.sleep(0.01)
+        secs = time.perf_counter() - start
+        await writer.close(task)
+        return len(rows) / secs
+
+    try:
+        return asyncio.run(go())
+    finally:
+        engine.dispose()
+
+
+def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
+    """Baseline: the driver's executemany of the same rows, batches of 500, no SQLAlchemy."""
+    from relay.store import make_engine, upgrade
+
+    engine = make_engine(url)
+    upgrade(engine)
+    cols = ["ts", "node", "client", "host", "helo", "sender", "recipient", "stage", "action",
+            "reason", "code", "detail", "size", "queue_id"]
+    sqlite = url.startswith("sqlite")
+    mark = "?" if sqlite else "%s"
+    sql = f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+    tuples = [tuple((getattr(r, c).isoformat(" ") if sqlite and c == "ts"
+                     else getattr(r, c)) for c in cols) for r in rows]
+    raw = engine.raw_connection()
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(tuples), 500):
+            cur = raw.cursor()
+            cur.executemany(sql, tuples[i:i + 500])
+            raw.commit()
+        secs = time.perf_counter() - start
+    finally:
+        raw.close()
+        engine.dispose()
+    return len(rows) / secs
+
+
+def _script(args: list[str], timeout: float) -> str:
+    done = subprocess.run([PY, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def scenario_7(s: Settings) -> list[Row]:
+    title = "7 store"
+    n = 50_000 if s.quick else 200_000
+    rows_in = _event_rows(n)
+    out: list[Row] = []
+    work = s.workdir / "s7"
+    work.mkdir(parents=True, exist_ok=True)
+    print("  scenario 7: events/s SQLite", flush=True)
+    raw = _raw_rate(f"sqlite:///{work / 'raw.db'}", rows_in)
+    rate = _writer_rate(f"sqlite:///{work / 'writer.db'}", rows_in)
+    out.append(Row(title, f"events/s, SQLite, EventWriter (batches of 500, with rollups; "
+                          f"{n:,} events)", _fmt_rate(rate), _fmt_rate(raw) + " raw insert",
+                   _ratio(rate, raw), ">= 50,000/s", rate >= 50_000,
+                   "baseline: sqlite3 executemany of the same rows, no rollups"))
+    print("  scenario 7: events/s PostgreSQL", flush=True)
+    from tests.support import PostgresCluster
+
+    pg = PostgresCluster()
+    try:
+        pg.start()
+        raw_pg = _raw_rate(pg.create_database(), rows_in)
+        rate_pg = _writer_rate(pg.create_database(), rows_in)
+        out.append(Row(title, "events/s, PostgreSQL, EventWriter", _fmt_rate(rate_pg),
+                       _fmt_rate(raw_pg) + " raw insert", _ratio(rate_pg, raw_pg),
+                       note="private cluster, fsync off; baseline psycopg executemany"))
+    except Exception as e:
+        out.append(Row(title, "events/s, PostgreSQL", "failed", note=str(e)[:120]))
+    finally:
+        pg.stop()
+    events = 1_000_000 if s.quick else 10_000_000
+    print(f"  scenario 7: bench_reports.py --events {events:,}", flush=True)
+    try:
+        text = _script(["scripts/bench_reports.py", "--events", str(events), "--dir",
+                        str(work / "reports")], 1200)
+        report = float(re.search(r"CLI: floodgate report hosts --since 24h\s+([\d.]+)",
+                                 text).group(1))  # type: ignore[union-attr]
+        naive = float(re.search(r"baseline: naive GROUP BY[^\n]*?\s([\d.]+)\s+[\d.]+x",
+                                text).group(1))  # type: ignore[union-attr]
+        startup = float(re.search(r"check-config \(startup only\)\s+([\d.]+)",
+                                  text).group(1))  # type: ignore[union-attr]
+        out.append(Row(title, f"`report hosts --since 24h` over {events:,} events (CLI)",
+                       f"{report:.2f} s", f"{naive:.2f} s naive GROUP BY",
+                       _ratio(report, naive), "< 2 s", report < 2,
+                       f"of which {startup:.2f} s CLI start-up; scripts/bench_reports.py"))
+    except Exception as e:
+        out.append(Row(title, "report hosts", "failed", note=str(e)[-200:]))
+    print("  scenario 7: bench_firewall.py --blocks 100000", flush=True)
+    try:
+        text = _script(["scripts/bench_firewall.py", "--blocks", "100000"], 600)
+
+        def secs(label: str) -> float:
+            return float(re.search(re.escape(label) + r"\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+
+        export = secs("export nft total (read + render)")
+        read = secs("read active blocks (SQLite)")
+        empty = secs("nft -f, empty kernel")
+        replace = secs("nft -f, replacing 100k")
+        ipset = secs("ipset restore, empty kernel")
+        out.append(Row(title, "`blocklist export` nft, 100,000 blocks (read + render)",
+                       f"{export:.2f} s", f"{read:.2f} s read alone", _ratio(export, read),
+                       "< 1 s", export < 1, "scripts/bench_firewall.py, best of 3"))
+        out.append(Row(title, "`nft -f` apply, 100,000 blocks (empty / replacing)",
+                       f"{empty:.2f} s / {replace:.2f} s", f"{ipset:.2f} s ipset restore",
+                       _ratio(max(empty, replace), ipset), "< 3 s", max(empty, replace) < 3,
+                       "in a throw-away network namespace"))
+    except Exception as e:
+        out.append(Row(title, "firewall export/apply", "failed", note=str(e)[-200:]))
+    return out
