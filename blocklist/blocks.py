@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, case, delete, func, or_, select
+from sqlalchemy import Engine, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -108,13 +108,21 @@ def add_manual(engine: Engine, network: str, seconds: float, reason: str, node: 
     return BlockState(net, now, now, expires, 1, "manual", 0.0, decision.reason)
 
 
-def remove(engine: Engine, network: str) -> bool:
+def remove(engine: Engine, network: str, now: datetime | None = None) -> bool:
+    """End an active block now; False when `network` was not blocked.
+
+    The row stays, expired: deleting it would let every offence behind an automatic block
+    count again and the next scoring run would block the host straight back. Its level goes
+    to 0, so an operator's unblock is not held against the host as a repeat offence.
+    """
+    now = now or datetime.now(UTC)
     net = canonical_network(network)
     with engine.begin() as conn:
-        gone = conn.execute(delete(Block).where(Block.network == net)).rowcount
-        if gone:
+        ended = conn.execute(update(Block).where(Block.network == net, Block.expires > now)
+                             .values(expires=now, level=0)).rowcount
+        if ended:
             bump_generation(conn, GENERATION_KEY)
-    return bool(gone)
+    return bool(ended)
 
 
 def prune(engine: Engine, before: datetime) -> int:

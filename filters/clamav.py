@@ -24,7 +24,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from filters.base import Action, Context, Stage, Verdict
 from filters.mime import Parts, split_parts
@@ -48,6 +48,14 @@ class ClamdError(Exception):
 
 class ClamdSizeLimit(ClamdError):
     """clamd refused the stream as over its StreamMaxLength."""
+
+
+class ClamdUnavailable(ClamdError):
+    """No connection to clamd could be made (refused, no route, no socket): nothing sent."""
+
+
+class ClamdTimeout(ClamdError):
+    """clamd (or a free slot for it) did not answer within the timeout."""
 
 
 def parse_address(address: str) -> tuple[str, int] | str:
@@ -87,13 +95,16 @@ class ClamdClient:
         try:
             # The wait for a free slot counts too: an overloaded clamd is a tempfail.
             async with asyncio.timeout(self.timeout), self._slots:
-                reader, writer = await self._open()
+                try:
+                    reader, writer = await self._open()
+                except OSError as e:  # nothing was sent: another clamd may take it
+                    raise ClamdUnavailable(f"{type(e).__name__}: {e.strerror or e}") from e
                 try:
                     return await self._exchange(reader, writer, payload, command)
                 finally:
                     writer.close()
         except TimeoutError as e:
-            raise ClamdError(f"timeout after {self.timeout:g}s") from e
+            raise ClamdTimeout(f"timeout after {self.timeout:g}s") from e
         except OSError as e:
             raise ClamdError(f"{type(e).__name__}: {e.strerror or e}") from e
 
@@ -149,6 +160,78 @@ class ClamdClient:
             return await self._command(None, b"PING") == "PONG"
         except ClamdError:
             return False
+
+
+class ClamdPool:
+    """Several clamd endpoints behind ClamdClient's interface, for a site that adds scanner
+    hosts when one is not enough: each call goes to the next endpoint in turn; one that
+    cannot be reached or times out is skipped for `down_for` seconds, and a call that could
+    not even connect is tried on the next endpoint at once. ClamdError only when no endpoint
+    could answer."""
+
+    def __init__(self, clients: list[ClamdClient], down_for: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not clients:
+            raise ValueError("at least one clamd address")
+        self.clients = clients
+        self.down_for = down_for
+        self._clock = clock
+        self._next = 0
+        self._down_until = [0.0] * len(clients)
+        self.timeout = clients[0].timeout
+        self.address = ",".join(c.address for c in clients)
+
+    @property
+    def scans(self) -> int:
+        return sum(c.scans for c in self.clients)
+
+    def _order(self) -> list[int]:
+        """Endpoints from the next in turn; those marked down last (tried if all are)."""
+        n = len(self.clients)
+        start, self._next = self._next, (self._next + 1) % n
+        now = self._clock()
+        ring = [(start + i) % n for i in range(n)]
+        return ([i for i in ring if self._down_until[i] <= now]
+                + [i for i in ring if self._down_until[i] > now])
+
+    async def _call(self, method: str, *args: object) -> Any:
+        last: ClamdError | None = None
+        for i in self._order():
+            client = self.clients[i]
+            try:
+                result = await getattr(client, method)(*args)
+            except ClamdSizeLimit:
+                raise
+            except ClamdUnavailable as e:
+                self._mark_down(i, e)
+                last = e
+                continue
+            except ClamdTimeout as e:  # hung: skip it for a while, but do not resend
+                self._mark_down(i, e)
+                raise
+            self._down_until[i] = 0.0
+            return result
+        assert last is not None
+        raise ClamdError(f"no clamd reachable ({self.address}): {last}")
+
+    def _mark_down(self, i: int, why: ClamdError) -> None:
+        if self._down_until[i] <= self._clock():
+            log.warning("clamd down, skipping it address=%s for=%gs error=%s",
+                        self.clients[i].address, self.down_for, why)
+        self._down_until[i] = self._clock() + self.down_for
+
+    async def instream(self, data: bytes) -> str | None:
+        return await self._call("instream", data)  # type: ignore[no-any-return]
+
+    async def version(self) -> str:
+        return await self._call("version")  # type: ignore[no-any-return]
+
+    async def ping(self) -> bool:
+        """True if any endpoint answers."""
+        for client in self.clients:
+            if await client.ping():
+                return True
+        return False
 
 
 def parse_scan_reply(reply: str) -> str | None:

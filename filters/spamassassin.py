@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from aiospamc.client import Client
 from aiospamc.connections import (
@@ -32,6 +33,7 @@ from aiospamc.connections import (
     Timeout,
     UnixConnectionManager,
 )
+from aiospamc.exceptions import AIOSpamcConnectionFailed, TimeoutException
 from aiospamc.requests import Request
 
 from filters.base import Action, Context, Stage, Verdict
@@ -41,6 +43,8 @@ from filters.mime import body_digest
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.spamassassin")
+
+DOWN_FOR = 10.0  # seconds an unreachable spamd is skipped (when there are several)
 
 OversizePolicy = Literal["tempfail", "accept", "reject"]
 
@@ -79,7 +83,7 @@ class SpamAssassinFilter:
 
     def __init__(
         self,
-        address: str = "127.0.0.1:783",
+        address: str | Sequence[str] = "127.0.0.1:783",
         *,
         timeout: float = 30.0,
         on_error: Action = Action.TEMPFAIL,
@@ -96,8 +100,18 @@ class SpamAssassinFilter:
             raise ValueError("on_error must be TEMPFAIL or ACCEPT")
         if reject_score < tag_score:
             raise ValueError("reject_score must not be below tag_score")
-        self.address = address
-        self.client = Client(connection_manager(address, timeout))
+        # Several spamd addresses: used in turn, one that refuses connections (or times out)
+        # is skipped for DOWN_FOR seconds; a refused connection moves on to the next at once.
+        addresses = [address] if isinstance(address, str) else list(address)
+        if not addresses:
+            raise ValueError("at least one spamd address")
+        self.address = ",".join(addresses)
+        self.addresses = addresses
+        self.clients = [Client(connection_manager(a, timeout)) for a in addresses]
+        self.client = self.clients[0]
+        self._endpoint_slots = [asyncio.Semaphore(concurrency) for _ in addresses]
+        self._down_until = [0.0] * len(addresses)
+        self._turn = 0
         self.request_timeout = timeout
         self.timeout = timeout + 5  # the pipeline's safety net; ours fires first
         self.on_error = on_error
@@ -107,7 +121,6 @@ class SpamAssassinFilter:
         self.on_oversize = on_oversize
         self.cache = cache
         self.cache_ttl = cache_ttl
-        self._slots = asyncio.Semaphore(concurrency)
         self.requests = 0  # spamd round trips (tests and stats)
 
     # -- thresholds --------------------------------------------------------------------
@@ -189,12 +202,44 @@ class SpamAssassinFilter:
                 self.cache.put(key, result, self.cache_ttl)
         return self.decide(result, limits)
 
+    async def _request(self, request: Request) -> Any:
+        """To the next spamd in turn (those marked down last); on to the next one when a
+        connection cannot even be made."""
+        n = len(self.clients)
+        start, self._turn = self._turn, (self._turn + 1) % n
+        now = time.monotonic()
+        ring = [(start + i) % n for i in range(n)]
+        order = ([i for i in ring if self._down_until[i] <= now]
+                 + [i for i in ring if self._down_until[i] > now])
+        for k, i in enumerate(order):
+            try:
+                async with asyncio.timeout(self.request_timeout), self._endpoint_slots[i]:
+                    response = await self.clients[i].request(request)
+            except AIOSpamcConnectionFailed as e:
+                self._mark_down(i, e)
+                if k == len(order) - 1:
+                    raise
+                continue
+            except (TimeoutError, TimeoutException) as e:
+                self._mark_down(i, e)
+                raise
+            self._down_until[i] = 0.0
+            return response
+        raise AssertionError("unreachable")
+
+    def _mark_down(self, i: int, why: BaseException) -> None:
+        if len(self.clients) == 1:
+            return
+        if self._down_until[i] <= time.monotonic():
+            log.warning("spamd down, skipping it address=%s for=%gs error=%s",
+                        self.addresses[i], DOWN_FOR, type(why).__name__)
+        self._down_until[i] = time.monotonic() + DOWN_FOR
+
     async def score(self, content: bytes) -> SpamResult:
         """One SYMBOLS round trip: score and rule names, without the rewritten message."""
         self.requests += 1
         message = strip_headers(content, ("x-spam-",))
-        async with asyncio.timeout(self.request_timeout), self._slots:
-            response = await self.client.request(Request("SYMBOLS", body=message))
+        response = await self._request(Request("SYMBOLS", body=message))
         spam = response.headers.spam
         if spam is None:
             raise ValueError("spamd reply without a Spam header")

@@ -77,7 +77,7 @@ def block_add(ctx: click.Context, network: str, duration: str, reason: str) -> N
 @click.argument("network")
 @click.pass_context
 def block_remove(ctx: click.Context, network: str) -> None:
-    """Lift the block on NETWORK (it is forgotten, history included)."""
+    """Lift the block on NETWORK now (offences before now do not count again)."""
     cli = _ctx_tools()
     net = _network(network)
     if not blocks.remove(cli.open_store(cli.load(ctx)), net):

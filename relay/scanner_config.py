@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filters.base import Action, Context, Filter, Verdict
-from filters.clamav import ClamAVFilter, ClamdClient, parse_address
+from filters.clamav import ClamAVFilter, ClamdClient, ClamdPool, parse_address
 from filters.spamassassin import SpamAssassinFilter, SpamResult, Thresholds
 from filters.verdict_cache import VerdictCache
 from relay.config_types import parse_duration
@@ -25,12 +25,21 @@ def _duration(v: object) -> float:
     return parse_duration(v)
 
 
-def _address(v: str) -> str:
-    try:
-        parse_address(v)
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+def _address(v: str | list[str]) -> str | list[str]:
+    """One address, or a list of them: scanners used in turn, skipped while down."""
+    items = [v] if isinstance(v, str) else v
+    if not items:
+        raise ValueError("at least one address")
+    for item in items:
+        try:
+            parse_address(item)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
     return v
+
+
+def _addresses(v: str | list[str]) -> list[str]:
+    return [v] if isinstance(v, str) else list(v)
 
 
 class _Strict(BaseModel):
@@ -55,7 +64,8 @@ class ClamAVCacheConfig(_Strict):
 
 class ClamAVConfig(_Strict):
     enabled: bool = True
-    address: str = "127.0.0.1:3310"  # "host:port", "[v6]:port", or a unix socket path
+    # "host:port", "[v6]:port", a unix socket path, or a list of them (used in turn)
+    address: str | list[str] = "127.0.0.1:3310"
     timeout: Duration = 30.0
     on_error: OnError = "tempfail"
     # Bytes; 0 = let clamd decide. Set to clamd's StreamMaxLength to refuse without a trip.
@@ -72,7 +82,7 @@ class ClamAVConfig(_Strict):
 
     @field_validator("address")
     @classmethod
-    def _addr(cls, v: str) -> str:
+    def _addr(cls, v: str | list[str]) -> str | list[str]:
         return _address(v)
 
 
@@ -102,7 +112,7 @@ class SpamCacheConfig(_Strict):
 
 class SpamAssassinConfig(_Strict):
     enabled: bool = True
-    address: str = "127.0.0.1:783"
+    address: str | list[str] = "127.0.0.1:783"  # or a list: used in turn
     timeout: Duration = 30.0
     on_error: OnError = "tempfail"
     tag_score: float = 5.0
@@ -122,7 +132,7 @@ class SpamAssassinConfig(_Strict):
 
     @field_validator("address")
     @classmethod
-    def _addr(cls, v: str) -> str:
+    def _addr(cls, v: str | list[str]) -> str | list[str]:
         return _address(v)
 
     @field_validator("domains")
@@ -141,10 +151,17 @@ def _action(on_error: OnError) -> Action:
     return Action.ACCEPT if on_error == "accept" else Action.TEMPFAIL
 
 
+def _clamd(cfg: ClamAVConfig) -> ClamdClient | ClamdPool:
+    """`concurrency` is per clamd: each has its own MaxThreads."""
+    clients = [ClamdClient(a, timeout=cfg.timeout, concurrency=cfg.concurrency)
+               for a in _addresses(cfg.address)]
+    return clients[0] if len(clients) == 1 else ClamdPool(clients)
+
+
 def build_clamav(cfg: ClamAVConfig) -> ClamAVFilter:
     cache = VerdictCache[str](cfg.cache.max_entries) if cfg.cache.enabled else None
     return ClamAVFilter(
-        ClamdClient(cfg.address, timeout=cfg.timeout, concurrency=cfg.concurrency),
+        _clamd(cfg),
         on_error=_action(cfg.on_error), max_size=cfg.max_size, on_oversize=cfg.on_oversize,
         cache=cache, infected_ttl=cfg.cache.infected_ttl, clean_ttl=cfg.cache.clean_ttl,
         version_interval=cfg.cache.version_interval,

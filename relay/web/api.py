@@ -153,10 +153,9 @@ def report_summary(request: Request, _: Reader, since: str = "24h",
     """Totals by outcome, top viruses, refused recipients, DNSBL zones, blocks, queue."""
     cfg, engine = config_of(request), engine_of(request)
     start, now = rp.since_now(seconds(since, "since", MAX_SINCE))
-    queue = data.queue_summary(cfg, 0)
+    queued, held = data.queue_counts(cfg)
     s = rp.summary_report(engine, since=start, now=now, limit=top,
-                          active=blocks.active_blocks(engine, now), queued=queue["queued"],
-                          held=queue["held"])
+                          active=blocks.active_blocks(engine, now), queued=queued, held=held)
     return s.as_dict()
 
 
@@ -201,7 +200,7 @@ def block_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
     do not block the host again at the next scoring run."""
     engine = engine_of(request)
     net = parse_network(network)
-    if not data.end_block(engine, net):
+    if not blocks.remove(engine, net):
         raise HTTPException(404, f"{net} is not blocked")
     data.audit(engine, who.name, "unblock", net)
     return {"ok": True, "network": net, "detail": f"unblocked {net}"}

@@ -12,7 +12,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select
 
 from blocklist import blocks
 from blocklist import reports as rp
@@ -22,7 +22,6 @@ from relay import queue as q
 from relay.config import Config
 from relay.models import Block, Event
 from relay.spool import Spool
-from relay.store import bump_generation
 from relay.web_models import AuditEntry
 
 
@@ -43,19 +42,6 @@ def block_view(b: BlockState, now: datetime) -> dict[str, Any]:
             "score": b.score, "first_seen": iso(b.first_seen), "last_seen": iso(b.last_seen),
             "expires": iso(b.expires),
             "seconds_left": max(0, int((b.expires - now).total_seconds()))}
-
-
-def end_block(engine: Engine, network: str, now: datetime | None = None) -> bool:
-    """Lift an active block by ending it now. The row stays as history, so the offences
-    that caused it stay paid for; deleting it (as `block remove` does) would let the next
-    scoring run block an auto-blocked host again at once."""
-    now = now or datetime.now(UTC)
-    with engine.begin() as conn:
-        done = conn.execute(update(Block).where(Block.network == network, Block.expires > now)
-                            .values(expires=now)).rowcount
-        if done:
-            bump_generation(conn, blocks.GENERATION_KEY)
-    return bool(done)
 
 
 # -- audit -------------------------------------------------------------------------------
@@ -134,13 +120,28 @@ def _state(config: Config, engine: Engine, key: str, existing: BlockState | None
 # -- queue -------------------------------------------------------------------------------
 
 
-def queue_summary(config: Config, limit: int) -> dict[str, Any]:
-    """Counts over the whole spool and the oldest `limit` messages, as `queue list` shows."""
+EXAMINED = 2_000  # messages read in detail: a spool of 100k must not cost a refresh 100k reads
+
+
+def queue_counts(config: Config) -> tuple[int, int]:
+    """(queued, held) from directory listings alone, as `report summary` counts them."""
     spool = Spool(config.relay.spool_dir)
+    if not spool.queue.is_dir():
+        return 0, 0
+    return len(spool.ids()), len(spool.held())
+
+
+def queue_summary(config: Config, limit: int) -> dict[str, Any]:
+    """Counts over the whole spool; attempts, recipients and destinations over the oldest
+    EXAMINED messages (`examined` says how many); the oldest `limit` in detail."""
+    spool = Spool(config.relay.spool_dir)
+    ids: list[str] = []
     messages: list[q.QueuedMessage] = []
     if spool.queue.is_dir():
-        with contextlib.suppress(OSError):
-            messages = q.listing(spool)
+        ids = spool.ids()
+        for queue_id in ids[:EXAMINED]:
+            with contextlib.suppress(OSError, ValueError):
+                messages.append(q.load(spool, queue_id))
     hops: Counter[str] = Counter()
     for m in messages:
         for r in m.pending:
@@ -148,7 +149,7 @@ def queue_summary(config: Config, limit: int) -> dict[str, Any]:
     now = time.time()
     oldest = min((m.envelope.received for m in messages), default=None)
     return {
-        "queued": len(messages), "held": sum(m.held for m in messages),
+        "queued": len(ids), "held": len(spool.held()), "examined": len(messages),
         "deferred": sum(1 for m in messages if m.state.attempts > 0),
         "recipients": sum(len(m.pending) for m in messages),
         "oldest_seconds": int(now - oldest) if oldest else None,

@@ -156,6 +156,7 @@ class QueuedOut(BaseModel):
 class QueueOut(BaseModel):
     queued: int
     held: int
+    examined: int = Field(description="oldest messages the figures below are counted over")
     deferred: int = Field(description="messages with at least one failed attempt")
     recipients: int = Field(description="recipients still pending")
     oldest_seconds: int | None

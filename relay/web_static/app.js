@@ -240,7 +240,8 @@ function drawQueue(q) {
   $("#queue").replaceChildren(
     el("div", { class: "facts" }, ...facts.map(([k, v]) => el("span", {},
       el("b", { text: typeof v === "number" ? fmtNum(v) : v }), " " + k))),
-    el("p", { class: "muted", text: dests ? "waiting for: " + dests : "nothing waiting" }),
+    el("p", { class: "muted", text: (dests ? "waiting for: " + dests : "nothing waiting") +
+      (q.examined < q.queued ? ` (counted over the oldest ${fmtNum(q.examined)})` : "") }),
     rows.length ? el("table", {}, el("thead", {}, el("tr", {}, ...["id", "sender", "rcpts",
       "tries", "last reply"].map((h) => el("th", { text: h })))), el("tbody", {}, ...rows)) : "");
 }
