@@ -43,12 +43,13 @@ def install() -> None:
             raise RuntimeError("injected fault in handle_DATA")
         return await data(self, server, session, envelope)
 
-    def spool_write(self: Any, envelope: Any, message: bytes) -> Any:
-        if b"X-Fault: eio" in message:
+    def spool_write(self: Any, envelope: Any, *parts: bytes) -> Any:
+        whole = b"".join(parts)
+        if b"X-Fault: eio" in whole:
             raise OSError(errno.EIO, "Input/output error (injected fsync failure)")
-        if b"X-Fault: enospc" in message:
+        if b"X-Fault: enospc" in whole:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return write(self, envelope, message)
+        return write(self, envelope, *parts)
 
     async def pipeline_run(self: Any, stage: Stage, ctx: Any) -> Any:
         if stage == Stage.DATA and b"X-Fault: slow-scan" in ctx.content:
