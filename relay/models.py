@@ -99,5 +99,6 @@ class Allow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-from relay import rollup_models  # noqa: E402, F401  (registers the rollup tables)
-from relay import web_models  # noqa: E402, F401  (audit trail, API tokens)
+# Register the tables defined elsewhere (report rollups; audit trail and API tokens) with
+# Base.metadata, so Alembic and create_all see the whole schema.
+from relay import rollup_models, web_models  # noqa: E402, F401

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,16 @@ def write_readme(text: str) -> None:
     readme.write_text(content[:a] + "\n" + text.strip() + "\n" + content[b:])
 
 
+def _prune(workdir: Path) -> None:
+    """Drop the bulky leftovers (10M-event databases, 20 MB spool files, delivered copies);
+    logs and results.json stay."""
+    for path in workdir.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_size > 1_000_000 and not path.name.endswith(
+                    (".log", ".json", ".out")):
+                path.unlink()
+
+
 def _earlier_rows(current: Path, only: set[str]) -> list[sc.Row]:
     """For each scenario not in `only`, its rows from the newest earlier results.json."""
     found: dict[str, list[sc.Row]] = {}
@@ -82,6 +93,8 @@ def main() -> None:
                     help="markdown appended under the table (default: benchlib/analysis.md)")
     args = ap.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
+    # SIGTERM unwinds like Ctrl-C, so every relay, clamd and spamd started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # scenario 6: 5,000 + 5,000 fds
     stamp = datetime.now(UTC)
@@ -127,6 +140,7 @@ def main() -> None:
                       f" {r.note}", flush=True)
             print(f"bench: scenario {key} took {time.monotonic() - t0:.0f}s", flush=True)
     elapsed = time.monotonic() - started
+    _prune(workdir)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                          text=True).stdout.strip()
     text = table(rows)
