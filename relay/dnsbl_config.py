@@ -15,22 +15,24 @@ Zones are written either as tables or postscreen style, whichever the operator h
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filters.base import Action
-from filters.dnsbl import (
-    DnsblFilter,
-    Zone,
-    ZoneAnswer,
-    normalize_zone,
-    parse_codes,
-    parse_nameserver,
-    parse_site,
-)
 from filters.verdict_cache import VerdictCache
 from relay.config_types import parse_duration
+
+if TYPE_CHECKING:
+    from filters.dnsbl import DnsblFilter
+
+
+def _dns() -> ModuleType:
+    """filters.dnsbl, loaded (with the DNS library) only when a [dnsbl] section needs it."""
+    from filters import dnsbl
+
+    return dnsbl
 
 Duration = Annotated[float, Field(ge=0)]
 
@@ -41,7 +43,7 @@ def _duration(v: object) -> float:
 
 def _nameserver(v: str | None) -> str | None:
     if v is not None:
-        parse_nameserver(v)
+        _dns().parse_nameserver(v)
     return v
 
 
@@ -61,7 +63,7 @@ class DnsblZoneConfig(_Strict):
     @classmethod
     def _codes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for c in v:
-            parse_codes(c)
+            _dns().parse_codes(c)
         return v
 
     @field_validator("nameserver")
@@ -115,7 +117,7 @@ class DnsblConfig(_Strict):
             for spec in v:
                 if not isinstance(spec, str):
                     raise ValueError(f"expected \"zone=codes*weight\" strings, got {spec!r}")
-                name, codes, weight = parse_site(spec)
+                name, codes, weight = _dns().parse_site(spec)
                 if name in out:
                     raise ValueError(f"zone {name!r} is listed twice")
                 out[name] = {"weight": weight, "codes": codes}
@@ -123,12 +125,12 @@ class DnsblConfig(_Strict):
         if isinstance(v, dict):
             out = {}
             for name, spec in v.items():
-                key = normalize_zone(str(name))
+                key = _dns().normalize_zone(str(name))
                 if key in out:
                     raise ValueError(f"zone {key!r} is listed twice")
                 if isinstance(spec, str):
                     tail = spec if spec.startswith(("=", "*")) else f"={spec}"
-                    _, codes, weight = parse_site(key + tail)
+                    _, codes, weight = _dns().parse_site(key + tail)
                     spec = {"weight": weight, "codes": codes}
                 out[key] = spec
             return out
@@ -150,10 +152,12 @@ def build_dnsbl(cfg: DnsblConfig) -> DnsblFilter | None:
     if not cfg.enabled or not cfg.zones:
         return None
     c = cfg.cache
-    return DnsblFilter(
-        [Zone(name, z.weight, z.codes, z.nameserver, z.timeout) for name, z in cfg.zones.items()],
+    dns = _dns()
+    return dns.DnsblFilter(
+        [dns.Zone(name, z.weight, z.codes, z.nameserver, z.timeout)
+         for name, z in cfg.zones.items()],
         reject_score=cfg.reject_score, nameserver=cfg.nameserver, timeout=cfg.timeout,
         on_error=Action.ACCEPT if cfg.on_error == "accept" else Action.TEMPFAIL,
-        cache=VerdictCache[ZoneAnswer](c.max_entries) if c.enabled else None,
+        cache=VerdictCache[dns.ZoneAnswer](c.max_entries) if c.enabled else None,
         min_ttl=c.min_ttl, max_ttl=c.max_ttl, negative_ttl=c.negative_ttl,
     )

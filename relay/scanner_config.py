@@ -6,15 +6,17 @@ Kept apart from relay/config.py so the scanners can be configured and built (by 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filters.base import Action, Context, Filter, Verdict
 from filters.clamav import ClamAVFilter, ClamdClient, ClamdPool, parse_address
-from filters.spamassassin import SpamAssassinFilter, SpamResult, Thresholds
 from filters.verdict_cache import VerdictCache
 from relay.config_types import parse_duration
+
+if TYPE_CHECKING:  # aiospamc is loaded only when a [spamassassin] filter is built
+    from filters.spamassassin import SpamAssassinFilter
 
 Duration = Annotated[float, Field(ge=0)]
 OnError = Literal["tempfail", "accept"]
@@ -169,6 +171,8 @@ def build_clamav(cfg: ClamAVConfig) -> ClamAVFilter:
 
 
 def build_spamassassin(cfg: SpamAssassinConfig) -> SpamAssassinFilter:
+    from filters.spamassassin import SpamAssassinFilter, SpamResult, Thresholds
+
     cache = VerdictCache[SpamResult](cfg.cache.max_entries) if cfg.cache.enabled else None
     return SpamAssassinFilter(
         cfg.address, timeout=cfg.timeout, on_error=_action(cfg.on_error),
