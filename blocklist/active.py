@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Engine, String, select, type_coerce
+from sqlalchemy import Engine, select
 
 from blocklist.export import Entry, utc
 from relay.models import Allow, Block
@@ -19,15 +19,23 @@ def load(engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
     """Active blocks (expires after `now`) and the store's allowlist, in one snapshot."""
     now = utc(now)
     sqlite = engine.dialect.name == "sqlite"
-    # SQLite: take the stored text and parse it in C; SQLAlchemy's converter is 3x slower.
-    expires = type_coerce(Block.expires, String()) if sqlite else Block.expires
     with engine.connect() as conn, conn.begin():
-        rows = conn.execute(
-            select(Block.network, Block.reason, Block.score, expires).where(Block.expires > now)
-        ).all()
+        if sqlite:
+            # 100,000 blocks: SQLAlchemy's per-row result processing cost more than the
+            # render itself; the driver's tuples and a C date parser cost a fifth of it.
+            rows = conn.exec_driver_sql(
+                f"SELECT network, reason, score, expires || '+00:00' "
+                f"FROM {Block.__tablename__} WHERE expires > ?",
+                (now.strftime("%Y-%m-%d %H:%M:%S.%f"),)).fetchall()
+        else:
+            rows = conn.execute(select(Block.network, Block.reason, Block.score,
+                                       Block.expires).where(Block.expires > now)).all()
         allow = list(conn.execute(select(Allow.network)).scalars())
-    parse = datetime.fromisoformat if sqlite else (lambda v: v)
-    entries = [Entry(n, r or "", float(s or 0.0), utc(parse(e))) for n, r, s, e in rows]
+    if sqlite:
+        parse = datetime.fromisoformat
+        entries = [Entry(n, r or "", float(s or 0.0), parse(e)) for n, r, s, e in rows]
+    else:
+        entries = [Entry(n, r or "", float(s or 0.0), utc(e)) for n, r, s, e in rows]
     return [e for e in entries if e.expires > now], allow
 
 
