@@ -12,7 +12,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from sqlalchemy import Engine
@@ -21,42 +20,11 @@ from blocklist import active
 from blocklist.apply import ApplyError
 from blocklist.apply import apply as apply_rules
 from blocklist.export import FORMATS, Entry, Rendered, Settings, render
-from relay.config import Config, ConfigError, config_path, load_config
-from relay.store import current_revision, describe, head_revision, make_engine
+from relay.cli import fail, load, open_store
+from relay.config import Config
+from relay.store import describe
 
 log = logging.getLogger("floodgate.blocklist")
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"floodgate: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _config(ctx: click.Context) -> Config:
-    path = config_path((ctx.obj or {}).get("config"))
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        for problem in e.problems:
-            click.echo(f"{e.path}: {problem}", err=True)
-        sys.exit(2)
-    out = config.firewall.output
-    if out is not None and not out.is_absolute():
-        fw = config.firewall.model_copy(update={"output": Path(path).resolve().parent / out})
-        config = config.model_copy(update={"firewall": fw})
-    return config
-
-
-def _engine(config: Config) -> Engine:
-    engine = make_engine(config.store.url)
-    try:
-        current = current_revision(engine)
-    except Exception as e:
-        _fail(f"cannot open the store: {describe(e)}")
-    if current != head_revision():
-        _fail(f"database schema is at {current or 'empty'}, needs {head_revision()}: "
-              "run `floodgate db upgrade`")
-    return engine
 
 
 def settings(config: Config, now: datetime) -> Settings:
@@ -126,13 +94,13 @@ def blocklist() -> None:
 @click.pass_context
 def export(ctx: click.Context, fmt: str | None, output: Path | None) -> None:
     """Render the active blocks; allowlisted and protected networks never appear."""
-    config = _config(ctx)
+    config = load(ctx)
     now = datetime.now(UTC)
-    engine = _engine(config)
+    engine = open_store(config)
     try:
         entries, protect = snapshot(config, engine, now)
     except Exception as e:
-        _fail(f"cannot read the blocks: {describe(e)}")
+        fail(f"cannot read the blocks: {describe(e)}")
     rendered = render(fmt or config.firewall.format, entries, protect, settings(config, now))
     _report_skipped(rendered)
     if output is None:
@@ -142,7 +110,7 @@ def export(ctx: click.Context, fmt: str | None, output: Path | None) -> None:
     try:
         files = write_rendered(rendered, output)
     except OSError as e:
-        _fail(f"{output}: {e.strerror}")
+        fail(f"{output}: {e.strerror}")
     click.echo(f"{rendered.count} networks -> {', '.join(map(str, files))}", err=True)
 
 
@@ -158,16 +126,16 @@ def _apply_once(config: Config, engine: Engine, fmt: str) -> Rendered:
 @click.pass_context
 def apply(ctx: click.Context, fmt: str | None) -> None:
     """Load the active blocks into the kernel (needs root or CAP_NET_ADMIN); idempotent."""
-    config = _config(ctx)
+    config = load(ctx)
     fmt = fmt or config.firewall.format
-    engine = _engine(config)
+    engine = open_store(config)
     started = time.monotonic()
     try:
         rendered = _apply_once(config, engine, fmt)
     except ApplyError as e:
-        _fail(str(e))
+        fail(str(e))
     except Exception as e:
-        _fail(f"cannot read the blocks: {describe(e)}")
+        fail(f"cannot read the blocks: {describe(e)}")
     _report_skipped(rendered)
     click.echo(f"applied {rendered.count} networks ({fmt}) in "
                f"{time.monotonic() - started:.2f}s")
@@ -189,16 +157,16 @@ def watch(ctx: click.Context, interval: float | None, do_apply: bool, fmt: str |
     Work is done only when the blocks, their expiries or the allowlist changed, or every
     firewall.reapply seconds (which restores rules someone flushed by hand).
     """
-    config = _config(ctx)
+    config = load(ctx)
     fw = config.firewall
     fmt = fmt or fw.format
     output = output or fw.output
     interval = interval or fw.interval
     if do_apply and fmt not in ("nft", "ipset", "iptables"):
-        _fail(f"--apply needs --format nft, ipset or iptables, not {fmt}")
+        fail(f"--apply needs --format nft, ipset or iptables, not {fmt}")
     if not do_apply and output is None:
-        _fail("nothing to do: give --apply and/or -o FILE (or set firewall.output)")
-    engine = _engine(config)
+        fail("nothing to do: give --apply and/or -o FILE (or set firewall.output)")
+    engine = open_store(config)
     last, last_time = "", -fw.reapply
     log.info("watching the blocklist every %.1fs (%s%s%s)", interval, fmt,
              ", apply" if do_apply else "", f", file {output}" if output else "")

@@ -8,6 +8,7 @@ from typing import ClassVar, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -22,7 +23,7 @@ out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]floodgate: error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]floodgate: error:[/] {escape(message)}", highlight=False, markup=True)
     sys.exit(code)
 
 

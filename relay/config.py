@@ -221,8 +221,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         rel = url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
             url = f"sqlite:///{base / rel}"
+    firewall = config.firewall
+    if firewall.output is not None and not firewall.output.is_absolute():
+        firewall = firewall.model_copy(update={"output": base / firewall.output})
     return config.model_copy(
         update={
+            "firewall": firewall,
             "relay": relay.model_copy(update={"spool_dir": spool, "tls": tls}),
             "store": config.store.model_copy(update={"url": url}),
         }

@@ -34,3 +34,15 @@ def parse_endpoint(value: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range 1-65535")
     return host, port
+
+
+def check_networks(values: list[str]) -> list[str]:
+    """Every item an address or CIDR network, or a ValueError naming the bad one."""
+    import ipaddress
+
+    for net in values:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as e:
+            raise ValueError(f"{net!r} is not an address or network") from e
+    return values

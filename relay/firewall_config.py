@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.config_types import parse_duration
+from relay.config_types import check_networks, parse_duration
 
 _NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 _CHAIN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,27}$")
@@ -83,9 +82,4 @@ class FirewallConfig(BaseModel):
     @field_validator("never_block")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as e:
-                raise ValueError(f"{net!r} is not an address or network") from e
-        return v
+        return check_networks(v)

@@ -14,15 +14,10 @@ from sqlalchemy import select
 from blocklist import blocks
 from blocklist.hosts import host_key
 from blocklist.scoring import Protection, score_hosts
+from relay import cli
 from relay.config import Config
 from relay.config_types import parse_duration
 from relay.models import Event
-
-
-def _ctx_tools():  # type: ignore[no-untyped-def]
-    from relay import cli
-
-    return cli
 
 
 def _network(value: str) -> str:
@@ -62,7 +57,6 @@ def block() -> None:
 @click.pass_context
 def block_add(ctx: click.Context, network: str, duration: str, reason: str) -> None:
     """Block NETWORK (an address or CIDR) now."""
-    cli = _ctx_tools()
     config = cli.load(ctx)
     net, seconds = _network(network), _duration(duration)
     engine = cli.open_store(config)
@@ -78,7 +72,6 @@ def block_add(ctx: click.Context, network: str, duration: str, reason: str) -> N
 @click.pass_context
 def block_remove(ctx: click.Context, network: str) -> None:
     """Lift the block on NETWORK now (offences before now do not count again)."""
-    cli = _ctx_tools()
     net = _network(network)
     if not blocks.remove(cli.open_store(cli.load(ctx)), net):
         cli.fail(f"{net} is not blocked")
@@ -91,7 +84,6 @@ def block_remove(ctx: click.Context, network: str) -> None:
 @click.pass_context
 def block_list(ctx: click.Context, fmt: str) -> None:
     """Active blocks, longest first."""
-    cli = _ctx_tools()
     active = blocks.active_blocks(cli.open_store(cli.load(ctx)))
     if fmt == "plain":
         for b in active:
@@ -116,7 +108,6 @@ def allow() -> None:
 @click.pass_context
 def allow_add(ctx: click.Context, network: str, reason: str) -> None:
     """Never block NETWORK (an existing block on it stops taking effect)."""
-    cli = _ctx_tools()
     net = _network(network)
     added = blocks.allow_add(cli.open_store(cli.load(ctx)), net, reason)
     click.echo(f"allowed {net}" if added else f"{net} was already allowed")
@@ -126,7 +117,6 @@ def allow_add(ctx: click.Context, network: str, reason: str) -> None:
 @click.argument("network")
 @click.pass_context
 def allow_remove(ctx: click.Context, network: str) -> None:
-    cli = _ctx_tools()
     net = _network(network)
     if not blocks.allow_remove(cli.open_store(cli.load(ctx)), net):
         cli.fail(f"{net} is not in the allowlist")
@@ -137,7 +127,6 @@ def allow_remove(ctx: click.Context, network: str) -> None:
 @click.pass_context
 def allow_list(ctx: click.Context) -> None:
     """The allowlist: the store's entries and those from the configuration."""
-    cli = _ctx_tools()
     config = cli.load(ctx)
     for net in config.blocklist.allow:
         click.echo(f"{net}\t(configuration)")
@@ -157,7 +146,6 @@ def hosts() -> None:
 @click.pass_context
 def hosts_show(ctx: click.Context, address: str, shown: int) -> None:
     """Score, the events that made it, and why ADDRESS is or is not blocked."""
-    cli = _ctx_tools()
     config = cli.load(ctx)
     try:
         ipaddress.ip_address(address)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.config_types import parse_duration
+from relay.config_types import check_networks, parse_duration
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
@@ -63,12 +61,7 @@ class BlocklistConfig(_Strict):
     @field_validator("allow")
     @classmethod
     def _allow(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as e:
-                raise ValueError(f"{net!r} is not an address or network") from e
-        return v
+        return check_networks(v)
 
     def duration(self, level: int) -> float:
         """Block time at escalation `level` (1 = first offence), capped at max_block_time."""

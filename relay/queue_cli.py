@@ -7,34 +7,21 @@ Works on the spool directory, with or without a running relay; requests to the r
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import datetime
-from typing import NoReturn
 
 import click
 
 from relay import queue as q
-from relay.config import ConfigError, config_path, load_config
+from relay.cli import fail, load
 from relay.spool import Spool
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"floodgate: error: {message}", err=True)
-    sys.exit(code)
-
-
 def _spool(ctx: click.Context) -> Spool:
-    path = config_path((ctx.obj or {}).get("config"))
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        for problem in e.problems:
-            click.echo(f"{e.path}: {problem}", err=True)
-        sys.exit(2)
+    config = load(ctx)
     spool = Spool(config.relay.spool_dir)
     if not spool.queue.is_dir():
-        _fail(f"no spool at {spool.root} (relay.spool_dir)")
+        fail(f"no spool at {spool.root} (relay.spool_dir)")
     return spool
 
 
@@ -42,7 +29,7 @@ def _id(spool: Spool, prefix: str) -> str:
     try:
         return q.resolve(spool, prefix)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _when(ts: float) -> str:
@@ -102,7 +89,7 @@ def show(ctx: click.Context, queue_id: str, as_json: bool) -> None:
     try:
         m = q.load(spool, _id(spool, queue_id))
     except FileNotFoundError:
-        _fail(f"{queue_id}: no such message")
+        fail(f"{queue_id}: no such message")
     if as_json:
         click.echo(json.dumps(_as_dict(m)))
         return
