@@ -72,7 +72,12 @@ def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
 
 def write_decisions(engine: Engine, decisions: list[BlockDecision], node: str,
                     now: datetime) -> None:
-    """Upsert by network: relays sharing a store converge on one row per network."""
+    """Upsert by network: relays sharing a store converge on one row per network.
+
+    An extension is a compare-and-set on the expiry the scorer read: if the block was
+    ended (unblocked) or changed since, the extension is dropped and the next run decides
+    again from what the store holds then.
+    """
     if not decisions:
         return
     with engine.begin() as conn:
@@ -81,11 +86,15 @@ def write_decisions(engine: Engine, decisions: list[BlockDecision], node: str,
                       "first_seen": d.first_seen, "last_seen": d.last_seen,
                       "expires": d.expires, "created_at": now, "source": d.source,
                       "level": d.level, "node": node}
+            changes = {k: v for k, v in values.items() if k != "network"}
+            if not d.new and d.previous_expires is not None:
+                changes.pop("created_at")
+                conn.execute(update(Block).where(Block.network == d.network,
+                                                 Block.expires == d.previous_expires)
+                             .values(**changes))
+                continue
             stmt = _upsert(engine, Block).values(**values)
-            update = {k: v for k, v in values.items() if k != "network"}
-            if not d.new:
-                update.pop("created_at")
-            conn.execute(stmt.on_conflict_do_update(index_elements=["network"], set_=update))
+            conn.execute(stmt.on_conflict_do_update(index_elements=["network"], set_=changes))
         bump_generation(conn, GENERATION_KEY)
 
 

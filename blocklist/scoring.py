@@ -79,6 +79,9 @@ class BlockDecision:
     level: int
     source: str
     new: bool  # a new or renewed block, rather than an extension of an active one
+    # An extension applies only if the block still ends here: an operator's unblock (or
+    # another relay's write) between the scorer's read and its write must win.
+    previous_expires: datetime | None = None
 
 
 def cutoff(block: BlockState | None, now: datetime) -> datetime | None:
@@ -117,7 +120,7 @@ def decide(
             decisions.append(BlockDecision(
                 host, max(block.score, hs.score), block.reason or hs.summary(weights),
                 block.first_seen, max(block.last_seen, hs.last_offence), expires,
-                block.level, block.source, new=False))
+                block.level, block.source, new=False, previous_expires=block.expires))
             continue
         if hs.score < threshold:
             continue

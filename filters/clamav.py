@@ -46,6 +46,11 @@ class ClamdError(Exception):
     """clamd could not give a verdict: down, refused, timed out, or answered garbage."""
 
 
+# The smallest clamd StreamMaxLength we read a mid-stream hang-up as: below it a reset
+# with no reply is an error (on_error), never a permanent "too large" (on_oversize).
+MIN_STREAM_LIMIT = 64 * 1024
+
+
 class ClamdSizeLimit(ClamdError):
     """clamd refused the stream as over its StreamMaxLength."""
 
@@ -114,18 +119,21 @@ class ClamdClient:
         cut_short = False
         if payload is not None:
             view = memoryview(payload)
+            sent = 0
             try:
                 for i in range(0, len(view), self.chunk_size):
                     chunk = view[i:i + self.chunk_size]
                     writer.write(struct.pack(">I", len(chunk)))
                     writer.write(chunk)
                     await writer.drain()
+                    sent += len(chunk)
                 writer.write(struct.pack(">I", 0))
                 await writer.drain()
             except (BrokenPipeError, ConnectionResetError):
-                # clamd hangs up mid-stream when the size limit is hit; its reply (if any)
-                # is still waiting in our receive buffer.
-                cut_short = True
+                # clamd hangs up mid-stream when the size limit is hit (its reply, if any,
+                # is still waiting in our receive buffer), but only after that many bytes:
+                # a hang-up sooner is a crash or a stranger, not a size limit.
+                cut_short = sent >= MIN_STREAM_LIMIT
         try:
             raw = await reader.readuntil(b"\0")
         except asyncio.IncompleteReadError as e:

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -272,7 +273,8 @@ if __name__ == "__main__":
 class FakeService:
     """A TCP server for faults real daemons won't make on demand. `mode`:
     "hang" reads and never answers, "garbage" answers `reply` whatever was asked, "close"
-    hangs up at once. Thread-based, so it serves any event loop (tests, a relay thread).
+    hangs up at once, "reset" reads a few bytes then resets the connection. Thread-based,
+    so it serves any event loop (tests, a relay thread).
     `connections` counts accepted connections; `closed` those where the client closed (or
     half-closed) its side."""
 
@@ -295,6 +297,12 @@ class FakeService:
                     fake.connections += 1
                 sock: socket.socket = self.request
                 if fake.mode == "close":
+                    return
+                if fake.mode == "reset":  # read a little, then RST (SO_LINGER 0)
+                    with contextlib.suppress(OSError):
+                        sock.recv(16)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
                     return
                 if fake.mode == "garbage":
                     sock.settimeout(0.5)

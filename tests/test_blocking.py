@@ -61,7 +61,8 @@ def test_dictionary_attacker_is_blocked_at_next_connection(relay) -> None:  # ty
     assert "5.7.1 Service unavailable; client [127.0.0.5] is blocked until" in str(text)
     assert refused_at_connect(relay, "127.0.0.6") is None
     assert refused_at_connect(relay, "127.0.0.9") is None
-    relay.wait_for_log(r"block network=127.0.0.5 score=20 level=1 .*reason=unknown_rcpt=20")
+    # the scorer may run mid-attack: the block records what it had seen by then
+    relay.wait_for_log(r"block network=127.0.0.5 score=\d+ level=1 .*reason=unknown_rcpt=\d+")
     relay.wait_for_log(r"decision .*client=127.0.0.5 stage=connect action=reject reason=blocked")
     shown = floodgate(relay.config, "hosts", "show", "127.0.0.9").stdout
     assert "never blocked: allowlisted (127.0.0.9/32)" in shown
@@ -71,14 +72,14 @@ def test_dictionary_attacker_is_blocked_at_next_connection(relay) -> None:  # ty
 
 
 def test_block_expires_and_escalates(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
-    relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "2s")
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "4s")
     dictionary_attack(relay, "127.0.0.5")
     wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="block")
     # Knocking while blocked is an offence too (it extends the block), so watch the store
     # rather than the door until the block has run out.
     engine = make_engine(sqlite_url)
-    wait_until(lambda: not blocks.active_blocks(engine), 20, "block expiry")
-    assert refused_at_connect(relay, "127.0.0.5") is None
+    wait_until(lambda: not blocks.active_blocks(engine), 40, "block expiry")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.5") is None, 20, "let in again")
     first = blocks.load_blocks(engine)["127.0.0.5"]
     assert first.level == 1
     # back soon after: a longer block
@@ -86,7 +87,7 @@ def test_block_expires_and_escalates(start_relay, sqlite_url) -> None:  # type: 
     wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="second block")
     second = wait_until(lambda: (b := blocks.load_blocks(engine)["127.0.0.5"]).level == 2
                         and b, what="level 2")
-    assert second.expires - second.last_seen >= timedelta(seconds=4)  # 2s doubled
+    assert second.expires - second.last_seen >= timedelta(seconds=8)  # 4s doubled
     engine.dispose()
 
 

@@ -189,6 +189,20 @@ def test_garbage_answer_is_451_and_logged(caplog: pytest.LogCaptureFixture) -> N
     assert fake.received.startswith(b"zINSTREAM\0")
 
 
+@pytest.mark.parametrize("mode", ["close", "reset"])
+def test_early_hang_up_is_an_error_not_a_size_limit(mode: str) -> None:
+    """A peer that hangs up (or resets) before 64 KiB arrived is no StreamMaxLength: a small
+    message must meet on_error, never on_oversize's permanent 552. Repeated so the reset
+    lands both while writing and while reading the reply."""
+    with FakeService(mode) as fake:
+        f = ClamAVFilter(ClamdClient(fake.address, timeout=5, chunk_size=512),
+                         on_oversize="reject")
+        for _ in range(20):
+            v = scan(f, load("clean.eml"))
+            assert v is not None and v.reply.startswith("451 4.7.1"), v.reply
+            assert v.reason == "clamav_error"
+
+
 def test_hang_times_out_and_closes_connection() -> None:
     with FakeService("hang") as fake:
         f = ClamAVFilter(ClamdClient(fake.address, timeout=0.5))

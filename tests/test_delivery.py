@@ -232,11 +232,11 @@ def test_no_dsn_for_null_sender_and_expiry_bounces(start_relay, sqlite_url, sink
     sink.up()
     sink.set_reply("gone@dest.test", "550 5.1.1 no such user")
     sink.set_reply("busy@dest.test", "452 4.2.2 Mailbox full")
-    relay = start(start_relay, sqlite_url, sink.hop, 'max_lifetime = "2s"')
+    relay = start(start_relay, sqlite_url, sink.hop, 'max_lifetime = "4s"')
     bounce_id = send(relay, ["gone@dest.test"], message("from-null"), sender="")
     relay.wait_for_log(rf"no DSN for the null sender queue_id={bounce_id}")
     busy_id = send(relay, ["busy@dest.test"], message("expire"))
-    [dsn] = wait_until(lambda: sink.to("author@sender.test"), timeout=20,  # type: ignore[misc]
+    [dsn] = wait_until(lambda: sink.to("author@sender.test"), timeout=30,  # type: ignore[misc]
                        what="expiry DSN")
     _, (per_message, per_rcpt) = _dsn_parts(dsn.data)
     assert per_message["X-Floodgate-Queue-ID"] == busy_id

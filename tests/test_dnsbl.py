@@ -218,7 +218,7 @@ def test_silent_zone_times_out_quickly_and_blocks_nothing(rbldnsd: Rbldnsd) -> N
         r = lookup(f, "127.0.0.9")
         elapsed = time.monotonic() - start
         assert r.errors == (("slow.example", "timeout"),) and r.score == 0
-        assert elapsed < 2.0  # the zone's 0.3s, not dnspython's default lifetime (5s)
+        assert elapsed < 4.0  # the zone's 0.3s, not dnspython's default lifetime (5s)
         # The other zones still count; the silent one neither blocks nor tempfails.
         assert lookup(f, "127.0.0.2").listings == (Listing("zen.example", ("127.0.0.2",), 3),)
         assert check(f, "127.0.0.9") is None

@@ -229,7 +229,11 @@ def test_timeline_csv_and_json(config: Path, known: Store, bucket: str) -> None:
     assert floor(before - window, step) <= times[0] <= floor(after - window, step)
     rows = list(csv.DictReader(io.StringIO(report(config, "timeline", "--bucket", bucket,
                                                   "--format", "csv"))))
-    assert {r["time"]: {o: int(r[o]) for o in rp.OUTCOMES} for r in rows} == got
+    # a second run reads its own clock: its buckets may sit one step later, same counts
+    again = {r["time"]: {o: int(r[o]) for o in rp.OUTCOMES} for r in rows}
+    assert len(again) == len(got)
+    assert {t: c for t, c in again.items() if any(c.values())} == \
+        {t: c for t, c in got.items() if any(c.values())}
 
 
 def test_timeline_table_and_png(config: Path, tmp_path: Path) -> None:

@@ -89,3 +89,33 @@ def test_ipv6_hosts_count_by_prefix() -> None:
     assert host_key("2001:db8:1:2:3::4", 48) == "2001:db8:1::/48"
     assert host_key("::ffff:192.0.2.9") == "192.0.2.9"
     assert host_key("192.0.2.9") == "192.0.2.9"
+
+
+def test_an_unblock_between_read_and_write_beats_the_extension(store_url: str) -> None:
+    """The scorer reads a block, an operator ends it, then the scorer writes its extension:
+    the unblock stands (compare-and-set on the expiry read), on both store backends."""
+    from blocklist import blocks
+    from relay.store import make_engine, upgrade
+
+    engine = make_engine(store_url)
+    upgrade(engine)
+    now = datetime.now(UTC)
+    blocks.add_manual(engine, "192.0.2.1", 600, "test", now=now - timedelta(seconds=5))
+    read = blocks.load_blocks(engine)  # the scorer's read
+    [ext] = decide(score_hosts([Offences("192.0.2.1", "unknown_rcpt", 3, now, now)], W), read,
+                   threshold=10, duration=lambda level: 3600.0, recidive_window=0,
+                   protected=NOBODY.why, weights=W, now=now)
+    assert not ext.new and ext.expires > read["192.0.2.1"].expires
+    assert blocks.remove(engine, "192.0.2.1", now=now)  # the operator, in between
+    blocks.write_decisions(engine, [ext], "t", now)
+    after = blocks.load_blocks(engine)["192.0.2.1"]
+    assert after.level == 0 and after.expires <= now  # still ended
+    # with nobody in between, the same extension lands
+    blocks.add_manual(engine, "192.0.2.2", 600, "test", now=now - timedelta(seconds=5))
+    read = blocks.load_blocks(engine)
+    [ext] = decide(score_hosts([Offences("192.0.2.2", "unknown_rcpt", 3, now, now)], W), read,
+                   threshold=10, duration=lambda level: 3600.0, recidive_window=0,
+                   protected=NOBODY.why, weights=W, now=now)
+    blocks.write_decisions(engine, [ext], "t", now)
+    assert blocks.load_blocks(engine)["192.0.2.2"].expires == ext.expires
+    engine.dispose()
