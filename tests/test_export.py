@@ -202,6 +202,26 @@ def test_active_load_from_the_store(store_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("expired", [0, 10, 1000])
+def test_active_load_same_rows_by_scan_or_index(store_url: str, expired: int) -> None:
+    """SQLite reads by table scan when most rows are live and by the expiry index when most
+    are history; both give exactly the live blocks, with reason and score."""
+    engine = make_engine(store_url)
+    upgrade(engine)
+    now = datetime.now(UTC)
+    live = [(f"192.0.2.{i}", now + timedelta(minutes=i)) for i in range(1, 21)]
+    old = [(f"10.{i >> 8}.{i & 255}.1", now - timedelta(seconds=i + 1)) for i in range(expired)]
+    with engine.begin() as conn:
+        conn.execute(insert(Block), [
+            {"network": n, "reason": f"r{i}", "score": i / 2,
+             "first_seen": now, "last_seen": now, "expires": e, "created_at": now,
+             "source": "auto", "level": 1, "node": "t"}
+            for i, (n, e) in enumerate(live + old)])
+    entries, _ = active.load(engine, now)
+    assert sorted(entries) == sorted(Entry(n, f"r{i}", i / 2, e) for i, (n, e) in enumerate(live))
+    engine.dispose()
+
+
 def test_protected_includes_own_addresses_and_loopback() -> None:
     got = active.protected(["192.0.2.0/24"], ["192.0.2.1", "0.0.0.0", "localhost", "::"],
                            loopback=True, extra=["198.51.100.1"])
