@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -297,7 +298,12 @@ async def run(config: Config, worker: int | None = None) -> None:
 
 
 def serve(config: Config, worker: int | None = None) -> None:
-    """Run on uvloop; FLOODGATE_EVENT_LOOP=asyncio picks asyncio's own loop (benchmarks)."""
+    """Run on uvloop; FLOODGATE_EVENT_LOOP=asyncio picks asyncio's own loop (benchmarks).
+
+    `kill -USR1 <pid>` prints every thread's stack to stderr (the log), even with the event
+    loop stuck: what to look at when a relay stops answering at 3 a.m.
+    """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional in spirit

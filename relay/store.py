@@ -45,9 +45,19 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # A server that went away must fail fast: the relay logs it and carries on.
+    # A server that went away must fail fast: the relay logs it and carries on. Keepalives
+    # and tcp_user_timeout end a connection whose server vanished mid-query (a crash, a
+    # firewall dropping packets), which would otherwise wait forever. A `?key=value` in the
+    # URL overrides each of these.
+    args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=10,
-                         connect_args={"connect_timeout": 5})
+                         connect_args=args)
+
+
+PG_CONNECT_ARGS: dict[str, object] = {
+    "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+    "keepalives_count": 3, "tcp_user_timeout": 30_000,
+}
 
 
 # Store calls get threads of their own, so a slow or unreachable database can never hold up

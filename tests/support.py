@@ -181,7 +181,19 @@ class RelayProcess:
                 raise AssertionError(f"relay exited ({self.proc.returncode}):\n{self.log()}")
             return m
 
-        return wait_until(found, timeout, f"log line {pattern!r}")  # type: ignore[return-value]
+        try:
+            return wait_until(found, timeout, f"log line {pattern!r}")  # type: ignore[return-value]
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.stacks()}") from None
+
+    def stacks(self) -> str:
+        """The relay's thread stacks (SIGUSR1, faulthandler) and its log's tail: why it hung."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.log()[-4000:]
+        before = len(self.log())
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "most recent call first" in self.log()[before:], 5, "stack dump")
+        return self.log()[-12000:]
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

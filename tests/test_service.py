@@ -96,6 +96,15 @@ def socket_accepts(port: int) -> bool:
         return False
 
 
+def test_sigusr1_prints_every_threads_stack_and_keeps_serving(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(sqlite_url, aliases=ALIASES)
+    dump = relay.stacks()
+    assert "Current thread" in dump or "Thread 0x" in dump
+    assert "relay/server.py" in dump  # the event loop's own frames
+    with client(relay) as smtp:
+        assert smtp.noop()[0] == 250
+
+
 def test_port_taken_is_a_clear_error(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
@@ -220,6 +229,7 @@ def test_event_buffer_overflow_is_counted_and_logged(start_relay, own_postgres) 
             assert smtp.sendmail("s@sender.test", ["bob@example.org"], MESSAGE) == {}
     relay.wait_for_log(r"event buffer full capacity=6 dropped_total=\d+")
     assert len(spooled(relay)) == 4  # mail is never refused for want of the event store
+    relay.wait_for_log(r"store unreachable, events wait in memory")
     own_postgres.resume()
     relay.wait_for_log(r"store reachable again")
     engine = make_engine(url)
