@@ -24,7 +24,15 @@ from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 from blocklist.blocks import utc
 from blocklist.scoring import BlockState
 from relay.models import Event
-from relay.rollup_models import HOUR, MINUTE, HostRollup, TimelineRollup, floor
+from relay.rollup_models import (
+    DELIVERY,
+    HOUR,
+    MINUTE,
+    HostRollup,
+    HostTotal,
+    TimelineRollup,
+    floor,
+)
 
 # Refusals worth a column of their own; any other refusal is "other".
 REJECTS = ("unknown_rcpt", "trap", "relay_denied", "virus", "spam", "dnsbl", "blocked",
@@ -32,7 +40,6 @@ REJECTS = ("unknown_rcpt", "trap", "relay_denied", "virus", "spam", "dnsbl", "bl
 OUTCOMES = ("accepted", *REJECTS, "other", "tempfail")
 HOST_FIELDS = ("host", "connections", "accepted", "rejected", *REJECTS, "other", "tempfail",
                "score", "blocked_until")
-DELIVERY = "delivery"
 
 Row = tuple[Any, ...]  # (key columns..., count)
 
@@ -163,16 +170,23 @@ def top_hosts(conn: Connection, since: datetime, top: int, reason: str | None) -
     part apart: SQLite would copy a UNION before grouping it), Python merges and picks."""
     boundary = ceil(since, HOUR)
     keys: dict[str, list[int]] = {}
+    statements = []
     for m, n, window in ((HostRollup, HostRollup.total, HostRollup.bucket >= boundary),
                          (Event, literal(1), and_(Event.ts >= since, Event.ts < boundary))):
 
         def total(condition: Any, n: Any = n) -> Any:
             return func.sum(case((condition, n), else_=0))
 
-        stmt = (select(m.host, total(m.action == "reject"), total(m.action == "tempfail"),
-                       total(m.reason == (reason or "")))
-                .where(window, m.stage != DELIVERY).group_by(m.host))
-        for host, rejected, tempfail, seen in conn.execute(stmt):
+        statements.append(
+            select(m.host, total(m.action == "reject"), total(m.action == "tempfail"),
+                   total(m.reason == (reason or "")))
+            .where(window, m.stage != DELIVERY).group_by(m.host))
+    if reason is None:  # one row per host-hour instead of one per host, hour and reason
+        statements[0] = (select(HostTotal.host, func.sum(HostTotal.rejected),
+                                func.sum(HostTotal.tempfail), literal(0))
+                         .where(HostTotal.bucket >= boundary).group_by(HostTotal.host))
+    for stmt in statements:
+        for host, rejected, tempfail, seen in conn.execute(stmt).all():  # fetchall: 1 call
             k = keys.setdefault(host, [0, 0, 0])
             k[0] += int(rejected)
             k[1] += int(tempfail)

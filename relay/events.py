@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import operator
 import time
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.models import Event
-from relay.rollup_models import add_to_rollups, prune
+from relay.rollup_models import add_to_rollups, prune, stamp
 from relay.store import describe, in_store_thread
 
 log = logging.getLogger("floodgate.events")
@@ -48,6 +49,7 @@ class EventRecord:
 
 
 _FIELDS = tuple(f.name for f in fields(EventRecord))
+_REST = operator.attrgetter(*_FIELDS[1:])  # every field after ts, as a tuple, in C
 assert _FIELDS[0] == "ts"
 
 
@@ -92,11 +94,11 @@ class EventWriter:
             mark = "?" if sqlite else "%s"
             sql = (f"INSERT INTO {Event.__tablename__} ({', '.join(_FIELDS)}) "
                    f"VALUES ({', '.join([mark] * len(_FIELDS))})")
-            conn.exec_driver_sql(sql, [
-                # SQLite: the text SQLAlchemy's DateTime stores (wall time, no offset)
-                (r.ts.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else r.ts, *(
-                    getattr(r, f) for f in _FIELDS[1:])) for r in rows])
-            add_to_rollups(conn, rows)  # same transaction: reports never disagree
+            stamps = [stamp(r.ts) for r in rows]
+            rest = _REST
+            conn.exec_driver_sql(sql, [(s, *rest(r)) for s, r in zip(stamps, rows, strict=True)]
+                                 if sqlite else [(r.ts, *rest(r)) for r in rows])
+            add_to_rollups(conn, rows, stamps)  # same transaction: reports never disagree
 
     async def run(self) -> None:
         """Write batches until closed; retries with back-off while the store is down."""

@@ -79,6 +79,18 @@ def bench(n: int) -> list[tuple[str, float, str]]:
             size = sum(len(p) for p in out.parts.values())  # type: ignore[attr-defined]
             rows.append((f"render {fmt}", secs, f"{size / 1e6:.1f} MB"))
         rows.append(("export nft total (read + render)", load_s + rows[1][1], "target < 1 s"))
+        config = Path(tmp) / "bench.toml"
+        config.write_text(f'[store]\nurl = "sqlite:///{tmp}/bench.db"\n'
+                          '[domains."example.org"]\nnext_hop = "127.0.0.1:2600"\n')
+        cli = [sys.executable, "-m", "relay.cli", "-c", str(config), "blocklist", "export",
+               "--format", "nft", "-o", str(Path(tmp) / "out.nft")]
+        startup = [sys.executable, "-m", "relay.cli", "--help"]
+        rows.append(("CLI start-up (floodgate --help)",
+                     timed(lambda: subprocess.run(startup, check=True, capture_output=True))[0],
+                     "Python + imports"))
+        rows.append(("floodgate blocklist export -o FILE",
+                     timed(lambda: subprocess.run(cli, check=True, capture_output=True))[0],
+                     "whole command, start-up included"))
         ns = f"fgbench-{time.monotonic_ns()}"
         subprocess.run(["ip", "netns", "add", ns], check=True)
         try:

@@ -25,7 +25,15 @@ from blocklist import reports as rp
 from relay.config import ConfigError, load_config
 from relay.events import EventRecord, EventWriter
 from relay.models import Base, Event
-from relay.rollup_models import HOUR, MINUTE, HostRollup, TimelineRollup, floor, prune
+from relay.rollup_models import (
+    HOUR,
+    MINUTE,
+    HostRollup,
+    HostTotal,
+    TimelineRollup,
+    floor,
+    prune,
+)
 from relay.store import _alembic_config, head_revision, make_engine, upgrade
 from tests.support import floodgate, free_port, wait_until, write_config
 
@@ -290,6 +298,22 @@ def raw_counts(engine: Engine, step: timedelta, host: bool) -> Counter[tuple[obj
                    for ts, h, s, a, r in rows)
 
 
+def host_totals(engine: Engine) -> tuple[dict[tuple[object, ...], tuple[int, int]],
+                                         dict[tuple[object, ...], tuple[int, int]]]:
+    """host_totals as stored, and as counted from the raw events (no delivery stage)."""
+    raw: dict[tuple[object, ...], list[int]] = {}
+    with engine.connect() as conn:
+        for ts, h, stage, action in conn.execute(select(Event.ts, Event.host, Event.stage,
+                                                        Event.action)):
+            if stage != "delivery":
+                t = raw.setdefault((floor(ts, HOUR), h), [0, 0])
+                t[0] += action == "reject"
+                t[1] += action == "tempfail"
+        stored = {(blocks.utc(b), h): (r, t) for b, h, r, t in conn.execute(
+            select(HostTotal.bucket, HostTotal.host, HostTotal.rejected, HostTotal.tempfail))}
+    return stored, {k: (r, t) for k, (r, t) in raw.items()}
+
+
 def rolled(engine: Engine) -> tuple[Counter[tuple[object, ...]], Counter[tuple[object, ...]]]:
     with engine.connect() as conn:
         hosts = Counter({(blocks.utc(b), h, s, a, r): n for b, h, s, a, r, n in conn.execute(
@@ -306,6 +330,8 @@ def test_writer_keeps_rollups_equal_to_the_events(known: Store) -> None:
     assert hosts == raw_counts(known.engine, HOUR, host=True)
     assert minutes == raw_counts(known.engine, MINUTE, host=False)
     assert sum(hosts.values()) == len(known.records)
+    stored, raw = host_totals(known.engine)
+    assert stored == raw and sum(r for r, _ in stored.values()) == 12 + 7 + 6 + 5 + 5
 
 
 def test_retention_prunes_events_before_rollups(store_url: str) -> None:
@@ -346,6 +372,8 @@ def test_migration_0003_fills_rollups_from_existing_events(store_url: str) -> No
     hosts, minutes = rolled(engine)
     assert hosts == raw_counts(engine, HOUR, host=True)
     assert minutes == raw_counts(engine, MINUTE, host=False)
+    stored, raw = host_totals(engine)  # 0005 fills them from the rollups 0003 made
+    assert stored == raw and stored
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0002")
