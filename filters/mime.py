@@ -62,6 +62,7 @@ def digest(data: bytes) -> str:
 # -- the body as a whole ---------------------------------------------------------------------
 
 _BLANK = re.compile(rb"\n\r?\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def _head_end(message: bytes) -> int:
@@ -79,19 +80,14 @@ def _head_end(message: bytes) -> int:
 
 
 def _body_digest(message: bytes) -> tuple[str, bool]:
-    """body_digest(), and whether the message holds a bare CR. splitlines() breaks at CR, LF
-    and CRLF alike, so it finds as many breaks as there are LFs exactly when no CR stands
-    alone; then joining its lines with LF is the CRLF->LF normalisation, at half the cost of
+    """body_digest(), and whether the message holds a bare CR. Without one, dropping every CR
+    is the CRLF->LF normalisation, and bytes.translate() does that three times faster than
     bytes.replace()."""
-    lines = message.splitlines()
-    breaks = len(lines) - (0 if not message or message.endswith((b"\r", b"\n")) else 1)
     cut = _head_end(message)
-    if breaks != message.count(b"\n"):
+    if _BARE_CR.search(message):
         return digest(message[cut:].replace(b"\r\n", b"\n")), True
-    # The head ends with a line break, or is the whole message.
-    body = lines[message.count(b"\n", 0, cut):] if cut < len(message) else []
-    tail = b"\n" if body and message.endswith(b"\n") else b""
-    return digest(b"\n".join(body) + tail), False
+    normal = message.translate(None, b"\r")
+    return digest(memoryview(normal)[cut - message.count(b"\r", 0, cut):]), False
 
 
 def body_digest(message: bytes) -> str:
@@ -167,15 +163,16 @@ def _view(fields: list[tuple[bytes, bytes]], default: str) -> tuple[str, str | N
     ct, cd, cte = (vs[0] if vs else None for vs in (cts, cds, ctes))
     ctp = [] if ct is None else _params(ct)
     cdp = [] if cd is None else _params(cd)
+    boundaries = [v for n, v in ctp or () if n == "boundary"]
     # clamd may read another Content-Type (or -Transfer-Encoding, or boundary) than the first,
-    # or an unusual type differently.
-    odd = (len(cts) > 1 or len(ctes) > 1 or ctp is None
-           or sum(n == "boundary" for n, _ in ctp) > 1
+    # an unusual type, an empty encoding or a boundary with trailing blanks differently.
+    odd = (len(cts) > 1 or len(ctes) > 1 or ctp is None or cte == b"" or len(boundaries) > 1
+           or any(b != b.rstrip() for b in boundaries)
            or (ct is not None and not _MIME_TYPE.fullmatch(ctp[0][0])))
     if ctp is None or cdp is None or (cte is not None and not cte.isascii()):
         return (*_email_view(fields, default), odd)
     ctype = default if ct is None else ctp[0][0] if ctp[0][0].count("/") == 1 else "text/plain"
-    boundary = next((v.rstrip() for n, v in ctp if n == "boundary"), None)
+    boundary = boundaries[0].rstrip() if boundaries else None
     names = [v for n, v in cdp if n == "filename"] or [v for n, v in ctp if n == "name"]
     return (ctype, boundary, names[0].strip() if names else None,
             "" if cte is None else cte.decode().lower(), odd)
@@ -308,7 +305,8 @@ class _Splitter:
                 if not field:
                     odd = True  # continues nothing: the email package drops it
                 elif wanted:
-                    fields[-1] = (*fields[-1][:2], stop)
+                    name, value_start, _ = fields[-1]
+                    fields[-1] = (name, value_start, stop)
             elif m := _FIELD.match(data, pos, stop):
                 name = data[pos:m.end() - 1].lower()
                 field, wanted = True, name in _WANTED
@@ -377,8 +375,8 @@ class _Splitter:
         makes the message untrustworthy (clamd's test is looser)."""
         data = self.data
         needle = b"\n" + delim
-        # A body never starts the message, and always starts a line: data[start - 1] is "\n".
-        i = data.find(needle, start - 1, end)
+        # A body starts a line, after the "\n" at start - 1 (never at 0: headers come first).
+        i = data.find(needle, max(start - 1, 0), end)
         while i >= 0:
             at = i + 1
             m = _DELIM_TAIL.match(data, at + len(delim), end)
@@ -433,6 +431,7 @@ class _Splitter:
 
 
 def split_parts(message: bytes) -> Parts:
+    """The leaves of `message` and its body digest; see the module docstring."""
     body, bare_cr = _body_digest(message)
     if not bare_cr:  # a bare CR is a line break to the email package: leave it to it
         splitter = _Splitter(message)

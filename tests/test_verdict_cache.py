@@ -135,7 +135,9 @@ def test_thousand_worm_copies_cost_one_attachment_scan(own_clamd: Clamd) -> None
     assert own_clamd.wait_scans(2) == 2
     stats = f.stats()
     assert (stats.messages, stats.cache_hits) == (1000, 999) and stats.hit_rate == 0.999
-    assert f.cache.stats().hit_rate > 0.3  # leaf lookups: cover texts always miss
+    # Per copy, body, preamble and cover text miss (never cached: every copy is infected)
+    # and the attachment hits.
+    assert f.cache.stats().hit_rate > 0.2
 
 
 def test_known_virus_refused_while_clamd_is_down(own_clamd: Clamd) -> None:
