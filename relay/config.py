@@ -7,7 +7,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from filters.address import normalise_domain
-from relay.config_types import parse_duration, parse_endpoint
+from relay.config_types import Duration, parse_endpoint
 from relay.delivery_config import DeliveryConfig
 from relay.dnsbl_config import DnsblConfig
 from relay.firewall_config import FirewallConfig
@@ -31,8 +31,6 @@ from relay.web_config import WebConfig
 
 DEFAULT_CONFIG = "floodgate.toml"
 CONFIG_ENV = "FLOODGATE_CONFIG"
-
-Duration = Annotated[float, Field(ge=0)]
 
 
 class Strict(BaseModel):
@@ -57,11 +55,6 @@ class RelayConfig(Strict):
     recipient_delimiter: str = ""
     local_part_case: Literal["insensitive", "sensitive"] = "insensitive"
     tls: TLSConfig | None = None
-
-    @field_validator("idle_timeout", "shutdown_grace", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("listen")
     @classmethod
@@ -93,11 +86,6 @@ class StoreConfig(Strict):
     event_flush_interval: Duration = 0.5
     event_buffer: int = Field(default=100_000, gt=0)
     ipv6_prefix: int = Field(default=64, ge=8, le=128)
-
-    @field_validator("refresh_interval", "event_flush_interval", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("url")
     @classmethod

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -46,3 +49,8 @@ def check_networks(values: list[str]) -> list[str]:
         except ValueError as e:
             raise ValueError(f"{net!r} is not an address or network") from e
     return values
+
+
+# Seconds, written as 30, "30s", "5m", "24h" or "7d"; never negative. One type for every
+# duration in every section, so each section stops repeating the same validator.
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]

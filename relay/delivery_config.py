@@ -7,13 +7,11 @@ maximal_backoff_time 4000s, maximal_queue_lifetime 5d), so operators find famili
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relay.config_types import parse_duration, parse_endpoint
-
-Duration = Annotated[float, Field(ge=0)]
+from relay.config_types import Duration, parse_endpoint
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -59,12 +57,6 @@ class DeliveryConfig(BaseModel):
     # Back-pressure: new mail gets 452 4.3.1 at MAIL/RCPT past either limit (0: no limit).
     max_spool_messages: int = Field(default=100_000, ge=0)
     min_free_disk: int = 100 * 1024**2
-
-    @field_validator("min_backoff", "max_backoff", "max_lifetime", "connect_timeout",
-                     "command_timeout", "scan_interval", mode="before")
-    @classmethod
-    def _durations(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("min_free_disk", mode="before")
     @classmethod

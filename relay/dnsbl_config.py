@@ -16,13 +16,13 @@ Zones are written either as tables or postscreen style, whichever the operator h
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filters.base import Action
 from filters.verdict_cache import VerdictCache
-from relay.config_types import parse_duration
+from relay.config_types import Duration
 
 if TYPE_CHECKING:
     from filters.dnsbl import DnsblFilter
@@ -33,12 +33,6 @@ def _dns() -> ModuleType:
     from filters import dnsbl
 
     return dnsbl
-
-Duration = Annotated[float, Field(ge=0)]
-
-
-def _duration(v: object) -> float:
-    return parse_duration(v)
 
 
 def _nameserver(v: str | None) -> str | None:
@@ -71,11 +65,6 @@ class DnsblZoneConfig(_Strict):
     def _ns(cls, v: str | None) -> str | None:
         return _nameserver(v)
 
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float | None:
-        return None if v is None else _duration(v)
-
 
 class DnsblCacheConfig(_Strict):
     """Answers per zone and address, kept for their TTL clamped to [min_ttl, max_ttl];
@@ -86,11 +75,6 @@ class DnsblCacheConfig(_Strict):
     min_ttl: Duration = 0.0
     max_ttl: Duration = 3600.0
     negative_ttl: Duration = 300.0
-
-    @field_validator("min_ttl", "max_ttl", "negative_ttl", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float:
-        return _duration(v)
 
     @model_validator(mode="after")
     def _order(self) -> DnsblCacheConfig:
@@ -135,11 +119,6 @@ class DnsblConfig(_Strict):
                 out[key] = spec
             return out
         return v
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float:
-        return _duration(v)
 
     @field_validator("nameserver")
     @classmethod

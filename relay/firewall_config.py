@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.config_types import check_networks, parse_duration
+from relay.config_types import Duration, check_networks
 
 _NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 _CHAIN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,27}$")
@@ -31,15 +31,10 @@ class FirewallConfig(BaseModel):
     chain: str = "FLOODGATE"
     hook: Literal["INPUT", "FORWARD"] = "INPUT"
     output: Path | None = None
-    interval: float = 30.0
-    reapply: float = 3600.0
-    max_timeout: float = 365 * 86_400.0
+    interval: Duration = 30.0
+    reapply: Duration = 3600.0
+    max_timeout: Duration = 365 * 86_400.0
     never_block: list[str] = Field(default_factory=list)
-
-    @field_validator("interval", "reapply", "max_timeout", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("interval", "max_timeout")
     @classmethod

@@ -8,13 +8,11 @@ local tools and benchmarks are not throttled by accident.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relay.config_types import parse_duration
-
-Duration = Annotated[float, Field(ge=0)]
+from relay.config_types import Duration
 
 
 class LimitsConfig(BaseModel):
@@ -40,12 +38,6 @@ class LimitsConfig(BaseModel):
     # From the final dot to our reply: scanning and queueing. RFC 5321 4.5.3.2.6 gives
     # the client 10 minutes; replying well inside that avoids a duplicate delivery.
     reply_timeout: Duration = 300.0
-
-    @field_validator("rate_window", "greet_wait", "session_timeout", "data_timeout",
-                     "reply_timeout", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("exempt")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.config_types import check_networks, parse_duration
+from relay.config_types import Duration, check_networks
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
@@ -20,15 +20,10 @@ class _Strict(BaseModel):
 class ScoringConfig(_Strict):
     enabled: bool = True
     weights: dict[str, float] = Field(default_factory=dict)
-    window: float = 86_400.0
+    window: Duration = 86_400.0
     threshold: float = Field(default=10.0, gt=0)
-    interval: float = 15.0
+    interval: Duration = 15.0
     traps: list[str] = Field(default_factory=list)
-
-    @field_validator("window", "interval", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("traps")
     @classmethod
@@ -44,19 +39,13 @@ class ScoringConfig(_Strict):
 
 
 class BlocklistConfig(_Strict):
-    block_time: float = 86_400.0
-    max_block_time: float = 30 * 86_400.0
+    block_time: Duration = 86_400.0
+    max_block_time: Duration = 30 * 86_400.0
     escalation: float = Field(default=2.0, ge=1.0)
-    recidive_window: float = 7 * 86_400.0
-    history: float = 30 * 86_400.0
+    recidive_window: Duration = 7 * 86_400.0
+    history: Duration = 30 * 86_400.0
     allow: list[str] = Field(default_factory=list)
     protect_loopback: bool = True
-
-    @field_validator("block_time", "max_block_time", "recidive_window", "history",
-                     mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
 
     @field_validator("allow")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from relay.config_types import parse_duration, parse_endpoint
+from relay.config_types import Duration, parse_endpoint
 
 
 class _Strict(BaseModel):
@@ -29,14 +29,9 @@ class RetentionConfig(_Strict):
     """Raw events are big and only needed for recent detail; rollups answer the long
     reports. 0 keeps forever."""
 
-    events: float = 30 * 86_400.0
-    rollups: float = 400 * 86_400.0
-    interval: float = 3_600.0
-
-    @field_validator("events", "rollups", "interval", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
+    events: Duration = 30 * 86_400.0
+    rollups: Duration = 400 * 86_400.0
+    interval: Duration = 3_600.0
 
     @model_validator(mode="after")
     def _order(self) -> RetentionConfig:

@@ -6,25 +6,20 @@ Kept apart from relay/config.py so the scanners can be configured and built (by 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filters.base import Action, Context, Filter, Verdict
 from filters.clamav import ClamAVFilter, ClamdClient, ClamdPool, parse_address
 from filters.verdict_cache import VerdictCache
-from relay.config_types import parse_duration
+from relay.config_types import Duration
 
 if TYPE_CHECKING:  # aiospamc is loaded only when a [spamassassin] filter is built
     from filters.spamassassin import SpamAssassinFilter
 
-Duration = Annotated[float, Field(ge=0)]
 OnError = Literal["tempfail", "accept"]
 OnOversize = Literal["tempfail", "accept", "reject"]
-
-
-def _duration(v: object) -> float:
-    return parse_duration(v)
 
 
 def _address(v: str | list[str]) -> str | list[str]:
@@ -58,11 +53,6 @@ class ClamAVCacheConfig(_Strict):
     # How often clamd's VERSION (signature database) is asked; a change drops clean entries.
     version_interval: Duration = 30.0
 
-    @field_validator("infected_ttl", "clean_ttl", "version_interval", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float:
-        return _duration(v)
-
 
 class ClamAVConfig(_Strict):
     enabled: bool = True
@@ -76,11 +66,6 @@ class ClamAVConfig(_Strict):
     # In-flight scans; keep at or below clamd's MaxThreads.
     concurrency: int = Field(default=10, gt=0)
     cache: ClamAVCacheConfig = ClamAVCacheConfig()
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float:
-        return _duration(v)
 
     @field_validator("address")
     @classmethod
@@ -106,13 +91,10 @@ class SpamCacheConfig(_Strict):
     max_entries: int = Field(default=50_000, gt=0)
     ttl: Duration = 600.0
 
-    @field_validator("ttl", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float:
-        return _duration(v)
 
+class SpamAssassinConfig(SpamThresholds):
+    """The global thresholds (checked in order by SpamThresholds) and everything else."""
 
-class SpamAssassinConfig(_Strict):
     enabled: bool = True
     address: str | list[str] = "127.0.0.1:783"  # or a list: used in turn
     timeout: Duration = 30.0
@@ -127,11 +109,6 @@ class SpamAssassinConfig(_Strict):
     concurrency: int = Field(default=5, gt=0)  # keep at or below spamd's --max-children
     cache: SpamCacheConfig = SpamCacheConfig()
 
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float:
-        return _duration(v)
-
     @field_validator("address")
     @classmethod
     def _addr(cls, v: str | list[str]) -> str | list[str]:
@@ -141,12 +118,6 @@ class SpamAssassinConfig(_Strict):
     @classmethod
     def _domains(cls, v: dict[str, SpamThresholds]) -> dict[str, SpamThresholds]:
         return {k.strip().rstrip(".").lower(): t for k, t in v.items()}
-
-    @model_validator(mode="after")
-    def _order(self) -> SpamAssassinConfig:
-        if self.reject_score < self.tag_score:
-            raise ValueError("reject_score must not be below tag_score")
-        return self
 
 
 def _action(on_error: OnError) -> Action:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load_config, parse_duration
+from relay.config import ConfigError, load_config
+from relay.config_types import parse_duration
 from tests.support import FLOODGATE, ROOT
 
 EXAMPLE = '''
