@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from filters.base import Action, Context, Stage, Verdict
 from filters.mime import Parts, split_parts
+from filters.offload import off_loop
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.clamav")
@@ -360,7 +361,7 @@ class ClamAVFilter:
 
     async def _split(self, content: bytes) -> Parts:
         if len(content) > PARSE_INLINE_LIMIT:
-            return await asyncio.to_thread(split_parts, content)
+            return await off_loop(split_parts, content)
         return split_parts(content)
 
     async def db_version(self) -> str | None:

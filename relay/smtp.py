@@ -24,6 +24,7 @@ from blocklist.hosts import host_key
 from blocklist.scoring import BlockState
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import apply_headers
+from filters.offload import off_loop
 from relay import replies
 from relay.addresses import routing_problem, size_problem
 from relay.data import DataScanner, Problem, read_data
@@ -313,8 +314,8 @@ class FloodgateSMTP(SMTP):
                 await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
-        # big messages are copied off the loop (bytes.join drops the GIL for large copies)
-        content = (await asyncio.to_thread(scanner.content) if scanner.size > BIG
+        # big messages are joined off the loop, two at a time (filters/offload.py)
+        content = (await off_loop(scanner.content) if scanner.size > BIG
                    else scanner.content())
         self.envelope.content = self.envelope.original_content = content
         # from here the reply deadline rules, not the idle timer: never hang up on a
@@ -502,7 +503,7 @@ class RelayHandler:
         if Stage.DATA in self.pipeline.stages:
             # strip forged X-Spam-*/X-Floodgate-* fields even when no filter added any
             headers = verdict.headers if verdict is not None else ()
-            data = (await asyncio.to_thread(apply_headers, data, headers) if len(data) > BIG
+            data = (await off_loop(apply_headers, data, headers) if len(data) > BIG
                     else apply_headers(data, headers))
             notes = " ".join(f"{name}={value}" for name, value in headers
                              if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))

@@ -314,6 +314,50 @@ def test_body_digest_is_unchanged(message: bytes) -> None:
     assert body_digest(message) == digest(body.replace(b"\r\n", b"\n"))
 
 
+@given(st.lists(st.sampled_from([b"A: b", b"\r\n", b"\n", b"\r", b"x", b" ", b"\r\n\r\n"]),
+                max_size=30).map(b"".join))
+@settings(deadline=None, max_examples=300)
+def test_body_digest_in_small_slices_is_the_same(message: bytes) -> None:
+    import filters.mime as mime
+
+    whole = body_digest(message)
+    saved, mime.CHUNK = mime.CHUNK, 4  # big-message slicing, on small messages
+    try:
+        assert body_digest(message) == whole
+    finally:
+        mime.CHUNK = saved
+
+
+@given(st.binary(max_size=64), st.sampled_from([b"", b"\r\n", b" ", b"="]),
+       st.integers(0, 80))
+@settings(deadline=None, max_examples=500)
+def test_base64_decoded_in_slices_as_a_whole(payload: bytes, junk: bytes, at: int) -> None:
+    """Slices of CHUNK decode to what one decode of the whole gives, clean or not."""
+    import filters.mime as mime
+
+    text = base64.encodebytes(payload)
+    text = text[:at] + junk + text[at:]
+    whole = mime._b64(text)
+    saved, mime.CHUNK = mime.CHUNK, 8
+    try:
+        assert mime._b64(text) == whole
+    finally:
+        mime.CHUNK = saved
+
+
+def test_padding_inside_is_not_clean_even_at_a_slice_edge() -> None:
+    """`QQ==` ends a slice cleanly, but padding inside the whole text is not base64."""
+    import filters.mime as mime
+
+    text = b"QQ==QUJD\r\n"
+    whole = mime._b64(text)
+    saved, mime.CHUNK = mime.CHUNK, 4
+    try:
+        assert mime._b64(text) == whole and whole[1] is False
+    finally:
+        mime.CHUNK = saved
+
+
 # -- specific cases ------------------------------------------------------------------------
 
 def multipart(*parts: str, boundary: str = "b1", preamble: str = "", epilogue: str = "",
