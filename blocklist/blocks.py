@@ -9,16 +9,12 @@ from sqlalchemy import Engine, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from blocklist.export import utc
 from blocklist.scoring import BlockDecision, BlockState, Offences
 from relay.models import Allow, Block, Event
 from relay.store import bump_generation
 
 GENERATION_KEY = "blocks_generation"
-
-
-def utc(dt: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything here is UTC."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def canonical_network(text: str) -> str:

@@ -7,12 +7,11 @@ local tools and benchmarks are not throttled by accident.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relay.config_types import Duration
+from relay.config_types import Duration, check_networks
 
 
 class LimitsConfig(BaseModel):
@@ -42,12 +41,7 @@ class LimitsConfig(BaseModel):
     @field_validator("exempt")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as e:
-                raise ValueError(f"{item!r}: not an address or network") from e
-        return v
+        return check_networks(v)
 
     @model_validator(mode="after")
     def _reply_inside_client_timeout(self) -> LimitsConfig:
