@@ -170,9 +170,12 @@ def top_hosts(conn: Connection, since: datetime, top: int, reason: str | None) -
     part apart: SQLite would copy a UNION before grouping it), Python merges and picks."""
     boundary = ceil(since, HOUR)
     keys: dict[str, list[int]] = {}
+    parts: list[tuple[Any, Any, Any]] = [
+        (Event, literal(1), and_(Event.ts >= since, Event.ts < boundary))]
+    if reason is not None:  # per-reason counts: only the per-reason rollup has them
+        parts.append((HostRollup, HostRollup.total, HostRollup.bucket >= boundary))
     statements = []
-    for m, n, window in ((HostRollup, HostRollup.total, HostRollup.bucket >= boundary),
-                         (Event, literal(1), and_(Event.ts >= since, Event.ts < boundary))):
+    for m, n, window in parts:
 
         def total(condition: Any, n: Any = n) -> Any:
             return func.sum(case((condition, n), else_=0))
@@ -182,9 +185,9 @@ def top_hosts(conn: Connection, since: datetime, top: int, reason: str | None) -
                    total(m.reason == (reason or "")))
             .where(window, m.stage != DELIVERY).group_by(m.host))
     if reason is None:  # one row per host-hour instead of one per host, hour and reason
-        statements[0] = (select(HostTotal.host, func.sum(HostTotal.rejected),
-                                func.sum(HostTotal.tempfail), literal(0))
-                         .where(HostTotal.bucket >= boundary).group_by(HostTotal.host))
+        statements.append(select(HostTotal.host, func.sum(HostTotal.rejected),
+                                 func.sum(HostTotal.tempfail), literal(0))
+                          .where(HostTotal.bucket >= boundary).group_by(HostTotal.host))
     for stmt in statements:
         for host, rejected, tempfail, seen in conn.execute(stmt).all():  # fetchall: 1 call
             k = keys.setdefault(host, [0, 0, 0])
