@@ -1,8 +1,9 @@
 """Event recording off the hot path: the SMTP reply never waits for the database.
 
-Decisions go into a bounded in-memory buffer; one task writes them in batches from a
-worker thread. When the store is unreachable, events wait in the buffer and are written
-when it comes back; what does not fit is counted and logged, and mail keeps flowing.
+Decisions go into a bounded in-memory buffer; one task hands them in batches to the event
+writer process (relay/event_proc.py: a thread here fought the event loop for the GIL).
+When the store is unreachable, events wait in the buffer and are written when it comes
+back; what does not fit is counted and logged, and mail keeps flowing.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import contextlib
 import logging
 import operator
 import time
+from collections import namedtuple
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from relay.event_proc import EventProcess, WriterDown
 from relay.models import Event
 from relay.rollup_models import add_to_rollups, prune, stamp
 from relay.store import describe, in_store_thread
@@ -48,15 +52,31 @@ class EventRecord:
         return datetime.now(UTC)
 
 
-_FIELDS = tuple(f.name for f in fields(EventRecord))
-_REST = operator.attrgetter(*_FIELDS[1:])  # every field after ts, as a tuple, in C
-assert _FIELDS[0] == "ts"
+FIELDS = tuple(f.name for f in fields(EventRecord))
+as_row = operator.attrgetter(*FIELDS)  # a record as a tuple, in C: what the pipe carries
+assert FIELDS[0] == "ts"
+EventRow = namedtuple("EventRow", FIELDS)  # type: ignore[misc]  # the writer's view of one
+
+
+def write_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert event tuples (FIELDS order) and count them into the rollups, in the caller's
+    transaction (reports never disagree with the events). Through the driver's executemany:
+    SQLAlchemy's per-row parameter processing cost more than the SQL."""
+    sqlite = conn.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
+    sql = (f"INSERT INTO {Event.__tablename__} ({', '.join(FIELDS)}) "
+           f"VALUES ({', '.join([mark] * len(FIELDS))})")
+    stamps = [stamp(r[0]) for r in rows]
+    conn.exec_driver_sql(sql, [(s, *r[1:]) for s, r in zip(stamps, rows, strict=True)]
+                         if sqlite else list(rows))
+    add_to_rollups(conn, map(EventRow._make, rows), stamps)
 
 
 class EventWriter:
     def __init__(self, engine: Engine, *, batch: int = 500, interval: float = 0.5,
                  capacity: int = 100_000):
         self.engine = engine
+        self.process = EventProcess(engine.url.render_as_string(hide_password=False))
         self.batch = batch
         self.interval = interval
         self.capacity = capacity
@@ -85,24 +105,11 @@ class EventWriter:
             log.error("event buffer full capacity=%d dropped_total=%d", self.capacity,
                       self.dropped)
 
-    def _write(self, rows: list[EventRecord]) -> None:
-        with self.engine.begin() as conn:
-            # The driver's executemany with plain tuples: SQLAlchemy's per-row parameter
-            # processing (and dataclasses.asdict, which deep-copied every datetime) held the
-            # GIL long enough to slow the SMTP loop, uvloop's most of all.
-            sqlite = conn.dialect.name == "sqlite"
-            mark = "?" if sqlite else "%s"
-            sql = (f"INSERT INTO {Event.__tablename__} ({', '.join(_FIELDS)}) "
-                   f"VALUES ({', '.join([mark] * len(_FIELDS))})")
-            stamps = [stamp(r.ts) for r in rows]
-            rest = _REST
-            conn.exec_driver_sql(sql, [(s, *rest(r)) for s, r in zip(stamps, rows, strict=True)]
-                                 if sqlite else [(r.ts, *rest(r)) for r in rows])
-            add_to_rollups(conn, rows, stamps)  # same transaction: reports never disagree
-
     async def run(self) -> None:
         """Write batches until closed; retries with back-off while the store is down."""
         backoff = self.interval
+        with contextlib.suppress(OSError):  # ready before the first batch (else: retried)
+            await self.process.ensure()
         while True:
             if not self.buffer:
                 if self._closing:
@@ -113,8 +120,8 @@ class EventWriter:
                 continue
             rows = [self.buffer.popleft() for _ in range(min(self.batch, len(self.buffer)))]
             try:
-                await in_store_thread(self._write, rows)
-            except (SQLAlchemyError, OSError) as e:
+                await self.process.write(list(map(as_row, rows)))
+            except WriterDown as e:
                 self.buffer.extendleft(reversed(rows))
                 overflow = len(self.buffer) - self.capacity
                 for _ in range(max(0, overflow)):
@@ -124,7 +131,7 @@ class EventWriter:
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.error("store unreachable, events wait in memory waiting=%d error=%s",
-                              len(self.buffer), describe(e))
+                              len(self.buffer), e)
                 if self._closing:
                     return
                 await asyncio.sleep(backoff)
@@ -145,6 +152,7 @@ class EventWriter:
             await asyncio.wait_for(task, timeout)
         except TimeoutError:
             task.cancel()
+        await self.process.close()
         if self.buffer:
             log.error("shutting down with unwritten events lost=%d", len(self.buffer))
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
-_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@/+[]<>,=")
+_UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.:@/+\[\]<>,=]")  # anything else: the value is quoted
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -36,7 +37,7 @@ def kv(**fields: object) -> str:
         if value is None or value == "":
             continue
         text = str(value)
-        if not set(text) <= _SAFE:
+        if _UNSAFE.search(text):
             text = '"' + printable(text.replace("\\", "\\\\")).replace('"', '\\"') + '"'
         out.append(f"{key}={text}")
     return " ".join(out)
@@ -50,6 +51,12 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The format uses none of these: skip finding the caller's frame and naming the
+    # thread and process for every record (the logging HOWTO's "Optimization" list).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiosmtpd logs every command at INFO; our decision lines say what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

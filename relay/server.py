@@ -29,7 +29,7 @@ from relay.metrics import Metrics
 from relay.pipeline import Pipeline
 from relay.scanner_config import build_scanners
 from relay.scorer import Scorer
-from relay.smtp import SHUTTING_DOWN, FloodgateSMTP, RelayHandler
+from relay.smtp import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
 from relay.spool import Spool
 from relay.store import (
     StoreError,
@@ -211,13 +211,16 @@ class Relay:
 
         protocol = fast_protocol(FloodgateSMTP)  # aiosmtpd's set-up cost, once per class
 
-        def factory() -> FloodgateSMTP:
+        def smtp() -> FloodgateSMTP:
             return protocol(
                 self.handler, hostname=relay.hostname, ident="ESMTP Floodgate",
                 data_size_limit=relay.max_message_size, tls_context=ctx,
                 require_starttls=bool(ctx and relay.tls and relay.tls.required),
                 timeout=relay.idle_timeout, enable_SMTPUTF8=False,
             )
+
+        def doorman() -> Doorman:
+            return Doorman(self.handler.door, smtp)
 
         loop = asyncio.get_running_loop()
         for host, port in relay.endpoints():
@@ -226,7 +229,7 @@ class Relay:
                 # backlog: asyncio's default of 100 overflows in a connection flood (5,000
                 # clients at once): the kernel then drops handshakes and clients wait
                 # seconds for SYN-ACK retransmits. The kernel caps it at net.core.somaxconn.
-                server = await loop.create_server(factory, bind, port, reuse_address=True,
+                server = await loop.create_server(doorman, bind, port, reuse_address=True,
                                                   reuse_port=self.worker is not None,
                                                   backlog=4096)
             except OSError as e:

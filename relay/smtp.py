@@ -13,8 +13,8 @@ import contextlib
 import email.utils
 import errno
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -69,12 +69,17 @@ def queue_full(detail: str) -> Verdict:
                             "Insufficient system storage, try again later", detail=detail)
 
 
+def new_session_id() -> str:
+    """Twelve random hex digits: enough to tell sessions apart in a day's log."""
+    return os.urandom(6).hex()
+
+
 class RelaySession(Session):
     """aiosmtpd's session plus what the relay remembers about the client."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
-        self.sid = uuid.uuid4().hex[:12]
+        self.sid = new_session_id()
         self.client = ""
         self.helo = ""
         self.rcpt_attempts = 0
@@ -342,6 +347,33 @@ class FloodgateSMTP(SMTP):
             self.session.rcpt_attempts = 0
 
 
+class Doorman(asyncio.Protocol):
+    """The protocol of every new connection until it is let in. A blocked client gets its
+    554 here, before aiosmtpd builds a protocol, a stream reader, a session and a task for
+    it (about three quarters of what a refused connection used to cost); anyone else is
+    handed to a FloodgateSMTP on the same transport."""
+
+    __slots__ = ("_door", "_make")
+
+    def __init__(self, door: Callable[[str], bytes | None], make: Callable[[], SMTP]):
+        self._door = door
+        self._make = make
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        refusal = self._door(peer[0] if isinstance(peer, tuple) else str(peer))
+        if refusal is not None:
+            transport.write(refusal)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        inner = self._make()
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Only a refused connection ends while the doorman still holds it."""
+
+
 class RelayHandler:
     """aiosmtpd hooks: decide, record, spool."""
 
@@ -374,34 +406,49 @@ class RelayHandler:
                queue_id: str = "") -> None:
         """One decision: an event row for the store and a log line for the operator."""
         sender = envelope.mail_from if envelope is not None and envelope.mail_from else ""
+        self._record(session.sid, session.client, session.helo, stage, verdict,
+                     sender=sender if envelope is not None else None,
+                     recipient=recipient, size=size, queue_id=queue_id)
+
+    def _record(self, sid: str, client: str, helo: str, stage: str, verdict: Verdict, *,
+                sender: str | None = None, recipient: str = "", size: int | None = None,
+                queue_id: str = "") -> None:
+        """`sender` None: no transaction yet (the log line then has no sender field)."""
         # client-chosen text (HELO, addresses, virus names) is stored escaped: no NUL for
         # PostgreSQL to refuse, no terminal escapes for a report to replay
         self.events.emit(EventRecord(
-            ts=EventRecord.now(), node=self.node, client=session.client,
-            host=host_key(session.client, self.ipv6_prefix), stage=stage,
+            ts=EventRecord.now(), node=self.node, client=client,
+            host=host_key(client, self.ipv6_prefix), stage=stage,
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
-            helo=printable(session.helo)[:255], sender=printable(sender)[:320],
+            helo=printable(helo)[:255], sender=printable(sender or "")[:320],
             recipient=printable(recipient), detail=printable(verdict.detail), size=size,
             queue_id=queue_id,
         ))
         self.on_decision(stage, verdict.action.value, verdict.reason)
         log.info("decision %s", kv(
-            session=session.sid, client=session.client, stage=stage,
+            session=sid, client=client, stage=stage,
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
-            helo=session.helo, sender=f"<{sender}>" if envelope is not None else None,
-            rcpt=recipient, size=size, queue_id=queue_id, detail=verdict.detail,
+            helo=helo, sender=None if sender is None else f"<{sender}>", rcpt=recipient,
+            size=size, queue_id=queue_id, detail=verdict.detail,
         ))
 
+    def door(self, client: str) -> bytes | None:
+        """The connect gate, asked before any SMTP state exists for the connection: the
+        554 for a blocked client (recorded: knocking while blocked counts), or None."""
+        block = self.gate(client)
+        if block is None:
+            return None
+        verdict = Verdict.reject(
+            554, "5.7.1", "blocked",
+            f"Service unavailable; client [{client}] is blocked until "
+            f"{block.expires.strftime('%Y-%m-%d %H:%M UTC')}", detail=block.network)
+        self._record(new_session_id(), client, "", Stage.CONNECT, verdict)
+        return verdict.reply.encode() + b"\r\n"
+
     async def on_connect(self, session: RelaySession) -> Verdict:
-        """The gate (active blocks), then the CONNECT filters (DNSBL) unless protected."""
+        """The CONNECT filters (DNSBL) unless protected; the gate was asked at the door."""
         verdict: Verdict | None = None
-        block = self.gate(session.client)
-        if block is not None:
-            verdict = Verdict.reject(
-                554, "5.7.1", "blocked",
-                f"Service unavailable; client [{session.client}] is blocked until "
-                f"{block.expires.strftime('%Y-%m-%d %H:%M UTC')}", detail=block.network)
-        elif not self.protected(session.client):
+        if not self.protected(session.client):
             ctx = Context(client=session.client)
             verdict = await self.pipeline.run(Stage.CONNECT, ctx)
         if verdict is None or verdict.action == Action.ACCEPT:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from blocklist import reports as rp  # noqa: E402
-from relay.events import _FIELDS, EventRecord, EventWriter  # noqa: E402
+from relay.events import FIELDS, EventRecord, as_row, write_rows  # noqa: E402
 from relay.models import Event  # noqa: E402
 from relay.store import make_engine, upgrade  # noqa: E402
 
@@ -120,7 +120,7 @@ def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
 
 
 def writer_cost(workdir: Path, n: int = 100_000, batch: int = 500) -> tuple[float, float]:
-    """Seconds to write `n` events through EventWriter._write (with rollups) and as the
+    """Seconds to write `n` events through events.write_rows (with rollups) and as the
     plain batch insert it did before, each into a fresh store."""
     now = datetime.now(UTC)
     rows = [EventRecord(ts=now - timedelta(seconds=i / 10), node="b", client=f"10.0.{i % 200}.1",
@@ -130,16 +130,16 @@ def writer_cost(workdir: Path, n: int = 100_000, batch: int = 500) -> tuple[floa
     for mode in ("rollups", "plain"):
         engine = make_engine(f"sqlite:///{workdir / f'writer-{mode}.db'}")
         upgrade(engine)
-        writer = EventWriter(engine)
         start = time.perf_counter()
         for i in range(0, n, batch):
             chunk = rows[i:i + batch]
             if mode == "rollups":
-                writer._write(chunk)
+                with engine.begin() as conn:
+                    write_rows(conn, list(map(as_row, chunk)))
             else:
                 with engine.begin() as conn:
                     conn.execute(insert(Event),
-                                 [{f: getattr(r, f) for f in _FIELDS} for r in chunk])
+                                 [{f: getattr(r, f) for f in FIELDS} for r in chunk])
         results.append(time.perf_counter() - start)
         engine.dispose()
     return results[0], results[1]

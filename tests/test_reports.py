@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, insert, select
 from blocklist import blocks
 from blocklist import reports as rp
 from relay.config import ConfigError, load_config
-from relay.events import EventRecord, EventWriter
+from relay.events import EventRecord, as_row, write_rows
 from relay.models import Base, Event
 from relay.rollup_models import (
     HOUR,
@@ -112,10 +112,11 @@ def records(spec: list[tuple], start: datetime, spacing: timedelta) -> list[Even
 
 
 def write(engine: Engine, rows: list[EventRecord], batch: int = 7) -> None:
-    """Through the event writer, in small batches so the rollup upserts meet themselves."""
-    writer = EventWriter(engine)
+    """As the event writer process writes, in small batches so the rollup upserts meet
+    themselves."""
     for i in range(0, len(rows), batch):
-        writer._write(rows[i:i + batch])
+        with engine.begin() as conn:
+            write_rows(conn, [as_row(r) for r in rows[i:i + batch]])
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
@@ -181,6 +182,30 @@ def test_two_relays_share_one_postgresql(start_relay, postgres) -> None:  # type
             return set(conn.execute(select(Event.node).distinct()).scalars())
 
     wait_until(lambda: nodes() == {"one", "two"}, what="events from both relays")
+    engine.dispose()
+
+
+def test_event_writer_process_killed_loses_no_events(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """The store writes happen in a child process; if it dies, the relay keeps the batch,
+    says so, starts another and writes everything."""
+    relay = start_relay(sqlite_url, aliases=ALIASES)
+    engine = make_engine(sqlite_url)
+
+    def event_count() -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(Event)).scalar_one()
+
+    with client(relay) as smtp:
+        assert smtp.sendmail("s@sender.test", ["alice@example.org"], MESSAGE) == {}
+    wait_until(lambda: event_count() == 3, what="connect, rcpt and data events")
+    first = int(relay.wait_for_log(r"event writer started pid=(\d+)").group(1))
+    os.kill(first, signal.SIGKILL)
+    with client(relay) as smtp:
+        assert smtp.sendmail("s@sender.test", ["bob@example.org"], MESSAGE) == {}
+    # noticed between batches, or while writing one (then the batch waits for the next)
+    relay.wait_for_log(r"event writer process killed by signal 9")
+    relay.wait_for_log(rf"event writer started pid=(?!{first}\b)\d+")
+    wait_until(lambda: event_count() == 6, what="the events of the second session")
     engine.dispose()
 
 

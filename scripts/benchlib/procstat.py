@@ -44,3 +44,8 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` and its living descendants (the relay's event writer)."""
+    return sum(rss_bytes(p) for p in [pid, *descendants(pid)] if Path(f"/proc/{p}").exists())

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from scripts.benchlib import loadgen as lg
-from scripts.benchlib.procstat import cpu_seconds, rss_bytes, tree_cpu_seconds
+from scripts.benchlib.procstat import cpu_seconds, tree_cpu_seconds, tree_rss_bytes
 from scripts.benchlib.services import PY, ROOT, Baseline, Relay, Sink, free_port, relay_config
 
 GEN_SOURCES = lg.source_addresses(net=10)  # scenario 1, 3-6 clients: 127.10.x.y
@@ -465,10 +465,10 @@ def _idle_rss(port: int, pid: int, n: int) -> tuple[int, int]:
     import uvloop
 
     async def go() -> tuple[int, int]:
-        before = rss_bytes(pid)
+        before = tree_rss_bytes(pid)
         transports = await _hold(port, n)
         await asyncio.sleep(1.0)
-        after = rss_bytes(pid)
+        after = tree_rss_bytes(pid)
         for t in transports:
             t.close()
         await asyncio.sleep(0.5)

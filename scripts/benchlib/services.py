@@ -168,13 +168,12 @@ class Relay:
 
     @property
     def pids(self) -> list[int]:
-        """The serving processes: the one process, or the workers under the supervisor."""
+        """Every process of the relay: `floodgate serve` and its descendants (the workers
+        under a supervisor, each process's event writer)."""
         assert self.proc is not None
-        if self.workers == 1:
-            return [self.proc.pid]
         from scripts.benchlib.procstat import descendants
 
-        return descendants(self.proc.pid)
+        return [self.proc.pid, *descendants(self.proc.pid)]
 
     def stop(self) -> None:
         stop(self.proc)

@@ -1,0 +1,150 @@
+"""The event writer process: the store writes of the event stream, out of the SMTP process.
+
+Writing a batch holds the GIL for most of its time (building parameters; the SQLite driver
+releases and retakes it around every row), and a thread doing that next to the event loop
+made them fight for the GIL: in a dictionary attack the writer thread cost the loop 40% of
+its rate (scripts/bench scenario 2: 4,000 -> 6,300 refusals/s with the writer held back).
+So each relay process starts one child (`python -m relay.event_proc URL`) and sends it each
+batch as tuples down a pipe; the child writes them (events and rollups, one transaction)
+and answers one line per batch, `ok` or `err <why>`. The parent keeps the batch until the
+answer comes, so a failed write, a dead child or a store that is down loses nothing that
+was buffered; the child is started again when needed.
+
+Frames parent -> child: a 4-byte big-endian length, then a pickle of a list of tuples in
+`relay.events.FIELDS` order. The child trusts its parent only (its stdin is a pipe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("floodgate.events")
+
+_LEN = struct.Struct(">I")
+
+
+class WriterDown(Exception):
+    """The batch was not written: the store refused it or the child went away."""
+
+
+class EventProcess:
+    """Parent side: one child process, one batch in flight at a time."""
+
+    def __init__(self, url: str, argv: Sequence[str] = ()):
+        self.url = url
+        self.argv = list(argv) or [sys.executable, "-m", "relay.event_proc"]
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "FLOODGATE_STORE_URL": self.url})  # never on a command line
+        log.info("event writer started pid=%d", proc.pid)
+        return proc
+
+    async def ensure(self) -> asyncio.subprocess.Process:
+        """The child, started (again) if it is not running."""
+        proc = self._proc
+        if proc is not None and proc.returncode is not None:  # died between batches
+            log.error("event writer process %s, starting another", _how(proc.returncode))
+            proc = None
+        if proc is None:
+            proc = self._proc = await self._start()
+        return proc
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write `rows`; WriterDown if they were not (the caller keeps and retries them)."""
+        try:
+            proc = await self.ensure()
+        except OSError as e:
+            raise WriterDown(f"cannot start the event writer process: {e}") from e
+        assert proc.stdin is not None and proc.stdout is not None
+        frame = pickle.dumps(list(rows), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            proc.stdin.write(_LEN.pack(len(frame)) + frame)
+            await proc.stdin.drain()
+            answer = await proc.stdout.readline()
+        except (ConnectionError, OSError):
+            answer = b""  # the pipe broke: the child is gone
+        if not answer:  # say how it ended; a new one is started for the next try
+            self._proc = None
+            raise WriterDown(f"event writer process {_how(await _reap(proc))}")
+        text = answer.decode("utf-8", "replace").rstrip("\n")
+        if text != "ok":
+            raise WriterDown(text.removeprefix("err "))
+
+    async def close(self) -> None:
+        """End of input: the child finishes what it has and exits."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()
+        await _reap(proc)
+
+
+def _how(status: int) -> str:
+    return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+
+
+async def _reap(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return bytes(out)
+
+
+def main() -> None:
+    """Child side: read batches from stdin until it closes, write each, answer each."""
+    # The parent decides when this process ends (it closes stdin after its last batch);
+    # Ctrl-C and the supervisor's SIGTERM reach the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from relay.events import write_rows
+    from relay.logs import setup
+    from relay.store import describe, make_engine
+
+    setup(sys.argv[1] if len(sys.argv) > 1 else "INFO")
+    engine = make_engine(os.environ["FLOODGATE_STORE_URL"])
+    stdin, out = sys.stdin.fileno(), sys.stdout.buffer
+    while True:
+        try:
+            (size,) = _LEN.unpack(_read_exact(stdin, _LEN.size))
+            rows = pickle.loads(_read_exact(stdin, size))
+        except EOFError:
+            break
+        try:
+            with engine.begin() as conn:
+                write_rows(conn, rows)
+            answer = "ok"
+        except (SQLAlchemyError, OSError) as e:
+            answer = "err " + describe(e).replace("\n", " ")
+        out.write(answer.encode() + b"\n")
+        out.flush()
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
