@@ -16,15 +16,24 @@ STRIP_PREFIXES: tuple[str, ...] = ("x-spam-", "x-floodgate-")
 FOLD_AT = 76
 
 
+def head_end(message: bytes) -> int:
+    """Where the header block ends (after its last line ending); len(message) if it never
+    does. The first "\r\n\r\n" or "\n\n"; the second search stops where the first
+    matched, so a 20 MB body is not scanned twice."""
+    if message.startswith((b"\r\n", b"\n")):
+        return 0
+    crlf = message.find(b"\r\n\r\n")
+    lf = message.find(b"\n\n", 0, len(message) if crlf < 0 else crlf + 2)
+    if crlf < 0 and lf < 0:
+        return len(message)
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf + 1
+    return crlf + 2
+
+
 def split_head(message: bytes) -> tuple[bytes, bytes]:
     """(header block including its last line ending, everything from the blank line on)."""
-    if message.startswith((b"\r\n", b"\n")):
-        return b"", message
-    candidates = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
-    if not candidates:
-        return message, b""
-    end = min(candidates)
-    cut = end + (2 if message.startswith(b"\r\n", end) else 1)
+    cut = head_end(message)
     return message[:cut], message[cut:]
 
 
@@ -89,4 +98,29 @@ def apply_headers(
     strip: Iterable[str] = STRIP_PREFIXES,
 ) -> bytes:
     """What the relay does before spooling: strip forged scan headers, then add ours."""
-    return prepend_headers(strip_headers(message, strip), headers)
+    return b"".join(rewrite_head(message, headers, strip))
+
+
+def rewrite_head(
+    message: bytes,
+    headers: Sequence[tuple[str, str]],
+    strip: Iterable[str] = STRIP_PREFIXES,
+) -> tuple[bytes, memoryview]:
+    """`apply_headers` as (new header block, the rest of `message` as a view): only the
+    header block is copied, so a 20 MB message costs no 20 MB copies (the spool writes the
+    two pieces one after the other)."""
+    cut = head_end(message)
+    kept = strip_headers(message[:cut], strip)
+    ours = b"".join(format_header(n, v, _eol_after(kept, message, cut)) for n, v in headers)
+    return ours + kept, memoryview(message)[cut:]
+
+
+def _eol_after(kept: bytes, message: bytes, cut: int) -> bytes:
+    """line_ending(kept + message[cut:]), without building it."""
+    if b"\n" in kept:
+        return line_ending(kept)
+    first = message.find(b"\n", cut)
+    if first < 0:
+        return b"\n"
+    before = message[first - 1:first] if first > cut else kept[-1:]
+    return b"\r\n" if before == b"\r" and len(kept) + first - cut > 0 else b"\n"

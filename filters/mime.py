@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from filters.headers import head_end
+
 MAX_LEAVES = 256
 MAX_DEPTH = 20  # nested multipart and message/* parts
 
@@ -61,23 +63,6 @@ def digest(data: bytes) -> str:
 
 # -- the body as a whole ---------------------------------------------------------------------
 
-_BLANK = re.compile(rb"\n\r?\n")
-
-
-def _head_end(message: bytes) -> int:
-    """Where filters.headers.split_head cuts (first "\\r\\n\\r\\n" or "\\n\\n"), without
-    scanning a big message twice."""
-    if message.startswith((b"\r\n", b"\n")):
-        return 0
-    pos = 0
-    while m := _BLANK.search(message, pos):
-        k = m.start()
-        if m.end() - k == 2 or (k > 0 and message[k - 1] == 13):
-            return k + 1
-        pos = k + 1
-    return len(message)
-
-
 # Big messages are handled in slices of this size: each C call (translate, a2b_base64)
 # then holds the GIL for a few ms, not 100 ms, and the event loop gets its turns.
 CHUNK = 1 << 20
@@ -95,7 +80,7 @@ def _body_digest(message: bytes) -> tuple[str, bool]:
     """body_digest(), and whether the message holds a bare CR. Without one, dropping every CR
     is the CRLF->LF normalisation, and bytes.translate() does that three times faster than
     bytes.replace()."""
-    cut = _head_end(message)
+    cut = head_end(message)
     if message.count(b"\r") != message.count(b"\r\n"):
         return digest(message[cut:].replace(b"\r\n", b"\n")), True
     h = hashlib.sha256()  # sha256 drops the GIL while it hashes a slice
@@ -460,6 +445,14 @@ def split_parts(message: bytes) -> Parts:
             return Parts(tuple(splitter.leaves), body, splitter.trustworthy)
     leaves, _ = _email_leaves(message)
     return Parts(leaves, body, False)
+
+
+def split_digests(message: bytes) -> Parts:
+    """`split_parts` without the payloads (empty): what crosses a process boundary for a
+    big message. Its leaves can be looked up and cached, not scanned one by one."""
+    parts = split_parts(message)
+    return Parts(tuple(Leaf(leaf.digest, b"", leaf.content_type, leaf.filename)
+                       for leaf in parts.leaves), parts.body_digest, parts.trustworthy)
 
 
 # -- the email package's view --------------------------------------------------------------

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, inspect
 
 from blocklist.scoring import Protection
 from filters.base import Filter
+from filters.offload import start_worker
 from filters.recipients import RecipientFilter
 from relay import aliases
 from relay.config import Config
@@ -199,6 +200,9 @@ class Relay:
             await in_store_thread(self.gate.load)
         except Exception as e:
             raise StartupError(f"cannot load the alias table or blocks: {describe(e)}") from e
+        clamav = self.config.clamav
+        if clamav is not None and clamav.cache.enabled:  # its big-message splits run there
+            await start_worker()
         ctx = tls_context(self.config)
         metrics = self.config.metrics.endpoint()
         if metrics is not None and not self.worker:

@@ -118,7 +118,7 @@ class Spool:
     def path(self, queue_id: str) -> Path:
         return self.queue / f"{queue_id}.msg"
 
-    def write(self, envelope: Envelope, message: bytes, *more: bytes) -> Path:
+    def write(self, envelope: Envelope, message: bytes, *more: bytes | memoryview) -> Path:
         """Store durably; returns the queue file. Raises OSError when the disk refuses.
 
         The message may come in parts (trace header, then body), written one after the

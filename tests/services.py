@@ -305,11 +305,22 @@ class FakeService:
                                         struct.pack("ii", 1, 0))
                     return
                 if fake.mode == "garbage":
+                    # Read the whole request first, as a daemon would: answering and closing
+                    # mid-stream resets the connection and the client never reads the
+                    # answer. clamd requests end in NUL (INSTREAM: a zero-length chunk);
+                    # anything else ends at EOF or after half a second of silence.
                     sock.settimeout(0.5)
+                    data = b""
                     with contextlib.suppress(OSError):
-                        data = sock.recv(65536)
-                        with fake._lock:
-                            fake.received += data
+                        while chunk := sock.recv(65536):
+                            data += chunk
+                            if data.startswith(b"zINSTREAM\0"):
+                                if data.endswith(b"\0\0\0\0"):
+                                    break
+                            elif data.startswith(b"z") and data.endswith(b"\0"):
+                                break
+                    with fake._lock:
+                        fake.received += data
                     with contextlib.suppress(OSError):
                         sock.sendall(fake.reply)
                     return

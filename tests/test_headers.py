@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from filters.headers import (
     apply_headers,
     format_header,
+    head_end,
     header_names,
     prepend_headers,
+    rewrite_head,
     split_head,
     strip_headers,
 )
@@ -49,3 +54,35 @@ def test_apply_headers_is_strip_then_prepend() -> None:
     out = apply_headers(MSG, [("X-Spam-Flag", "YES"), ("X-Spam-Score", "7.1")])
     assert header_names(out) == ["X-Spam-Flag", "X-Spam-Score", "Received", "Subject"]
     assert out.endswith(b"\r\n\r\nX-Spam-Flag: NO in the body stays\r\n\r\nbye\r\n")
+
+
+PIECES = st.lists(st.sampled_from([b"A: b", b"X-Spam-Flag: NO", b"\r\n", b"\n", b"\r", b" ",
+                                   b"\r\n\r\n", b"\n\n", b"body"]), max_size=30).map(b"".join)
+
+
+def naive_head_end(message: bytes) -> int:
+    """The definition: the first "\\r\\n\\r\\n" or "\\n\\n", searched over the whole message."""
+    if message.startswith((b"\r\n", b"\n")):
+        return 0
+    found = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    if not found:
+        return len(message)
+    end = min(found)
+    return end + (2 if message.startswith(b"\r\n", end) else 1)
+
+
+@given(PIECES)
+@settings(max_examples=500)
+def test_head_end_is_the_first_blank_line(message: bytes) -> None:
+    assert head_end(message) == naive_head_end(message)
+
+
+@given(PIECES, st.lists(st.sampled_from([("X-Spam-Flag", "YES"), ("X-Spam-Score", "7.1")]),
+                        max_size=2))
+@settings(max_examples=500)
+def test_rewrite_head_is_apply_headers_without_copying_the_body(
+        message: bytes, headers: list[tuple[str, str]]) -> None:
+    head, rest = rewrite_head(message, headers)
+    expected = prepend_headers(strip_headers(message), headers)
+    assert head + bytes(rest) == expected == apply_headers(message, headers)
+    assert rest.obj is message  # a view of the received bytes, not a copy

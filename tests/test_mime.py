@@ -31,7 +31,6 @@ from filters.mime import (
     MAX_LEAVES,
     Parts,
     _email_view,
-    _head_end,
     _params,
     _split_parts_email,
     body_digest,
@@ -308,8 +307,7 @@ def test_common_parameters_are_read_natively() -> None:
                 max_size=30).map(b"".join))
 @settings(deadline=None, max_examples=500)
 def test_body_digest_is_unchanged(message: bytes) -> None:
-    head, body = split_head(message)
-    assert _head_end(message) == len(head)
+    _, body = split_head(message)
     assert body_digest(message) == digest(body.replace(b"\r\n", b"\n"))
 
 

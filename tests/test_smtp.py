@@ -40,6 +40,18 @@ def test_ehlo_advertises_extensions(relay) -> None:  # type: ignore[no-untyped-d
         assert not smtp.has_extn("starttls")
 
 
+def test_help_lists_the_commands_and_their_syntax(relay) -> None:  # type: ignore[no-untyped-def]
+    """aiosmtpd's command table is bound lazily (relay/fastsmtp.py); HELP still sees all."""
+    with client(relay) as smtp:
+        listed = smtp.help().decode()
+        assert listed.startswith("2.0.0 Supported commands: ")
+        assert {"DATA", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RSET",
+                "VRFY"} <= set(listed.split(": ", 1)[1].split())
+        assert smtp.help("mail").decode().startswith("2.0.0 Syntax: MAIL FROM: <address>")
+        assert smtp.help("ehlo").decode() == "2.0.0 Syntax: EHLO hostname"
+        assert smtp.docmd("HELP", "BOGUS")[0] == 501
+
+
 def test_known_unknown_and_relayed_recipients(relay) -> None:  # type: ignore[no-untyped-def]
     with client(relay) as smtp:
         assert smtp.mail("sender@sender.test") == (250, b"2.1.0 Ok")
