@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from filters.base import Action, Context, Stage, Verdict
-from filters.mime import Parts, split_digests, split_parts
-from filters.offload import in_process
+from filters.mime import Parts, split_parts
+from filters.offload import split_in_process
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.clamav")
@@ -361,7 +361,7 @@ class ClamAVFilter:
 
     async def _split(self, content: bytes) -> Parts:
         if len(content) > PARSE_INLINE_LIMIT:  # digests only: no attribution scans for it
-            return await in_process(split_digests, content)
+            return await split_in_process(content)
         return split_parts(content)
 
     async def db_version(self) -> str | None:

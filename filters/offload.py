@@ -4,61 +4,134 @@ The split of a big message (base64 decoding, CR stripping and hashing, slice by 
 many C calls that each hold the GIL. Done in threads it starved the event loop: one thread
 per message stalled it for 1.0 s (scripts/bench scenario 5, 20 x 20 MB at once), one shared
 thread still held the GIL 40% of the time and every small session's command waited for it.
-So it runs in one worker process; only pickling the argument (one copy, ~15 ms for 20 MB,
-in multiprocessing's feeder thread) touches this process's GIL. One worker: the split is
-bulk work, and twenty of them at once must not take every core from the SMTP loop (the
-worker also runs at nice 10 for that reason).
+So it runs in a child process (`python -m filters.offload`), fed through a pipe by the
+event loop itself (C-level writes, no thread, no pickling of the message). One child, one
+message at a time, at nice 10: the split is bulk work, and twenty of them must not take
+every core from the SMTP loop. The child exits when its stdin closes, so it never outlives
+the relay (multiprocessing's forkserver did, after a SIGKILL).
+
+Frames both ways: a 4-byte big-endian length, then the bytes (the message one way, a
+pickle of the result the other). The child trusts its parent only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import multiprocessing
 import os
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+import pickle
+import signal
+import struct
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from filters.mime import Parts
 
 log = logging.getLogger("floodgate.offload")
 
-T = TypeVar("T")
-
-_PROCESS: ProcessPoolExecutor | None = None
+LENGTH = struct.Struct(">I")
 
 
-def _process_pool() -> ProcessPoolExecutor:
-    global _PROCESS
-    if _PROCESS is None:
-        # forkserver: the worker starts from a clean process, not a fork of a threaded relay
-        _PROCESS = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("forkserver"),
-            initializer=os.nice, initargs=(10,))
-    return _PROCESS
+class SplitProcess:
+    """Parent side: the child, started on demand (or early, `start`), one call at a time."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._turn = asyncio.Lock()
+
+    async def start(self) -> asyncio.subprocess.Process:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            proc = self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "filters.offload",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return proc
+
+    async def split_digests(self, message: bytes) -> Parts:
+        """`filters.mime.split_digests(message)`, computed by the child. If the child dies
+        (twice), the split runs in a thread instead: slower for the loop, but mail flows."""
+        from filters.mime import split_digests
+
+        async with self._turn:
+            for attempt in (1, 2):
+                proc = await self.start()
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    proc.stdin.write(LENGTH.pack(len(message)))
+                    proc.stdin.write(message)
+                    await proc.stdin.drain()
+                    (size,) = LENGTH.unpack(await proc.stdout.readexactly(LENGTH.size))
+                    return pickle.loads(await proc.stdout.readexactly(size))  # type: ignore[no-any-return]
+                except asyncio.CancelledError:  # mid-exchange: the pipe is out of step now
+                    self._proc = None
+                    proc.kill()
+                    raise
+                except (ConnectionError, OSError, asyncio.IncompleteReadError) as e:
+                    self._proc = None
+                    status = await reap(proc)
+                    log.error("split process gone, starting another attempt=%d status=%s "
+                              "error=%s", attempt, status, type(e).__name__)
+        return await asyncio.to_thread(split_digests, message)
+
+    async def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            proc.stdin.close()
+            await reap(proc)
+
+
+async def reap(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:
+    """The exit status of a child told to stop (its stdin closed), killed if it lingers."""
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    """`n` bytes from `fd`; EOFError at end of input."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, min(n - len(out), 1 << 20))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return bytes(out)
+
+
+_SPLITTER = SplitProcess()
 
 
 async def start_worker() -> None:
-    """Start the worker now (from a thread): starting it on first use held the loop for
-    ~75 ms, the longest stall left in scenario 5."""
-    await asyncio.to_thread(lambda: _process_pool().submit(os.getpid).result())
+    """Start the child with the relay (starting it on the first big message held the loop
+    for ~75 ms with multiprocessing; a subprocess is cheaper, but why wait)."""
+    await _SPLITTER.start()
 
 
-async def in_process(fn: Callable[..., T], *args: object) -> T:
-    """`fn(*args)` in the big-work process (a module-level function, picklable arguments
-    and result). A worker that died (OOM killer) is replaced and the call tried once more."""
-    global _PROCESS
-    loop = asyncio.get_running_loop()
-    for attempt in (1, 2):
-        pool = _process_pool()
+async def split_in_process(message: bytes) -> Parts:
+    return await _SPLITTER.split_digests(message)
+
+
+def main() -> None:
+    """Child side: split each message that arrives on stdin, answer on stdout, until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us by closing stdin
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(10)
+    from filters.mime import split_digests
+
+    stdin, out = sys.stdin.fileno(), sys.stdout.buffer
+    while True:
         try:
-            return await loop.run_in_executor(pool, functools.partial(fn, *args))
-        except BrokenProcessPool:
-            if _PROCESS is pool:
-                _PROCESS = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            log.error("big-work process died, starting another attempt=%d", attempt)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            (size,) = LENGTH.unpack(read_exact(stdin, LENGTH.size))
+            message = read_exact(stdin, size)
+        except EOFError:
+            break
+        answer = pickle.dumps(split_digests(message), protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(LENGTH.pack(len(answer)) + answer)
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from filters.offload import read_exact, reap
+
 log = logging.getLogger("floodgate.events")
 
 _LEN = struct.Struct(">I")
@@ -77,7 +79,7 @@ class EventProcess:
             answer = b""  # the pipe broke: the child is gone
         if not answer:  # say how it ended; a new one is started for the next try
             self._proc = None
-            raise WriterDown(f"event writer process {_how(await _reap(proc))}")
+            raise WriterDown(f"event writer process {_how(await reap(proc))}")
         text = answer.decode("utf-8", "replace").rstrip("\n")
         if text != "ok":
             raise WriterDown(text.removeprefix("err "))
@@ -89,29 +91,11 @@ class EventProcess:
             return
         assert proc.stdin is not None
         proc.stdin.close()
-        await _reap(proc)
+        await reap(proc)
 
 
 def _how(status: int) -> str:
     return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-
-
-async def _reap(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:
-    try:
-        return await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = os.read(fd, n - len(out))
-        if not chunk:
-            raise EOFError
-        out += chunk
-    return bytes(out)
 
 
 def main() -> None:
@@ -131,8 +115,8 @@ def main() -> None:
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     while True:
         try:
-            (size,) = _LEN.unpack(_read_exact(stdin, _LEN.size))
-            rows = pickle.loads(_read_exact(stdin, size))
+            (size,) = _LEN.unpack(read_exact(stdin, _LEN.size))
+            rows = pickle.loads(read_exact(stdin, size))
         except EOFError:
             break
         try:
