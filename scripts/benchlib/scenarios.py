@@ -423,19 +423,29 @@ def _send_big(port: int, count: int, size: int, ready: Any, times: Any) -> None:
     uvloop.run(go())
 
 
-async def _large_run(port: int, small: int, big: Any
-                     ) -> tuple[lg.LoadResult, list[float]]:
+async def _peak_rss(pid: int, stop: asyncio.Event) -> int:
+    """The largest resident size of `pid` and its children, sampled every 50 ms."""
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, tree_rss_bytes(pid))
+        await asyncio.sleep(0.05)
+    return peak
+
+
+async def _large_run(port: int, small: int, big: Any, pid: int
+                     ) -> tuple[lg.LoadResult, list[float], int]:
     """Small sessions and the probe; `big` (a started sender process, or None) runs
-    alongside and is waited for."""
+    alongside and is waited for. Also returns the relay's peak RSS meanwhile."""
     stop = asyncio.Event()
     probe = asyncio.create_task(_probe(port, stop))
+    peak = asyncio.create_task(_peak_rss(pid, stop))
     await asyncio.sleep(0.5 if big is None else 3.0)  # the big ones are streaming by now
     smalls = await lg.drive("127.0.0.1", port, lg.dictionary_steps, concurrency=10,
                             duration=0, warmup=0, sources=GEN_SOURCES, limit=small)
     if big is not None:
         await asyncio.to_thread(big.join)
     stop.set()
-    return smalls, await probe
+    return smalls, await probe, await peak
 
 
 def scenario_5(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-def]
@@ -450,13 +460,13 @@ def scenario_5(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-d
     spawn = multiprocessing.get_context("spawn")
     with relay(s, "s5", clamd=clamd.address, spamd=spamd.address, setup=[ALIASES]) as r:
         print("  scenario 5: small sessions alone", flush=True)
-        quiet, quiet_rtt = uvloop.run(_large_run(r.port, 100, None))
+        quiet, quiet_rtt, quiet_rss = uvloop.run(_large_run(r.port, 100, None, r.pids[0]))
         print(f"  scenario 5: {count} x {wire / 2**20:.0f} MB + 100 small", flush=True)
         ready, times = spawn.Event(), spawn.Queue()
         sender = spawn.Process(target=_send_big, args=(r.port, count, size, ready, times))
         sender.start()
         ready.wait(120)
-        loaded, rtt = uvloop.run(_large_run(r.port, 100, sender))
+        loaded, rtt, loaded_rss = uvloop.run(_large_run(r.port, 100, sender, r.pids[0]))
         big_times = [times.get() for _ in range(count)] if sender.exitcode == 0 else []
     stall = max(rtt) if rtt else float("nan")
     title = "5 large messages"
@@ -470,6 +480,10 @@ def scenario_5(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-d
         Row(title, "longest event-loop stall (NOOP probe every 10 ms)", _ms(stall),
             _ms(max(quiet_rtt)), _ratio(stall, max(quiet_rtt)), "< 100 ms", stall < 0.1,
             "upper bound: probe reply time"),
+        Row(title, f"relay peak RSS during {count} x 20 MB", f"{loaded_rss / 2**20:.0f} MB",
+            f"{quiet_rss / 2**20:.0f} MB (small sessions alone)",
+            _ratio(loaded_rss, quiet_rss), "< 2 GB", loaded_rss < 2 * 2**30,
+            "relay and its children, sampled every 50 ms (the bound in README Security)"),
     ]
 
 
