@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.benchlib import loadgen as lg
-from scripts.benchlib.procstat import cpu_seconds, tree_cpu_seconds, tree_rss_bytes
+from scripts.benchlib.procstat import cpu_seconds, rss_bytes, tree_cpu_seconds, tree_rss_bytes
 from scripts.benchlib.services import PY, ROOT, Baseline, Relay, Sink, free_port, relay_config
 
 GEN_SOURCES = lg.source_addresses(net=10)  # scenario 1, 3-6 clients: 127.10.x.y
@@ -504,18 +504,21 @@ async def _hold(port: int, n: int) -> list:  # type: ignore[type-arg]
     return out
 
 
-def _idle_rss(port: int, pid: int, n: int) -> tuple[int, int]:
+def _idle_rss(port: int, pid: int, n: int) -> tuple[int, int, int]:
+    """RSS of `pid` before and after `n` idle connections, and of it with its children
+    after (the relay's event writer child grows on its own: its imports and SQLite cache
+    are no cost of the connections)."""
     import uvloop
 
-    async def go() -> tuple[int, int]:
-        before = tree_rss_bytes(pid)
+    async def go() -> tuple[int, int, int]:
+        before = rss_bytes(pid)
         transports = await _hold(port, n)
         await asyncio.sleep(1.0)
-        after = tree_rss_bytes(pid)
+        after, total = rss_bytes(pid), tree_rss_bytes(pid)
         for t in transports:
             t.close()
         await asyncio.sleep(0.5)
-        return before, after
+        return before, after, total
 
     return uvloop.run(go())
 
@@ -525,19 +528,19 @@ def scenario_6(s: Settings) -> list[Row]:
     print("  scenario 6: bare aiosmtpd", flush=True)
     b = Baseline(s.workdir, "rcpt")
     try:
-        b0, b1 = _idle_rss(b.port, b.proc.pid, n)
+        b0, b1, _ = _idle_rss(b.port, b.proc.pid, n)
     finally:
         b.stop()
     print("  scenario 6: relay", flush=True)
     with relay(s, "s6") as r:
-        r0, r1 = _idle_rss(r.port, r.pids[0], n)
+        r0, r1, total = _idle_rss(r.port, r.pids[0], n)
     mb = 2**20
     return [
-        Row("6 idle connections", f"relay RSS with {n:,} idle connections",
-            f"{r1 / mb:.0f} MB", f"{b1 / mb:.0f} MB (bare aiosmtpd)", _ratio(r1, b1),
-            "< 300 MB", r1 < 300 * mb,
+        Row("6 idle connections", f"relay RSS with {n:,} idle connections (with children)",
+            f"{total / mb:.0f} MB", f"{b1 / mb:.0f} MB (bare aiosmtpd)", _ratio(total, b1),
+            "< 300 MB", total < 300 * mb,
             f"{(r1 - r0) / n / 1024:.1f} KB/connection (bare aiosmtpd "
-            f"{(b1 - b0) / n / 1024:.1f}); {r0 / mb:.0f} MB before"),
+            f"{(b1 - b0) / n / 1024:.1f}); SMTP process {r0 / mb:.0f} -> {r1 / mb:.0f} MB"),
     ]
 
 
