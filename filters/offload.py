@@ -90,6 +90,12 @@ async def reap(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:
         return await proc.wait()
 
 
+def read_frame(fd: int) -> bytes:
+    """One length-prefixed frame from `fd` (a child's stdin); EOFError at end of input."""
+    (size,) = LENGTH.unpack(read_exact(fd, LENGTH.size))
+    return read_exact(fd, size)
+
+
 def read_exact(fd: int, n: int) -> bytes:
     """`n` bytes from `fd`; EOFError at end of input."""
     out = bytearray()
@@ -124,8 +130,7 @@ def main() -> None:
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     while True:
         try:
-            (size,) = LENGTH.unpack(read_exact(stdin, LENGTH.size))
-            message = read_exact(stdin, size)
+            message = read_frame(stdin)
         except EOFError:
             break
         answer = pickle.dumps(split_digests(message), protocol=pickle.HIGHEST_PROTOCOL)

@@ -10,8 +10,9 @@ and answers one line per batch, `ok` or `err <why>`. The parent keeps the batch 
 answer comes, so a failed write, a dead child or a store that is down loses nothing that
 was buffered; the child is started again when needed.
 
-Frames parent -> child: a 4-byte big-endian length, then a pickle of a list of tuples in
-`relay.events.FIELDS` order. The child trusts its parent only (its stdin is a pipe).
+Frames parent -> child (filters.offload's framing): a 4-byte big-endian length, then a
+pickle of a list of tuples in `relay.events.FIELDS` order. The child trusts its parent
+only (its stdin is a pipe).
 """
 
 from __future__ import annotations
@@ -21,17 +22,13 @@ import logging
 import os
 import pickle
 import signal
-import struct
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from filters.offload import read_exact, reap
+from filters.offload import LENGTH, read_frame, reap
 
 log = logging.getLogger("floodgate.events")
-
-_LEN = struct.Struct(">I")
-
 
 class WriterDown(Exception):
     """The batch was not written: the store refused it or the child went away."""
@@ -63,16 +60,16 @@ class EventProcess:
             proc = self._proc = await self._start()
         return proc
 
-    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def write(self, rows: list[tuple[Any, ...]]) -> None:
         """Write `rows`; WriterDown if they were not (the caller keeps and retries them)."""
         try:
             proc = await self.ensure()
         except OSError as e:
             raise WriterDown(f"cannot start the event writer process: {e}") from e
         assert proc.stdin is not None and proc.stdout is not None
-        frame = pickle.dumps(list(rows), protocol=pickle.HIGHEST_PROTOCOL)
+        frame = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            proc.stdin.write(_LEN.pack(len(frame)) + frame)
+            proc.stdin.write(LENGTH.pack(len(frame)) + frame)
             await proc.stdin.drain()
             answer = await proc.stdout.readline()
         except (ConnectionError, OSError):
@@ -115,8 +112,7 @@ def main() -> None:
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     while True:
         try:
-            (size,) = _LEN.unpack(read_exact(stdin, _LEN.size))
-            rows = pickle.loads(read_exact(stdin, size))
+            rows = pickle.loads(read_frame(stdin))
         except EOFError:
             break
         try:

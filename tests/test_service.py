@@ -11,13 +11,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from relay.models import Event
 from relay.spool import read_file
 from relay.store import make_engine
 from tests.support import PostgresCluster, floodgate, free_port, wait_until
 from tests.test_smtp import ALIASES, MESSAGE, client, spooled
+
+
+def event_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Event)).scalar_one()
 
 
 def read_reply(sock: socket.socket, buf: bytearray) -> str:
@@ -191,13 +196,9 @@ def test_event_writer_process_killed_loses_no_events(start_relay, sqlite_url) ->
     relay = start_relay(sqlite_url, aliases=ALIASES)
     engine = make_engine(sqlite_url)
 
-    def event_count() -> int:
-        with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Event)).scalar_one()
-
     with client(relay) as smtp:
         assert smtp.sendmail("s@sender.test", ["alice@example.org"], MESSAGE) == {}
-    wait_until(lambda: event_count() == 3, what="connect, rcpt and data events")
+    wait_until(lambda: event_count(engine) == 3, what="connect, rcpt and data events")
     first = int(relay.wait_for_log(r"event writer started pid=(\d+)").group(1))
     os.kill(first, signal.SIGKILL)
     with client(relay) as smtp:
@@ -205,7 +206,7 @@ def test_event_writer_process_killed_loses_no_events(start_relay, sqlite_url) ->
     # noticed between batches, or while writing one (then the batch waits for the next)
     relay.wait_for_log(r"event writer process killed by signal 9")
     relay.wait_for_log(rf"event writer started pid=(?!{first}\b)\d+")
-    wait_until(lambda: event_count() == 6, what="the events of the second session")
+    wait_until(lambda: event_count(engine) == 6, what="the events of the second session")
     engine.dispose()
 
 
@@ -222,13 +223,9 @@ def test_store_outage_keeps_mail_flowing(start_relay, own_postgres) -> None:  # 
     relay = start_relay(url, aliases=ALIASES)
     engine = make_engine(url)
 
-    def event_count() -> int:
-        with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Event)).scalar_one()
-
     with client(relay) as smtp:
         assert smtp.sendmail("s@sender.test", ["alice@example.org"], MESSAGE) == {}
-    wait_until(lambda: event_count() >= 3, what="events before the outage")
+    wait_until(lambda: event_count(engine) >= 3, what="events before the outage")
     engine.dispose()
     own_postgres.pause()
     for _ in range(3):
@@ -241,7 +238,7 @@ def test_store_outage_keeps_mail_flowing(start_relay, own_postgres) -> None:  # 
     own_postgres.resume()
     relay.wait_for_log(r"store reachable again")
     # 3 before, then 3 sessions x (connect, rcpt ok, data, rcpt refused) = 15
-    wait_until(lambda: event_count() == 15, what="events written after the outage")
+    wait_until(lambda: event_count(engine) == 15, what="events written after the outage")
     engine.dispose()
 
 
@@ -259,11 +256,7 @@ def test_event_buffer_overflow_is_counted_and_logged(start_relay, own_postgres) 
     relay.wait_for_log(r"store reachable again")
     engine = make_engine(url)
 
-    def written() -> int:
-        with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Event)).scalar_one()
-
-    wait_until(lambda: written() == 6, what="the six buffered events")
+    wait_until(lambda: event_count(engine) == 6, what="the six buffered events")
     relay.stop()
-    assert written() == 6
+    assert event_count(engine) == 6
     engine.dispose()
