@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from blocklist.export import utc
 from blocklist.scoring import BlockDecision, BlockState, Offences
 from relay.models import Allow, Block, Event
+from relay.sqltypes import as_event_time
 from relay.store import bump_generation
 
 GENERATION_KEY = "blocks_generation"
@@ -46,7 +47,8 @@ def load_blocks(engine: Engine) -> dict[str, BlockState]:
 def load_offences(engine: Engine, *, since: datetime, now: datetime,
                   reasons: list[str]) -> list[Offences]:
     """Events per host and reason since `since`, minus what a block already paid for."""
-    cut = case((Block.expires > now, Block.last_seen), else_=Block.expires)
+    cut = case((Block.expires > now, as_event_time(Block.last_seen)),
+               else_=as_event_time(Block.expires))
     stmt = (
         select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
         .select_from(Event)

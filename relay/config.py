@@ -82,7 +82,7 @@ class RelayConfig(Strict):
 class StoreConfig(Strict):
     url: str = "sqlite:///var/floodgate.db"
     refresh_interval: Duration = 2.0
-    event_batch: int = Field(default=5000, gt=0)  # SQLite: 500 -> 5000 is 16k -> 36k events/s
+    event_batch: int = Field(default=20_000, gt=0)  # SQLite: 5000 -> 20000 is +15% events/s
     event_flush_interval: Duration = 0.5
     event_buffer: int = Field(default=100_000, gt=0)
     ipv6_prefix: int = Field(default=64, ge=8, le=128)

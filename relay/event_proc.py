@@ -11,13 +11,15 @@ answer comes, so a failed write, a dead child or a store that is down loses noth
 was buffered; the child is started again when needed.
 
 Frames parent -> child (filters.offload's framing): a 4-byte big-endian length, then a
-pickle of a list of tuples in `relay.events.FIELDS` order. The child trusts its parent
-only (its stdin is a pipe).
+pickle of a list of `relay.events.as_row` tuples (FIELDS order, times in microseconds).
+The child trusts its parent only (its stdin is a pipe).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -30,17 +32,26 @@ from filters.offload import LENGTH, read_frame, reap
 
 log = logging.getLogger("floodgate.events")
 
+# A batch of 5,000 events pickles to about 600 KB; Linux lets anyone have 1 MB pipes.
+PIPE_SIZE = 1 << 20
+
+
 class WriterDown(Exception):
     """The batch was not written: the store refused it or the child went away."""
 
 
 class EventProcess:
-    """Parent side: one child process, one batch in flight at a time."""
+    """Parent side: one child process. Batches may be sent while earlier ones are still
+    being written (the parent's pickling overlaps the child's inserts); the child answers
+    them in order, and each caller reads its own answer in turn."""
 
     def __init__(self, url: str, argv: Sequence[str] = ()):
         self.url = url
         self.argv = list(argv) or [sys.executable, "-m", "relay.event_proc"]
         self._proc: asyncio.subprocess.Process | None = None
+        self._starting = asyncio.Lock()  # two callers at once must not start two children
+        # settled when the latest caller has read its answer: the next one reads after it
+        self._turn: asyncio.Future[None] | None = None
 
     async def _start(self) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -48,17 +59,22 @@ class EventProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "FLOODGATE_STORE_URL": self.url})  # never on a command line
         log.info("event writer started pid=%d", proc.pid)
+        pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
+        if pipe is not None:  # a whole batch fits: the child never waits on our writes
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         return proc
 
     async def ensure(self) -> asyncio.subprocess.Process:
         """The child, started (again) if it is not running."""
-        proc = self._proc
-        if proc is not None and proc.returncode is not None:  # died between batches
-            log.error("event writer process %s, starting another", _how(proc.returncode))
-            proc = None
-        if proc is None:
-            proc = self._proc = await self._start()
-        return proc
+        async with self._starting:
+            proc = self._proc
+            if proc is not None and proc.returncode is not None:  # died between batches
+                log.error("event writer process %s, starting another", _how(proc.returncode))
+                proc = None
+            if proc is None:
+                proc = self._proc = await self._start()
+            return proc
 
     async def write(self, rows: list[tuple[Any, ...]]) -> None:
         """Write `rows`; WriterDown if they were not (the caller keeps and retries them)."""
@@ -68,14 +84,29 @@ class EventProcess:
             raise WriterDown(f"cannot start the event writer process: {e}") from e
         assert proc.stdin is not None and proc.stdout is not None
         frame = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        before, mine = self._turn, asyncio.get_running_loop().create_future()
+        self._turn = mine
         try:
             proc.stdin.write(LENGTH.pack(len(frame)) + frame)
             await proc.stdin.drain()
+            if before is not None:
+                await asyncio.shield(before)  # the answers before ours are read first
             answer = await proc.stdout.readline()
         except (ConnectionError, OSError):
             answer = b""  # the pipe broke: the child is gone
+        except asyncio.CancelledError:
+            # Our answer will never be read: the pipe is out of step for whoever comes
+            # next, so this child serves nobody else (its batches are retried elsewhere).
+            proc.kill()
+            if self._proc is proc:
+                self._proc = None
+            raise
+        finally:
+            if not mine.done():
+                mine.set_result(None)
         if not answer:  # say how it ended; a new one is started for the next try
-            self._proc = None
+            if self._proc is proc:
+                self._proc = None
             raise WriterDown(f"event writer process {_how(await reap(proc))}")
         text = answer.decode("utf-8", "replace").rstrip("\n")
         if text != "ok":

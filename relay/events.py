@@ -14,7 +14,6 @@ import contextlib
 import logging
 import operator
 import time
-from collections import namedtuple
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay.event_proc import EventProcess, WriterDown
 from relay.models import Event
-from relay.rollup_models import add_to_rollups, prune, stamp
-from relay.store import describe, in_store_thread
+from relay.rollup_models import add_to_rollups, prune
+from relay.sqltypes import from_micros, to_micros
+from relay.store import describe, executemany, in_store_thread
 
 log = logging.getLogger("floodgate.events")
 
@@ -53,26 +53,39 @@ class EventRecord:
 
 
 FIELDS = tuple(f.name for f in fields(EventRecord))
-as_row = operator.attrgetter(*FIELDS)  # a record as a tuple, in C: what the pipe carries
 assert FIELDS[0] == "ts"
-EventRow = namedtuple("EventRow", FIELDS)  # type: ignore[misc]  # the writer's view of one
+_REST = operator.attrgetter(*FIELDS[1:])
+HOST, STAGE, ACTION, REASON = (FIELDS.index(c) for c in ("host", "stage", "action", "reason"))
+_BY_HOST = operator.itemgetter(HOST)
+
+
+def as_row(record: EventRecord) -> tuple[Any, ...]:
+    """A record as the tuple the pipe carries and SQLite stores: FIELDS order, the time as
+    integer microseconds (relay/sqltypes.py). Pickling datetimes cost more than this."""
+    return (to_micros(record.ts), *_REST(record))
 
 
 def write_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert event tuples (FIELDS order) and count them into the rollups, in the caller's
-    transaction (reports never disagree with the events). Through the driver's executemany:
+    """Insert `as_row` tuples and count them into the rollups, in the caller's transaction
+    (reports never disagree with the events). Through the driver's executemany:
     SQLAlchemy's per-row parameter processing cost more than the SQL."""
+    if not rows:
+        return
     sqlite = conn.dialect.name == "sqlite"
     mark = "?" if sqlite else "%s"
     sql = (f"INSERT INTO {Event.__tablename__} ({', '.join(FIELDS)}) "
            f"VALUES ({', '.join([mark] * len(FIELDS))})")
-    stamps = [stamp(r[0]) for r in rows]
-    conn.exec_driver_sql(sql, [(s, *r[1:]) for s, r in zip(stamps, rows, strict=True)]
-                         if sqlite else list(rows))
-    add_to_rollups(conn, map(EventRow._make, rows), stamps)
+    if sqlite:  # in host order, the (host, ts) index takes them page by page: 1.1x the rate
+        executemany(conn, sql, sorted(rows, key=_BY_HOST))
+    else:
+        executemany(conn, sql, [(from_micros(r[0]), *r[1:]) for r in rows])
+    add_to_rollups(conn, *(list(map(operator.itemgetter(i), rows))
+                           for i in (0, HOST, STAGE, ACTION, REASON)))
 
 
 class EventWriter:
+    DEPTH = 2  # batches in flight to the writer process at most
+
     def __init__(self, engine: Engine, *, batch: int = 500, interval: float = 0.5,
                  capacity: int = 100_000):
         self.engine = engine
@@ -110,39 +123,86 @@ class EventWriter:
         backoff = self.interval
         with contextlib.suppress(OSError):  # ready before the first batch (else: retried)
             await self.process.ensure()
-        while True:
-            if not self.buffer:
-                if self._closing:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
-                self._wake.clear()
-                continue
-            rows = [self.buffer.popleft() for _ in range(min(self.batch, len(self.buffer)))]
-            try:
-                await self.process.write(list(map(as_row, rows)))
-            except WriterDown as e:
-                self.buffer.extendleft(reversed(rows))
-                overflow = len(self.buffer) - self.capacity
-                for _ in range(max(0, overflow)):
-                    self.buffer.pop()
-                if overflow > 0:
-                    self._drop(overflow)
+        inflight: collections.deque[tuple[list[EventRecord], asyncio.Task[None]]] = \
+            collections.deque()
+        try:
+            while True:
+                while self._send_more(len(inflight)):
+                    rows = [self.buffer.popleft()
+                            for _ in range(min(self.batch, len(self.buffer)))]
+                    task = asyncio.create_task(self.process.write(list(map(as_row, rows))))
+                    inflight.append((rows, task))
+                if not inflight:
+                    if self._closing:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.interval)
+                    self._wake.clear()
+                    continue
+                failed = await self._settle(inflight)
+                if not failed:
+                    backoff = self.interval
+                    if self._failing_since is not None:
+                        log.warning("store reachable again after %.0fs, writing waiting events",
+                                    time.monotonic() - self._failing_since)
+                        self._failing_since = None
+                    continue
+                self._put_back(failed)
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.error("store unreachable, events wait in memory waiting=%d error=%s",
-                              len(self.buffer), e)
+                              len(self.buffer), failed[-1][1])
                 if self._closing:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-                continue
-            self.written += len(rows)
-            backoff = self.interval
-            if self._failing_since is not None:
-                log.warning("store reachable again after %.0fs, writing waiting events",
-                            time.monotonic() - self._failing_since)
-                self._failing_since = None
+        finally:  # cancelled (a close that timed out): what was in flight is unwritten
+            unwritten = []
+            for rows, task in inflight:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    self.written += len(rows)
+                else:
+                    task.cancel()
+                    unwritten.append((rows, None))
+            self._put_back(unwritten)
+
+    def _send_more(self, inflight: int) -> bool:
+        """Whether to send another batch now. A second one goes out while the first is
+        written only when a whole batch is waiting: at a trickle, events gather into the
+        next batch instead of going out in many small transactions."""
+        if not self.buffer or inflight >= self.DEPTH:
+            return False
+        return inflight == 0 or len(self.buffer) >= self.batch or self._closing
+
+    async def _settle(self, inflight: collections.deque[tuple[list[EventRecord],
+                                                             asyncio.Task[None]]]
+                      ) -> list[tuple[list[EventRecord], WriterDown]]:
+        """Wait for the oldest batch; if it failed, for all in flight. The batches that
+        failed, oldest first, with why."""
+        failed: list[tuple[list[EventRecord], WriterDown]] = []
+        while inflight:
+            rows, task = inflight[0]
+            try:
+                await task
+            except WriterDown as e:
+                failed.append((rows, e))
+            else:
+                self.written += len(rows)
+            inflight.popleft()
+            if not failed:
+                break
+        return failed
+
+    def _put_back(self, batches: list[tuple[list[EventRecord], Any]]) -> None:
+        """Unwritten batches back at the front of the buffer, in their order; beyond
+        capacity, the newest events are dropped (and counted)."""
+        for rows, _ in reversed(batches):
+            self.buffer.extendleft(reversed(rows))
+        overflow = len(self.buffer) - self.capacity
+        for _ in range(max(0, overflow)):
+            self.buffer.pop()
+        if overflow > 0:
+            self._drop(overflow)
 
     async def close(self, task: asyncio.Task[None], timeout: float = 10.0) -> None:
         """Flush what is buffered (within `timeout`) and stop."""

@@ -7,6 +7,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from relay.sqltypes import UTCTimestamp
+
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is the rowid alias.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -26,7 +28,7 @@ class Event(Base):
 
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ts: Mapped[datetime] = mapped_column(UTCTimestamp())  # an integer on SQLite: see sqltypes
     node: Mapped[str] = mapped_column(String(64))
     client: Mapped[str] = mapped_column(String(45))
     host: Mapped[str] = mapped_column(String(49))  # aggregation key: IPv4 address or IPv6 prefix

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from relay.models import Meta
 
@@ -42,6 +42,13 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            # The event writer's commits: a checkpoint (pages copied into the database, and
+            # an fsync) every 1,000 WAL pages, SQLite's default, came on nearly every batch
+            # (a quarter of the time of a bare insert); every 10,000 pages (40 MB of WAL) it
+            # is one in ten. The page cache: 64 MB at most (default 2 MB), grown only as
+            # used; the events' host index does not fit in 2 MB. scripts/bench scenario 7.
+            cur.execute("PRAGMA wal_autocheckpoint=10000")
+            cur.execute("PRAGMA cache_size=-65536")
             cur.close()
 
         return engine
@@ -105,6 +112,20 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         return before, current_revision(engine)
     except SQLAlchemyError as e:
         raise StoreError(f"cannot upgrade the database: {describe(e)}") from e
+
+
+def executemany(conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
+    """The driver's own executemany, in `conn`'s transaction. SQLAlchemy's
+    `exec_driver_sql` looks at every parameter row in Python first: 15% of the time of an
+    insert of 5,000 events (scripts/bench scenario 7)."""
+    error = conn.dialect.loaded_dbapi.Error
+    cur = conn.connection.cursor()
+    try:
+        cur.executemany(sql, params)
+    except error as e:  # as SQLAlchemy would have raised it: callers catch SQLAlchemyError
+        raise DBAPIError.instance(sql, None, e, error) from e
+    finally:
+        cur.close()
 
 
 def describe(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from sqlalchemy import insert  # noqa: E402
 from blocklist import reports as rp  # noqa: E402
 from relay.events import FIELDS, EventRecord, as_row, write_rows  # noqa: E402
 from relay.models import Event  # noqa: E402
+from relay.sqltypes import to_micros  # noqa: E402
 from relay.store import make_engine, upgrade  # noqa: E402
 
 INDEXES = {
@@ -78,7 +79,7 @@ def generate(db: Path, n: int, days: float, hosts: int, now: datetime, shape: st
                      {host_expr(hosts, shape)} AS h FROM c),
         a AS (SELECT x, r, '10.' || (h / 65536) || '.' || (h / 256 % 256) || '.' || (h % 256)
                      AS ip FROM g)
-        SELECT strftime('%Y-%m-%d %H:%M:%S', {start} + x * {step}, 'unixepoch') || '.000000',
+        SELECT CAST(({start} + x * {step}) AS INTEGER) * 1000000,
                'bench', ip, ip, 'helo.test', 's@sender.test',
                CASE WHEN r >= 35 AND r < 70 THEN 'u' || (x % 5000) || '@example.org'
                     ELSE '' END,
@@ -96,8 +97,8 @@ def build_rollups(db: Path) -> None:
     con = sqlite3.connect(db)
     con.executescript("PRAGMA synchronous=OFF; PRAGMA cache_size=-1000000; "
                       "PRAGMA temp_store=MEMORY;")
-    hour = "strftime('%Y-%m-%d %H:00:00.000000', ts)"
-    minute = "strftime('%Y-%m-%d %H:%M:00.000000', ts)"
+    hour = "strftime('%Y-%m-%d %H:00:00.000000', ts / 1000000, 'unixepoch')"
+    minute = "strftime('%Y-%m-%d %H:%M:00.000000', ts / 1000000, 'unixepoch')"
     con.execute("INSERT INTO host_rollups (bucket, host, stage, action, reason, total) "
                 f"SELECT {hour}, host, stage, action, reason, count(*) FROM events "
                 f"GROUP BY {hour}, host, stage, action, reason")
@@ -184,7 +185,7 @@ def main() -> None:
     since = now - timedelta(hours=24)
 
     con = sqlite3.connect(db)
-    since_s = since.strftime("%Y-%m-%d %H:%M:%S.%f")
+    since_s = to_micros(since)  # events.ts on SQLite (relay/sqltypes.py)
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("host_rollups", "timeline_rollups")}
     in_window = con.execute("SELECT count(*) FROM events WHERE ts >= ?", (since_s,)).fetchone()[0]

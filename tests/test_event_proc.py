@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from relay.event_proc import EventProcess, WriterDown
-from relay.events import EventRecord, as_row
+from relay.events import EventRecord, EventWriter, as_row
 from relay.models import Event
 from relay.store import make_engine, upgrade
 
@@ -79,3 +79,105 @@ def test_child_dying_mid_batch_is_writer_down_and_a_new_child_is_started(
             await writer.write(ROWS)
 
     asyncio.run(go())
+
+
+# A child that reads `n` frames before it answers any (one in flight at a time would
+# deadlock here), answers each with the next of `answers`, and logs what it got to `log`.
+TWO_FIRST = """
+import pickle, sys
+from filters.offload import read_frame
+answers, log = sys.argv[1].split(","), open(sys.argv[2], "a")
+frames = [read_frame(0) for _ in range(2)]
+while True:
+    for rows, answer in zip(frames, answers):
+        log.write(repr([r[-4] for r in pickle.loads(rows)]) + " " + answer + "\\n")
+        log.flush()
+        sys.stdout.write(answer.replace("_", " ") + "\\n")
+        sys.stdout.flush()
+    answers = answers[len(frames):] or ["ok"]
+    try:
+        frames = [read_frame(0)]
+    except EOFError:
+        break
+"""
+
+
+def batch(tag: str, n: int = 2) -> list[tuple[object, ...]]:
+    return [as_row(EventRecord(ts=EventRecord.now(), node="t", client="192.0.2.1",
+                               host="192.0.2.1", stage="rcpt", action="reject",
+                               reason="unknown_rcpt", recipient=f"{tag}{i}"))
+            for i in range(n)]
+
+
+def test_two_batches_in_flight_get_their_own_answers_in_order(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+
+    async def go() -> list[BaseException | None]:
+        writer = EventProcess("sqlite://", argv=[*child(TWO_FIRST), "ok,err_locked", str(log)])
+        results = await asyncio.wait_for(asyncio.gather(
+            writer.write(batch("a")), writer.write(batch("b")), return_exceptions=True), 20)
+        await writer.close()
+        return results
+
+    first, second = asyncio.run(go())
+    assert first is None
+    assert isinstance(second, WriterDown) and str(second) == "locked"
+    assert log.read_text().splitlines() == ["['a0', 'a1'] ok", "['b0', 'b1'] err_locked"]
+
+
+def test_cancelled_write_kills_the_child_and_the_next_write_gets_a_new_one(
+        tmp_path: Path) -> None:
+    """Cancelled before its answer was read, a write leaves the pipe out of step: that child
+    must serve nobody else."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    hang = child("import sys, time; sys.stdin.buffer.read(8); time.sleep(60)")
+
+    async def go() -> int | None:
+        writer = EventProcess(url, argv=hang)
+        task = asyncio.create_task(writer.write(ROWS))
+        while writer._turn is None:  # until the batch is on its way (no clock involved)
+            await asyncio.sleep(0)
+        proc = await writer.ensure()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        status = await asyncio.wait_for(proc.wait(), 10)
+        writer.argv = [sys.executable, "-m", "relay.event_proc"]  # a real one from now on
+        await writer.write(ROWS)
+        await writer.close()
+        return status
+
+    status = asyncio.run(go())
+    assert status == -9
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Event)).scalar_one() == 3
+    engine.dispose()
+
+
+def test_writer_puts_a_failed_batch_back_in_front_and_loses_nothing(tmp_path: Path) -> None:
+    """Two batches in flight, the first fails: it is written again, before anything newer,
+    and the second is not written twice."""
+    log = tmp_path / "child.log"
+    engine = make_engine(f"sqlite:///{tmp_path / 'unused.db'}")
+
+    async def go() -> int:
+        writer = EventWriter(engine, batch=2, interval=0.01)
+        writer.process.argv = [*child(TWO_FIRST), "err_busy,ok", str(log)]
+        for tag in "ab":
+            for i in range(2):
+                writer.emit(EventRecord(ts=EventRecord.now(), node="t", client="192.0.2.1",
+                                        host="192.0.2.1", stage="rcpt", action="reject",
+                                        reason="unknown_rcpt", recipient=f"{tag}{i}"))
+        task = asyncio.create_task(writer.run())
+        async with asyncio.timeout(20):
+            while writer.written < 4:  # the state we wait for, not a guess at a duration
+                await asyncio.sleep(0.01)
+        await writer.close(task)
+        return writer.written
+
+    assert asyncio.run(go()) == 4
+    assert log.read_text().splitlines() == [
+        "['a0', 'a1'] err_busy", "['b0', 'b1'] ok", "['a0', 'a1'] ok"]
+    engine.dispose()

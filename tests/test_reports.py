@@ -18,7 +18,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Column, DateTime, Engine, MetaData, Table, func, insert, select
 
 from blocklist import blocks
 from blocklist import reports as rp
@@ -363,13 +363,20 @@ def test_migration_0003_fills_rollups_from_existing_events(store_url: str) -> No
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0002")
-    rows = records(KNOWN, datetime(2026, 3, 1, 12, 30, 59, tzinfo=UTC), timedelta(seconds=41))
+    rows = records(KNOWN, datetime(2026, 3, 1, 12, 30, 59, 123456, tzinfo=UTC),
+                   timedelta(seconds=41, microseconds=7))
+    # as the code of 0002's time wrote them (a DateTime, text on SQLite; see 0006)
+    legacy = Table("events", MetaData(), *(
+        Column(c.name, DateTime(timezone=True) if c.name == "ts" else c.type)
+        for c in Event.__table__.columns if c.name != "id"))
     with engine.begin() as conn:
-        conn.execute(insert(Event), [{k: getattr(r, k) for k in r.__dataclass_fields__}
-                                     for r in rows])
+        conn.execute(insert(legacy), [{k: getattr(r, k) for k in r.__dataclass_fields__}
+                                      for r in rows])
     assert upgrade(engine) == ("0002", head_revision())  # 0003 and later ones
     with engine.connect() as conn:  # the migration builds exactly what the models say
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    with engine.connect() as conn:  # 0006: the same instants, to the microsecond
+        assert sorted(conn.scalars(select(Event.ts))) == sorted(r.ts for r in rows)
     hosts, minutes = rolled(engine)
     assert hosts == raw_counts(engine, HOUR, host=True)
     assert minutes == raw_counts(engine, MINUTE, host=False)

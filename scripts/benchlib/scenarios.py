@@ -21,13 +21,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from relay.config import StoreConfig
 from scripts.benchlib import loadgen as lg
+from scripts.benchlib.cpuquota import CpuQuota
 from scripts.benchlib.procstat import cpu_seconds, rss_bytes, tree_cpu_seconds, tree_rss_bytes
 from scripts.benchlib.services import PY, ROOT, Baseline, Relay, Sink, free_port, relay_config
 
 GEN_SOURCES = lg.source_addresses(net=10)  # scenario 1, 3-6 clients: 127.10.x.y
 BLOCKED_NET = "127.20.0.0/24"  # scenario 2: blocked with `floodgate block add`
 BLOCKED_SOURCES = [f"127.20.0.{i}" for i in range(1, 251)]
+QUOTA = 0.5  # cores per relay process in the scaling rows (scripts/benchlib/cpuquota.py)
 
 
 @dataclass
@@ -82,12 +85,16 @@ def measured(pids: list[int], fn):  # type: ignore[no-untyped-def]
 
 @contextlib.contextmanager
 def relay(s: Settings, name: str, *, workers: int = 1, uvloop: bool = True,
-          setup: list[list[str]] | None = None, **config: object) -> Iterator[Relay]:
+          setup: list[list[str]] | None = None, cores: float | None = None,
+          **config: object) -> Iterator[Relay]:
+    """A relay for one measurement; `cores`: held to that much CPU (scripts/benchlib/
+    cpuquota.py), all its processes together."""
     workdir = s.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     path = relay_config(workdir / "relay.toml", port=port, workdir=workdir, **config)  # type: ignore[arg-type]
-    r = Relay(path, port, workers=workers, uvloop=uvloop)
+    quota = CpuQuota(f"floodgate-bench-{name}", cores).create() if cores else None
+    r = Relay(path, port, workers=workers, uvloop=uvloop, quota=quota)
     for args in setup or []:
         r.cli(*args)
     r.start()
@@ -122,12 +129,17 @@ def scenario_1_2(s: Settings, which: str) -> list[Row]:
                                     "--reason", "bench"]]
     rows: list[Row] = []
     results: dict[str, tuple[lg.LoadResult, float]] = {}
-    variants = [("baseline", 1, True), ("relay", 1, True), ("relay", 1, False),
-                ("relay", 2, True)]
+    variants: list[tuple[str, int, bool, float | None]] = [
+        ("baseline", 1, True, None), ("relay", 1, True, None), ("relay", 1, False, None),
+        ("relay", 2, True, None)]
     if not s.quick:
-        variants.insert(1, ("baseline", 1, False))
-    for kind, workers, uv in variants:
-        key = f"{kind} w{workers} {'uvloop' if uv else 'asyncio'}"
+        variants.insert(1, ("baseline", 1, False, None))
+    no_quota = CpuQuota.available()
+    if no_quota is None:  # the same two, each process held to half a core
+        variants += [("relay", 1, True, QUOTA), ("relay", 2, True, 2 * QUOTA)]
+    for kind, workers, uv, cores in variants:
+        key = f"{kind} w{workers} {'uvloop' if uv else 'asyncio'}" + (f" {cores}" if cores
+                                                                       else "")
         print(f"  scenario {which}: {key}", flush=True)
         if kind == "baseline":
             b = Baseline(s.workdir, "rcpt" if dictionary else "connect", uvloop=uv)
@@ -136,8 +148,9 @@ def scenario_1_2(s: Settings, which: str) -> list[Row]:
             finally:
                 b.stop()
         else:
-            with relay(s, f"s{which}-w{workers}-{'uv' if uv else 'aio'}", workers=workers,
-                       uvloop=uv, setup=setup) as r:
+            name = f"s{which}-w{workers}-{'uv' if uv else 'aio'}" + (f"-q{workers}" if cores
+                                                                     else "")
+            with relay(s, name, workers=workers, uvloop=uv, setup=setup, cores=cores) as r:
                 results[key] = _sessions(s, r.port, r.pids, steps, sources)
     base, base_cpu = results["baseline w1 uvloop"]
     one, one_cpu = results["relay w1 uvloop"]
@@ -165,7 +178,23 @@ def scenario_1_2(s: Settings, which: str) -> list[Row]:
                     f"{_fmt_rate(two.rate)}; {_ms(two.p50)} / {_ms(two.p99)}",
                     _fmt_rate(one.rate), _ratio(two.rate, one.rate), ">= 1.7x",
                     two.rate >= 1.7 * one.rate,
-                    f"relay CPU {two_cpu * 1e6:.0f} us/session"))
+                    f"relay CPU {two_cpu * 1e6:.0f} us/session; no idle core for the second "
+                    "worker (the generator shares both)"))
+    if no_quota is not None:
+        rows.append(Row(title, "relay, --workers 2 against 1, held to half a core each",
+                        "not measured", note=f"CPU quota: {no_quota}"))
+        return rows
+    q1, q1_cpu = results[f"relay w1 uvloop {QUOTA}"]
+    q2, q2_cpu = results[f"relay w2 uvloop {2 * QUOTA}"]
+    rows.append(Row(title, f"relay, 1 process held to {QUOTA} core (cgroup CPU quota)",
+                    f"{_fmt_rate(q1.rate)}; {_ms(q1.p50)} / {_ms(q1.p99)}",
+                    note=f"relay CPU {q1_cpu * 1e6:.0f} us/session"))
+    rows.append(Row(title, f"relay, --workers 2 held to {2 * QUOTA} cores (half each)",
+                    f"{_fmt_rate(q2.rate)}; {_ms(q2.p50)} / {_ms(q2.p99)}",
+                    _fmt_rate(q1.rate), _ratio(q2.rate, q1.rate), ">= 1.7x",
+                    q2.rate >= 1.7 * q1.rate,
+                    f"relay CPU {q2_cpu * 1e6:.0f} us/session; scaling with the CPU given, "
+                    "the generator keeps the rest"))
     return rows
 
 
@@ -557,7 +586,7 @@ def _event_rows(n: int) -> list:  # type: ignore[type-arg]
                         recipient=f"nobody{i}@example.org") for i in range(n)]
 
 
-BATCH = 5000  # [store] event_batch's default
+BATCH = StoreConfig().event_batch  # [store] event_batch's default
 
 
 def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
@@ -570,6 +599,7 @@ def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
 
     async def go() -> float:
         writer = EventWriter(engine, batch=BATCH, interval=0.05, capacity=len(rows) + 1)
+        await writer.process.ensure()  # started once with the relay: not a cost per event
         task = asyncio.create_task(writer.run())
         start = time.perf_counter()
         for r in rows:
@@ -588,6 +618,7 @@ def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
 
 def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     """Baseline: the driver's executemany of the same rows, same batches, no SQLAlchemy."""
+    from relay.sqltypes import to_micros
     from relay.store import make_engine, upgrade
 
     engine = make_engine(url)
@@ -597,7 +628,7 @@ def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     sqlite = url.startswith("sqlite")
     mark = "?" if sqlite else "%s"
     sql = f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
-    tuples = [tuple((getattr(r, c).isoformat(" ") if sqlite and c == "ts"
+    tuples = [tuple((to_micros(r.ts) if sqlite and c == "ts"  # as the store keeps it
                      else getattr(r, c)) for c in cols) for r in rows]
     raw = engine.raw_connection()
     try:

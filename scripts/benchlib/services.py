@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.benchlib.cpuquota import CpuQuota
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 PY = sys.executable
 FLOODGATE = [PY, "-m", "relay.cli"]
@@ -138,11 +140,13 @@ cache.enabled = {str(spam_cache).lower()}
 class Relay:
     """`floodgate serve` (optionally `--workers N`, optionally on the asyncio loop)."""
 
-    def __init__(self, config: Path, port: int, *, workers: int = 1, uvloop: bool = True):
+    def __init__(self, config: Path, port: int, *, workers: int = 1, uvloop: bool = True,
+                 quota: CpuQuota | None = None):
         self.config = config
         self.port = port
         self.workers = workers
         self.uvloop = uvloop
+        self.quota = quota  # created; every process of the relay runs in it
         self.log = config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -162,7 +166,8 @@ class Relay:
             cmd += ["--workers", str(self.workers)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                         env=env)
+                                         env=env,
+                                         preexec_fn=self.quota.preexec if self.quota else None)
         wait_log(self.log, r" INFO floodgate\.serve ready ", self.proc, count=self.workers)
         return self
 
@@ -177,6 +182,8 @@ class Relay:
 
     def stop(self) -> None:
         stop(self.proc)
+        if self.quota is not None:
+            self.quota.remove()
 
 
 class Baseline:
