@@ -32,6 +32,7 @@ class BlockGate:
         self.ipv6_prefix = ipv6_prefix
         self.exact: dict[str, BlockState] = {}
         self.networks: list[tuple[IPNetwork, BlockState]] = []
+        self._seen: dict[str, BlockState | None] = {}  # client -> _covering(client)
         self.generation = -1
         self._failing = False
 
@@ -50,11 +51,27 @@ class BlockGate:
                 networks.append((net, b))
         self.exact, self.networks = exact, networks
         self.protection = self.base_protection.with_allow(allowed)
+        self._seen = {}
         self.generation = generation
 
     def lookup(self, client: str, now: datetime | None = None) -> BlockState | None:
         """The active block covering `client`, if any; protected hosts are never blocked."""
         now = now or datetime.now(UTC)
+        try:
+            block = self._seen[client]
+        except KeyError:
+            block = self._covering(client)
+            if len(self._seen) >= 65_536:  # a flood of new addresses: start again
+                self._seen.clear()
+            self._seen[client] = block
+        if block is None or block.expires <= now:
+            return None
+        return block
+
+    def _covering(self, client: str) -> BlockState | None:
+        """The loaded block covering `client` (expired or not), None if none or protected.
+        Remembered per client until the next load: a blocked host knocking thousands of
+        times a second was parsed and matched against every network each time."""
         block = self.exact.get(host_key(client, self.ipv6_prefix))
         if block is None and self.networks:
             try:
@@ -63,9 +80,7 @@ class BlockGate:
                 return None
             block = next((b for net, b in self.networks
                           if net.version == ip.version and ip in net), None)
-        if block is None or block.expires <= now:
-            return None
-        if self.protection.why(client):
+        if block is None or self.protection.why(client):
             return None
         return block
 

@@ -37,12 +37,23 @@ class ConnectionLimiter:
         self.clock = clock
         self.exempt: tuple[_Net, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in config.exempt)
+        self._exempt_seen: dict[str, bool] = {}  # parsing and matching every time cost 1%
         self.total = 0
         self.open: collections.Counter[str] = collections.Counter()
         self.recent: dict[str, collections.deque[float]] = {}
         self._last_sweep = clock()
 
     def is_exempt(self, client: str) -> bool:
+        if not self.exempt:
+            return False
+        known = self._exempt_seen.get(client)
+        if known is None:
+            if len(self._exempt_seen) >= 65_536:  # a flood of new addresses: start again
+                self._exempt_seen.clear()
+            known = self._exempt_seen[client] = self._in_exempt(client)
+        return known
+
+    def _in_exempt(self, client: str) -> bool:
         try:
             ip = ipaddress.ip_address(client)
         except ValueError:
