@@ -157,9 +157,11 @@ def main() -> None:
             "measured in the same run: absolute numbers on a shared two-core machine mean "
             "little. Load: an asyncio generator (one process, uvloop) on the same machine, "
             "sessions from 250 source addresses in 127.10.0.0/16, 32 sessions in flight "
-            "(scenarios 1-2). Relays use the demo configuration with their own port, store "
-            "and spool, `[scoring] enabled = false` (scoring would block the generator's "
-            "addresses) and `[blocklist] protect_loopback = false` (scenario 2 blocks "
+            "(scenarios 1-2; every variant running at once and measured in turn, "
+            f"{sc.ROUNDS} rounds of {settings.seconds / 2:g} s each). Relays use the demo "
+            "configuration with their own port, store and spool, `[scoring] enabled = "
+            "false` (scoring would block the generator's addresses) and `[blocklist] "
+            "protect_loopback = false` (scenario 2 blocks "
             f"`{sc.BLOCKED_NET}` with `floodgate block add`).\n\n")
     if only != set("1234567"):  # the other scenarios' rows from the last run that had them
         earlier = _earlier_rows(workdir, only)

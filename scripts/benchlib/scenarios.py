@@ -109,13 +109,29 @@ ALIASES = ["aliases", "import", str(ROOT / "fixtures" / "aliases.txt"), "--forma
 
 # -- scenario 1 and 2: sessions per second ----------------------------------------------------
 
-def _sessions(s: Settings, port: int, pids: list[int], steps, sources) -> tuple[lg.LoadResult,
-                                                                                   float]:
-    result, cpu = measured(pids, lambda: load(port, steps, concurrency=32,
-                                              duration=s.seconds, sources=sources))
+def _sessions(port: int, pids: list[int], steps, sources, seconds: float  # type: ignore[no-untyped-def]
+              ) -> tuple[lg.LoadResult, float]:
+    """One closed-loop run: the load result and the CPU seconds `pids` used."""
+    result, cpu = measured(pids, lambda: load(port, steps, concurrency=32, duration=seconds,
+                                              sources=sources))
     if result.errors:
         print(f"    {result.errors} failed sessions, first: {result.first_error}")
-    return result, cpu / max(1, result.ok)
+    return result, cpu
+
+
+def _merged(parts: list[tuple[lg.LoadResult, float]]) -> tuple[lg.LoadResult, float]:
+    """Rounds of one variant as one result, and its CPU per session."""
+    out = lg.LoadResult()
+    for r, _ in parts:
+        out.ok += r.ok
+        out.errors += r.errors
+        out.seconds += r.seconds
+        out.latencies += r.latencies
+        out.first_error = out.first_error or r.first_error
+    return out, sum(cpu for _, cpu in parts) / max(1, out.ok)
+
+
+ROUNDS = 3  # scenarios 1-2: every variant measured in turn, three times over
 
 
 def scenario_1_2(s: Settings, which: str) -> list[Row]:
@@ -128,7 +144,6 @@ def scenario_1_2(s: Settings, which: str) -> list[Row]:
     setup = [] if dictionary else [["block", "add", BLOCKED_NET, "--for", "1d",
                                     "--reason", "bench"]]
     rows: list[Row] = []
-    results: dict[str, tuple[lg.LoadResult, float]] = {}
     variants: list[tuple[str, int, bool, float | None]] = [
         ("baseline", 1, True, None), ("relay", 1, True, None), ("relay", 1, False, None),
         ("relay", 2, True, None)]
@@ -137,21 +152,30 @@ def scenario_1_2(s: Settings, which: str) -> list[Row]:
     no_quota = CpuQuota.available()
     if no_quota is None:  # the same two, each process held to half a core
         variants += [("relay", 1, True, QUOTA), ("relay", 2, True, 2 * QUOTA)]
-    for kind, workers, uv, cores in variants:
-        key = f"{kind} w{workers} {'uvloop' if uv else 'asyncio'}" + (f" {cores}" if cores
-                                                                       else "")
-        print(f"  scenario {which}: {key}", flush=True)
-        if kind == "baseline":
-            b = Baseline(s.workdir, "rcpt" if dictionary else "connect", uvloop=uv)
-            try:
-                results[key] = _sessions(s, b.port, [b.proc.pid], steps, sources)
-            finally:
-                b.stop()
-        else:
-            name = f"s{which}-w{workers}-{'uv' if uv else 'aio'}" + (f"-q{workers}" if cores
-                                                                     else "")
-            with relay(s, name, workers=workers, uvloop=uv, setup=setup, cores=cores) as r:
-                results[key] = _sessions(s, r.port, r.pids, steps, sources)
+    parts: dict[str, list[tuple[lg.LoadResult, float]]] = {}
+    with contextlib.ExitStack() as running:  # all started first, then measured in turns
+        targets: dict[str, tuple[int, list[int]]] = {}
+        for kind, workers, uv, cores in variants:
+            key = f"{kind} w{workers} {'uvloop' if uv else 'asyncio'}" + (
+                f" {cores}" if cores else "")
+            if kind == "baseline":
+                b = Baseline(s.workdir, "rcpt" if dictionary else "connect", uvloop=uv)
+                running.callback(b.stop)
+                targets[key] = (b.port, [b.proc.pid])
+            else:
+                name = f"s{which}-w{workers}-{'uv' if uv else 'aio'}" + (
+                    f"-q{workers}" if cores else "")
+                r = running.enter_context(relay(s, name, workers=workers, uvloop=uv,
+                                                setup=setup, cores=cores))
+                targets[key] = (r.port, r.pids)
+        # Interleaved rounds: on a shared host a slow minute hits every variant alike,
+        # not only the one that happened to run then.
+        for n in range(ROUNDS):
+            for key, (port, pids) in targets.items():
+                print(f"  scenario {which}: {key} (round {n + 1} of {ROUNDS})", flush=True)
+                parts.setdefault(key, []).append(
+                    _sessions(port, pids, steps, sources, s.seconds / 2))
+    results = {key: _merged(p) for key, p in parts.items()}
     base, base_cpu = results["baseline w1 uvloop"]
     one, one_cpu = results["relay w1 uvloop"]
     aio, aio_cpu = results["relay w1 asyncio"]
