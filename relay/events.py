@@ -21,11 +21,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from relay.dbapi import executemany
 from relay.event_proc import EventProcess, WriterDown
 from relay.models import Event
 from relay.rollup_models import add_to_rollups, prune
 from relay.sqltypes import from_micros, to_micros
-from relay.store import describe, executemany, in_store_thread
+from relay.store import describe, in_store_thread
 
 log = logging.getLogger("floodgate.events")
 

@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from relay.dbapi import executemany
 from relay.models import Base, Event
 from relay.sqltypes import from_micros
-from relay.store import executemany
 
 HOUR = timedelta(hours=1)
 DELIVERY = "delivery"  # the stage of delivery outcomes

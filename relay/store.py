@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from relay.models import Meta
 
@@ -112,20 +112,6 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         return before, current_revision(engine)
     except SQLAlchemyError as e:
         raise StoreError(f"cannot upgrade the database: {describe(e)}") from e
-
-
-def executemany(conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
-    """The driver's own executemany, in `conn`'s transaction. SQLAlchemy's
-    `exec_driver_sql` looks at every parameter row in Python first: 15% of the time of an
-    insert of 5,000 events (scripts/bench scenario 7)."""
-    error = conn.dialect.loaded_dbapi.Error
-    cur = conn.connection.cursor()
-    try:
-        cur.executemany(sql, params)
-    except error as e:  # as SQLAlchemy would have raised it: callers catch SQLAlchemyError
-        raise DBAPIError.instance(sql, None, e, error) from e
-    finally:
-        cur.close()
 
 
 def describe(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ def machine() -> str:
     load = os.getloadavg()
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Linux {platform.release()}, "
             f"Python {platform.python_version()}; load average at the start "
-            f"{load[0]:.1f} (shared machine: other test suites were running)")
+            f"{load[0]:.1f} (the host is shared with other machines)")
 
 
 def table(rows: list[sc.Row]) -> str:
