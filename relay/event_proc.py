@@ -18,8 +18,6 @@ The child trusts its parent only (its stdin is a pipe).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import pickle
@@ -31,9 +29,6 @@ from typing import Any
 from filters.offload import LENGTH, read_frame, reap
 
 log = logging.getLogger("floodgate.events")
-
-# A batch of 5,000 events pickles to about 600 KB; Linux lets anyone have 1 MB pipes.
-PIPE_SIZE = 1 << 20
 
 
 class WriterDown(Exception):
@@ -59,10 +54,6 @@ class EventProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "FLOODGATE_STORE_URL": self.url})  # never on a command line
         log.info("event writer started pid=%d", proc.pid)
-        pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
-        if pipe is not None:  # a whole batch fits: the child never waits on our writes
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         return proc
 
     async def ensure(self) -> asyncio.subprocess.Process:
