@@ -15,9 +15,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def tree(pid: int) -> list[int]:
+    """`pid` and its living descendants (spamd's children, relay workers, event writers)."""
+    return [p for p in [pid, *descendants(pid)] if Path(f"/proc/{p}").exists()]
+
+
 def tree_cpu_seconds(pid: int) -> float:
-    """`pid` and its living descendants (spamd's children, relay workers)."""
-    return sum(cpu_seconds(p) for p in [pid, *descendants(pid)] if Path(f"/proc/{p}").exists())
+    return sum(cpu_seconds(p) for p in tree(pid))
 
 
 def descendants(pid: int) -> list[int]:
@@ -47,5 +51,4 @@ def rss_bytes(pid: int) -> int:
 
 
 def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and its living descendants (the relay's event writer)."""
-    return sum(rss_bytes(p) for p in [pid, *descendants(pid)] if Path(f"/proc/{p}").exists())
+    return sum(rss_bytes(p) for p in tree(pid))

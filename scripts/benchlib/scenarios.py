@@ -642,18 +642,16 @@ def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
 
 def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     """Baseline: the driver's executemany of the same rows, same batches, no SQLAlchemy."""
-    from relay.sqltypes import to_micros
+    from relay.events import FIELDS, as_row
     from relay.store import make_engine, upgrade
 
     engine = make_engine(url)
     upgrade(engine)
-    cols = ["ts", "node", "client", "host", "helo", "sender", "recipient", "stage", "action",
-            "reason", "code", "detail", "size", "queue_id"]
     sqlite = url.startswith("sqlite")
     mark = "?" if sqlite else "%s"
-    sql = f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
-    tuples = [tuple((to_micros(r.ts) if sqlite and c == "ts"  # as the store keeps it
-                     else getattr(r, c)) for c in cols) for r in rows]
+    sql = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join([mark] * len(FIELDS))})"
+    # the time as the store keeps it: integer microseconds on SQLite, a datetime elsewhere
+    tuples = [as_row(r) if sqlite else (r.ts, *as_row(r)[1:]) for r in rows]
     raw = engine.raw_connection()
     try:
         start = time.perf_counter()

@@ -176,9 +176,9 @@ class Relay:
         """Every process of the relay: `floodgate serve` and its descendants (the workers
         under a supervisor, each process's event writer)."""
         assert self.proc is not None
-        from scripts.benchlib.procstat import descendants
+        from scripts.benchlib.procstat import tree
 
-        return [self.proc.pid, *descendants(self.proc.pid)]
+        return tree(self.proc.pid)
 
     def stop(self) -> None:
         stop(self.proc)
