@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import Engine, func, select
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOODGATE = [sys.executable, "-m", "relay.cli"]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -28,6 +30,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def event_count(engine: Engine) -> int:
+    """Events in the store (the relay writes them a batch at a time: wait_until on it)."""
+    from relay.models import Event
+
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Event)).scalar_one()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> object:

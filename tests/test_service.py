@@ -11,18 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import select
 
 from relay.models import Event
 from relay.spool import read_file
 from relay.store import make_engine
-from tests.support import PostgresCluster, floodgate, free_port, wait_until
+from tests.support import PostgresCluster, event_count, floodgate, free_port, wait_until
 from tests.test_smtp import ALIASES, MESSAGE, client, spooled
-
-
-def event_count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Event)).scalar_one()
 
 
 def read_reply(sock: socket.socket, buf: bytearray) -> str:
