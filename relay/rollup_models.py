@@ -17,7 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from relay.dbapi import executemany
 from relay.models import Base, Event
-from relay.sqltypes import from_micros
+from relay.sqltypes import EPOCH, from_micros
 
 HOUR = timedelta(hours=1)
 DELIVERY = "delivery"  # the stage of delivery outcomes
@@ -66,8 +66,7 @@ class HostTotal(Base):
 def floor(ts: datetime, step: timedelta) -> datetime:
     """The start of the UTC bucket holding `ts` (naive datetimes are taken as UTC)."""
     ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return ts - (ts - epoch) % step
+    return ts - (ts - EPOCH) % step
 
 
 HOUR_US = 3_600_000_000
