@@ -11,18 +11,23 @@ answer comes, so a failed write, a dead child or a store that is down loses noth
 was buffered; the child is started again when needed.
 
 Frames parent -> child (filters.offload's framing): a 4-byte big-endian length, then a
-pickle of a list of `relay.events.as_row` tuples (FIELDS order, times in microseconds).
-The child trusts its parent only (its stdin is a pipe).
+`marshal` of a list of `relay.events.as_row` tuples (FIELDS order, times in
+microseconds: only ints, strings and None). marshal, not pickle: dumping a batch of
+20,000 events held the SMTP loop 36 ms with pickle, 9 ms with marshal, and loading costs
+the same. Both ends are the same interpreter (the child is started with sys.executable),
+and the child trusts its parent only (its stdin is a pipe).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import os
-import pickle
+import queue
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,7 +79,7 @@ class EventProcess:
         except OSError as e:
             raise WriterDown(f"cannot start the event writer process: {e}") from e
         assert proc.stdin is not None and proc.stdout is not None
-        frame = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _frame(rows)
         before, mine = self._turn, asyncio.get_running_loop().create_future()
         self._turn = mine
         try:
@@ -113,8 +118,40 @@ class EventProcess:
         await reap(proc)
 
 
+def _frame(rows: list[tuple[Any, ...]]) -> bytes:
+    """A batch as marshal bytes. marshal refuses subclasses of str and int (an enum member
+    that reached an event field): such a batch goes as plain values instead of failing."""
+    try:
+        return marshal.dumps(rows)
+    except ValueError:
+        return marshal.dumps([tuple(map(_plain, row)) for row in rows])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__int__(value)
+    return value
+
+
 def _how(status: int) -> str:
     return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+
+
+def _read_batches(fd: int, batches: queue.SimpleQueue[list[tuple[Any, ...]] | None]
+                  ) -> None:
+    """Reader thread: take each batch off the pipe as soon as the parent sends it, so the
+    parent never waits on a full pipe and the writer never waits on the parent. The parent
+    has at most EventWriter.DEPTH batches in flight, which bounds the queue. None: the
+    parent closed the pipe."""
+    try:
+        while True:
+            batches.put(marshal.loads(read_frame(fd)))
+    except EOFError:
+        pass
+    finally:
+        batches.put(None)
 
 
 def main() -> None:
@@ -131,12 +168,11 @@ def main() -> None:
 
     setup(sys.argv[1] if len(sys.argv) > 1 else "INFO")
     engine = make_engine(os.environ["FLOODGATE_STORE_URL"])
-    stdin, out = sys.stdin.fileno(), sys.stdout.buffer
-    while True:
-        try:
-            rows = pickle.loads(read_frame(stdin))
-        except EOFError:
-            break
+    out = sys.stdout.buffer
+    batches: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
+    threading.Thread(target=_read_batches, args=(sys.stdin.fileno(), batches),
+                     name="read-batches", daemon=True).start()
+    while (rows := batches.get()) is not None:
         try:
             with engine.begin() as conn:
                 write_rows(conn, rows)
