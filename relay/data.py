@@ -17,15 +17,15 @@ bytes as aiosmtpd counts them (every line before the final dot, stuffing include
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 from dataclasses import dataclass, field
 
 MAX_LINE = 998  # octets of text per line, CRLF not counted (RFC 5321 4.5.3.1.6)
 END = b"\r\n.\r\n"
-# Bytes scanned per turn of the event loop. The scan costs about 5 ns a byte here (bare
-# CR/LF counts, line lengths, unstuffing), so 64 KB is ~0.35 ms: twenty big messages
-# streaming in at once then hold a loop turn for ~7 ms, not the ~30 ms of 256 KB blocks
-# that made every small session wait 100 ms a command (scripts/bench scenario 5).
+# Bytes read and scanned at a time. The scan costs about 5 ns a byte here (bare CR/LF
+# counts, line lengths, unstuffing), so a 64 KB block is ~0.35 ms of the event loop, and
+# BulkTurns lets a few blocks into each turn of the loop (scripts/bench scenario 5).
 BLOCK = 64 * 1024
 
 
@@ -140,23 +140,77 @@ class DataScanner:
             self.parts.clear()  # nothing of a refused message is kept
 
 
-async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> None:
+class BulkTurns:
+    """At most `per_turn` blocks of bulk DATA scanned per turn of the event loop.
+
+    Twenty 20 MB messages streaming in at once each had a block ready on nearly every
+    turn, so a turn held twenty blocks' scans (and their reads) and a small session waited
+    that long for each of its commands. With four blocks a turn the others wait in their
+    sockets (TCP pushes back on their senders): scripts/bench scenario 5, the small
+    sessions' p99 went from about 230 ms to 55-75 ms, and the twenty big messages took
+    about 1.1x as long (eight a turn: 111 ms; two: 71 ms and 1.15x). The first block of a
+    message is never held, so a small message never waits for a big one. Futures are made
+    on the running loop when needed, so one instance serves any loop.
+    """
+
+    def __init__(self, per_turn: int = 4):
+        self.per_turn = per_turn
+        self._left = per_turn
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._armed = False
+
+    async def take(self) -> None:
+        """Return when this turn may scan one more block."""
+        if self._left > 0 and not self._waiting:
+            self._left -= 1
+            self._arm()
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        self._arm()
+        await fut
+
+    def _arm(self) -> None:
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """The next turn's budget: the oldest waiters first."""
+        self._armed = False
+        self._left = self.per_turn
+        while self._left and self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():  # a reader cancelled while waiting takes nothing
+                fut.set_result(None)
+                self._left -= 1
+        if self._waiting:
+            self._arm()
+
+
+BULK = BulkTurns()
+
+
+async def read_data(reader: asyncio.StreamReader, scanner: DataScanner,
+                    turns: BulkTurns = BULK) -> None:
     """Read until the scanner has seen the final dot; give back what followed it.
 
     StreamReader has no public unread, so the bytes after the dot are put back at the
-    front of its buffer (aiosmtpd itself reaches into `_buffer` for STARTTLS); the same
-    buffer says whether to yield between blocks. Raises ConnectionError when the client
+    front of its buffer (aiosmtpd itself reaches into `_buffer` for STARTTLS). Every block
+    after the first takes its turn from `turns`. Raises ConnectionError when the client
     goes away first.
     """
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    first = True
     while True:
         chunk = await reader.read(BLOCK)
         if not chunk:
             raise ConnectionError("connection closed during DATA")
+        if not first:
+            await turns.take()
+        first = False
         rest = scanner.feed(chunk)
         if rest is not None:
             if rest:
                 buffer[:0] = rest
             return
-        if buffer:  # more is waiting: let the other clients have this turn of the loop
-            await asyncio.sleep(0)
