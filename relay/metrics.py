@@ -93,9 +93,17 @@ class Metrics:
         self.blocked = Gauge("floodgate_blocked_hosts", "Hosts and networks blocked now",
                              registry=r)
         self._server: Any = None
+        self._decided: dict[tuple[str, str, str], Callable[[], None]] = {}
 
     def decision(self, stage: str, action: str, reason: str) -> None:
-        self.decisions.labels(stage=stage, action=action, reason=reason).inc()
+        """Count one SMTP decision. Called for every RCPT of a flood: each label set's
+        counter is looked up once (prometheus_client's labels() takes a lock and checks
+        its arguments every call)."""
+        key = (stage, action, reason)
+        inc = self._decided.get(key)
+        if inc is None:
+            inc = self._decided[key] = self.decisions.labels(*key).inc
+        inc()
 
     def timed(self, filters: Iterable[Filter]) -> list[Filter]:
         """Time every check except the recipient lookup (a dict probe, nothing to see)."""
