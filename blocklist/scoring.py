@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,12 @@ class Protection:
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     own: frozenset[str]
     loopback: bool
+    _remembered: Callable[[str], str | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Asked on every connection: in a flood, parsing the address and matching it each
+        # time was 2% of the event loop's time (scripts/bench scenario 1).
+        object.__setattr__(self, "_remembered", lru_cache(maxsize=65_536)(self._why))
 
     @classmethod
     def build(cls, allow: Iterable[str], own_addresses: Iterable[str],
@@ -150,6 +157,9 @@ class Protection:
 
     def why(self, host: str) -> str | None:
         """None when `host` (an address or network) may be blocked, else the reason."""
+        return self._remembered(host)
+
+    def _why(self, host: str) -> str | None:
         if host in self.own:
             return "one of the relay's own listen addresses"
         try:
