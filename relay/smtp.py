@@ -426,10 +426,12 @@ class RelayHandler:
                 queue_id: str = "") -> None:
         """`sender` None: no transaction yet (the log line then has no sender field)."""
         # client-chosen text (HELO, addresses, virus names) is stored escaped: no NUL for
-        # PostgreSQL to refuse, no terminal escapes for a report to replay
+        # PostgreSQL to refuse, no terminal escapes for a report to replay. The stage goes
+        # as a plain str, not a Stage member: the event writer's pipe takes plain values
+        # fastest (relay/event_proc.py).
         self.events.emit(EventRecord(
             ts=EventRecord.now(), node=self.node, client=client,
-            host=host_key(client, self.ipv6_prefix), stage=stage,
+            host=host_key(client, self.ipv6_prefix), stage=str(stage),
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=printable(helo)[:255], sender=printable(sender or "")[:320],
             recipient=printable(recipient), detail=printable(verdict.detail), size=size,
