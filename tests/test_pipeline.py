@@ -10,13 +10,17 @@ from relay.pipeline import Pipeline
 
 
 @dataclass
-class Stuck:
-    """A filter whose check never answers (a scanner that hangs), or raises."""
-
+class Named:
     name: str = "stuck"
     stage: Stage = Stage.RCPT
     timeout: float = 0.05
     on_error: Action = Action.TEMPFAIL
+
+
+@dataclass
+class Stuck(Named):
+    """A filter whose check never answers (a scanner that hangs), or raises."""
+
     fail: bool = False
     cancelled: bool = False
 
@@ -31,13 +35,7 @@ class Stuck:
         return None
 
 
-@dataclass
-class Accepting:
-    name: str = "ok"
-    stage: Stage = Stage.RCPT
-    timeout: float = 1.0
-    on_error: Action = Action.TEMPFAIL
-
+class Accepting(Named):
     async def check(self, ctx: Context) -> Verdict | None:
         return Verdict.accept(250, "2.1.5", "ok", "OK")
 
