@@ -84,6 +84,19 @@ def _earlier_rows(current: Path, only: set[str]) -> list[sc.Row]:
     return [r for rows in found.values() for r in rows]
 
 
+def revision() -> str:
+    """The commit measured, and whether code was changed on top of it (README.md, which
+    the bench itself rewrites, does not count)."""
+    def git(*args: str) -> str:  # not stripped: a status line starts with a space
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                              text=True).stdout
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
+               .splitlines() if line[3:] != "README.md"]
+    rev = git("rev-parse", "--short", "HEAD").strip()
+    return f"{rev} plus uncommitted changes to {', '.join(changed)}" if changed else rev
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter runs, 1M-event report")
@@ -98,6 +111,7 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # scenario 6: 5,000 + 5,000 fds
     stamp = datetime.now(UTC)
+    rev = revision()  # what is measured: taken before the run, which may take a while
     workdir = ROOT / "var" / "bench" / stamp.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     settings = sc.Settings(workdir, args.quick)
@@ -141,8 +155,6 @@ def main() -> None:
             print(f"bench: scenario {key} took {time.monotonic() - t0:.0f}s", flush=True)
     elapsed = time.monotonic() - started
     _prune(workdir)
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
     text = table(rows)
     print("\n" + text)
     (workdir / "results.json").write_text(json.dumps(
@@ -152,7 +164,7 @@ def main() -> None:
         return
     head = (f"Measured by `scripts/bench{' --quick' if args.quick else ''}"
             f"{'' if only == set('1234567') else ' --only ' + args.only}` on "
-            f"{stamp:%Y-%m-%d %H:%M} UTC (commit {rev} plus working tree), in "
+            f"{stamp:%Y-%m-%d %H:%M} UTC (commit {rev}), in "
             f"{elapsed / 60:.0f} min, on {desc}. Every figure is set against a baseline "
             "measured in the same run: absolute numbers on a shared two-core machine mean "
             "little. Load: an asyncio generator (one process, uvloop) on the same machine, "
