@@ -42,7 +42,7 @@ class WriterDown(Exception):
 
 class EventProcess:
     """Parent side: one child process. Batches may be sent while earlier ones are still
-    being written (the parent's pickling overlaps the child's inserts); the child answers
+    being written (the parent's marshalling overlaps the child's inserts); the child answers
     them in order, and each caller reads its own answer in turn."""
 
     def __init__(self, url: str, argv: Sequence[str] = ()):

@@ -62,7 +62,8 @@ _BY_HOST = operator.itemgetter(HOST)
 
 def as_row(record: EventRecord) -> tuple[Any, ...]:
     """A record as the tuple the pipe carries and SQLite stores: FIELDS order, the time as
-    integer microseconds (relay/sqltypes.py). Pickling datetimes cost more than this."""
+    integer microseconds (relay/sqltypes.py). marshal carries no datetimes, and pickling
+    them had cost more than this."""
     return (to_micros(record.ts), *_REST(record))
 
 
