@@ -9,8 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
+
+
+def markers(dialect: Dialect, n: int) -> str:
+    """`n` positional parameter markers in the driver's own style: `?` for sqlite3
+    (qmark), `%s` for psycopg (format, pyformat)."""
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return ", ".join([mark] * n)
 
 
 def executemany(conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:

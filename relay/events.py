@@ -18,10 +18,10 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from relay.dbapi import executemany
+from relay.dbapi import executemany, markers
 from relay.event_proc import EventProcess, WriterDown
 from relay.models import Event
 from relay.rollup_models import add_to_rollups, prune
@@ -67,17 +67,21 @@ def as_row(record: EventRecord) -> tuple[Any, ...]:
     return (to_micros(record.ts), *_REST(record))
 
 
+def insert_sql(dialect: Dialect) -> str:
+    """The driver-level INSERT of one `as_row` tuple into events."""
+    return (f"INSERT INTO {Event.__tablename__} ({', '.join(FIELDS)}) "
+            f"VALUES ({markers(dialect, len(FIELDS))})")
+
+
 def write_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert `as_row` tuples and count them into the rollups, in the caller's transaction
     (reports never disagree with the events). Through the driver's executemany:
     SQLAlchemy's per-row parameter processing cost more than the SQL."""
     if not rows:
         return
-    sqlite = conn.dialect.name == "sqlite"
-    mark = "?" if sqlite else "%s"
-    sql = (f"INSERT INTO {Event.__tablename__} ({', '.join(FIELDS)}) "
-           f"VALUES ({', '.join([mark] * len(FIELDS))})")
-    if sqlite:  # in host order, the (host, ts) index takes them page by page: 1.1x the rate
+    sql = insert_sql(conn.dialect)
+    if conn.dialect.name == "sqlite":
+        # in host order, the (host, ts) index takes them page by page: 1.1x the rate
         executemany(conn, sql, sorted(rows, key=_BY_HOST))
     else:
         executemany(conn, sql, [(from_micros(r[0]), *r[1:]) for r in rows])

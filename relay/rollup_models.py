@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from relay.dbapi import executemany
+from relay.dbapi import executemany, markers
 from relay.models import Base, Event
 from relay.sqltypes import EPOCH, from_micros
 
@@ -87,11 +87,10 @@ def _upsert(conn: Connection, table, key: list[str], sums: list[str],  # type: i
     if not counts:
         return
     sqlite = conn.dialect.name == "sqlite"
-    mark = "?" if sqlite else "%s"
     name = table.name
     adds = ", ".join(f"{c} = {name}.{c} + excluded.{c}" for c in sums)
     sql = (f"INSERT INTO {name} ({', '.join(key + sums)}) "
-           f"VALUES ({', '.join([mark] * (len(key) + len(sums)))}) "
+           f"VALUES ({markers(conn.dialect, len(key) + len(sums))}) "
            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {adds}")
     buckets = {n: _bucket(n * unit, sqlite) for n in {k[0] for k in counts}}
     # sorted: concurrent relays on PostgreSQL take row locks in the same order, no deadlock

@@ -645,14 +645,13 @@ def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
 
 def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     """Baseline: the driver's executemany of the same rows, same batches, no SQLAlchemy."""
-    from relay.events import FIELDS, as_row
+    from relay.events import as_row, insert_sql
     from relay.store import make_engine, upgrade
 
     engine = make_engine(url)
     upgrade(engine)
     sqlite = url.startswith("sqlite")
-    mark = "?" if sqlite else "%s"
-    sql = f"INSERT INTO events ({', '.join(FIELDS)}) VALUES ({', '.join([mark] * len(FIELDS))})"
+    sql = insert_sql(engine.dialect)  # the writer's own statement
     # the time as the store keeps it: integer microseconds on SQLite, a datetime elsewhere
     tuples = [as_row(r) if sqlite else (r.ts, *as_row(r)[1:]) for r in rows]
     raw = engine.raw_connection()
