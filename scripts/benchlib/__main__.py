@@ -100,7 +100,7 @@ def revision() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter runs, 1M-event report")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="scenarios, e.g. 1,2")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="scenarios, e.g. 1,2")
     ap.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     ap.add_argument("--notes", type=Path, default=Path(__file__).with_name("analysis.md"),
                     help="markdown appended under the table (default: benchlib/analysis.md)")
@@ -121,7 +121,7 @@ def main() -> None:
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         scanners = None
-        if only & {"3", "4", "5"}:
+        if only & {"3", "4", "5", "8"}:
             from tests.services import run_clamd, run_spamd
 
             clamd = stack.enter_context(run_clamd(workdir / "clamd", stream_max_length="30M",
@@ -134,7 +134,8 @@ def main() -> None:
                  ("4", lambda: sc.scenario_4(settings, scanners)),
                  ("5", lambda: sc.scenario_5(settings, scanners)),
                  ("6", lambda: sc.scenario_6(settings)),
-                 ("7", lambda: sc.scenario_7(settings))]
+                 ("7", lambda: sc.scenario_7(settings)),
+                 ("8", lambda: sc.scenario_8(settings, scanners))]
         for key, fn in steps:
             if key not in only:
                 continue
@@ -175,7 +176,7 @@ def main() -> None:
             "false` (scoring would block the generator's addresses) and `[blocklist] "
             "protect_loopback = false` (scenario 2 blocks "
             f"`{sc.BLOCKED_NET}` with `floodgate block add`).\n\n")
-    if only != set("1234567"):  # the other scenarios' rows from the last run that had them
+    if only != set("12345678"):  # the other scenarios' rows from the last run that had them
         earlier = _earlier_rows(workdir, only)
         if earlier:
             rows = sorted([*rows, *earlier], key=lambda r: r.scenario.split()[0])

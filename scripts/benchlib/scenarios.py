@@ -1,4 +1,5 @@
-"""The seven scenarios of the performance issue, each with its baseline from the same run.
+"""The scenarios of the performance issue (1-7) and of hostile single clients (8), each
+with its baseline from the same run.
 
 Every scenario returns `Row`s; `run.py` prints them and writes the README table. Relays get
 the demo configuration adapted by `services.relay_config` (own port, store, spool; scoring off
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import random
 import re
 import subprocess
@@ -424,15 +426,16 @@ def scenario_4(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-d
 # -- scenario 5: large messages ---------------------------------------------------------------
 
 async def _probe(port: int, stop: asyncio.Event, interval: float = 0.01) -> list[float]:
-    """A NOOP every `interval` on one connection: the reply time bounds the relay's longest
-    event-loop stall from outside (a stalled loop answers nothing)."""
+    """A HELO every `interval` on one connection: the reply time bounds the relay's longest
+    event-loop stall from outside (a stalled loop answers nothing). HELO, not NOOP: NOOP is
+    a junk command, and past `smtpd_junk_command_limit` of them the session is cut off."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port,
                                                    local_addr=("127.10.9.9", 0))
     await reader.readline()
     rtts = []
     while not stop.is_set():
         t0 = time.perf_counter()
-        writer.write(b"NOOP\r\n")
+        writer.write(b"HELO probe.example\r\n")
         await reader.readline()
         rtts.append(time.perf_counter() - t0)
         await asyncio.sleep(interval)
@@ -749,3 +752,138 @@ def scenario_7(s: Settings) -> list[Row]:
     except Exception as e:
         out.append(Row(title, "firewall export/apply", "failed", note=str(e)[-200:]))
     return out
+
+
+# -- scenario 8: one hostile client at a time (issue #16) ---------------------------------------
+
+def _attack(port: int, name: str, pid: int, hold: bool = False
+            ) -> tuple[dict[str, Any], list[float], int]:
+    """Run attack `name` (scripts/benchlib/attacks.py) from a process of its own, with the
+    NOOP probe and the RSS sampler alongside; returns what the attacker saw, the probe's
+    reply times and the relay's peak RSS (children included). `hold`: the attacker
+    reports once it holds its connections; the peak is taken then, and it is let go."""
+    import uvloop
+
+    async def go() -> tuple[dict[str, Any], list[float], int]:
+        stop = asyncio.Event()
+        probe = asyncio.create_task(_probe(port, stop))
+        peak = asyncio.create_task(_peak_rss(pid, stop))
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-m", "scripts.benchlib.attacks", name, str(port), cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdin is not None
+        held = 0
+        if hold:
+            await proc.stdout.readline()  # {"holding": n}
+            held = tree_rss_bytes(pid)
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+        out, _ = await asyncio.wait_for(proc.communicate(), 600)
+        await asyncio.sleep(1.0)  # the probe keeps going a while: p99 over 100+ replies
+        stop.set()
+        lines = out.decode().strip().splitlines()
+        got = json.loads(lines[-1]) if lines else {"error": proc.returncode}
+        if hold:
+            got["rss_held_mb"] = round(held / 2**20)
+            got["rss_after_mb"] = round(tree_rss_bytes(pid) / 2**20)
+        return got, await probe, await peak
+
+    return uvloop.run(go())
+
+
+def _events_kept(db: Path, net: str) -> tuple[int, int]:
+    """unknown_rcpt events stored for clients in `net` (127.31.), and how many hosts."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        cols = {row[1] for row in con.execute("PRAGMA table_info(events)")}
+        count = "sum(count)" if "count" in cols else "count(*)"
+        n, hosts = con.execute(
+            f"SELECT coalesce({count}, 0), count(DISTINCT client) FROM events "
+            "WHERE reason = 'unknown_rcpt' AND client LIKE ?", (net + "%",)).fetchone()
+    finally:
+        con.close()
+    return int(n), int(hosts)
+
+
+def scenario_8(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-def]
+    import uvloop
+
+    from scripts.benchlib import attacks
+
+    title = "8 hostile clients"
+    out: list[Row] = []
+    work = s.workdir / "s8"
+    work.mkdir(parents=True, exist_ok=True)
+    aliases = attacks.harvest_aliases(work / "aliases.txt")
+    setup = [ALIASES, ["aliases", "import", str(aliases), "--format", "postfix"]]
+    # the probe is the one client exempt from the per-client and per-session limits
+    probe_only = '[limits]\nexempt = ["127.10.9.9/32"]\n'
+    clamd, spamd = scanners
+    with relay(s, "s8", scoring=True, setup=setup, extra=probe_only, clamd=clamd.address,
+               spamd=spamd.address) as r:
+        pid = r.pids[0]
+        stop = asyncio.Event()
+
+        async def quiet() -> tuple[list[float], int]:
+            probe = asyncio.create_task(_probe(r.port, stop))
+            peak = asyncio.create_task(_peak_rss(pid, stop))
+            await asyncio.sleep(s.seconds)
+            stop.set()
+            return await probe, await peak
+
+        print("  scenario 8: probe alone", flush=True)
+        base_rtt, base_rss = uvloop.run(quiet())
+        base99 = _p99(base_rtt)
+        out.append(Row(title, "NOOP probe alone (baseline): p99 / worst",
+                       f"{_ms(base99)} / {_ms(max(base_rtt))}",
+                       note=f"RSS {base_rss / 2**20:.0f} MB"))
+        for name, what in [
+                ("folded_header", "one header folded over 124,000 lines (9.5 MB)"),
+                ("pipelined_rcpt", "10 sessions pipelining 1,000 unknown RCPTs each"),
+                ("pipelined_noop", "1 session pipelining 100,000 NOOPs"),
+                ("mime_parts", "10 x 1 MB of 12,000 tiny MIME parts at once"),
+                ("unfinished_data", f"{attacks.HOLDERS} x 20 MB of DATA without the dot"),
+                ("harvest", f"directory harvest, {attacks.WORDS:,} words, one session")]:
+            print(f"  scenario 8: {name}", flush=True)
+            got, rtt, peak = _attack(r.port, name, pid, hold=name == "unfinished_data")
+            p99, worst = _p99(rtt), max(rtt, default=float("nan"))
+            note = ", ".join(f"{k} {v}" for k, v in got.items())
+            if name == "unfinished_data":
+                grown = got.get("rss_held_mb", 0) - base_rss / 2**20
+                out.append(Row(title, f"{what}: relay RSS held / after release",
+                               f"{got.get('rss_held_mb')} MB / {got.get('rss_after_mb')} MB",
+                               f"{base_rss / 2**20:.0f} MB quiet", _ratio(
+                                   got.get("rss_held_mb", 0), base_rss / 2**20),
+                               "< 300 MB more than quiet", grown < 300,
+                               "relay and its children"))
+            if name == "harvest":
+                out.append(Row(title, f"{what}: valid addresses learned",
+                               f"{got.get('learned')} of {attacks.VALID}",
+                               f"{got.get('tried')} tried", target="<= 20",
+                               met=(got.get("learned") or 0) <= 20, note=note))
+            out.append(Row(title, f"{what}: probe p99 / worst",
+                           f"{_ms(p99)} / {_ms(worst)}", f"{_ms(base99)} / "
+                           f"{_ms(max(base_rtt))}", _ratio(p99, base99),
+                           "< 100 ms / < 500 ms", p99 < 0.1 and worst < 0.5,
+                           f"peak RSS {peak / 2**20:.0f} MB; {note}"))
+    print("  scenario 8: event flood", flush=True)
+    with relay(s, "s8e", event_buffer=1000) as r:
+        got, rtt, _ = _attack(r.port, "event_flood", r.pids[0])
+        db = s.workdir / "s8e" / "floodgate.db"
+    kept, hosts = _events_kept(db, "127.31.")
+    refused = int(got.get("refused_rcpts", 0))
+    out.append(Row(title, f"event flood ({attacks.FLOOD_HOSTS:,} hosts, event_buffer = 1,000):"
+                   " unknown_rcpt events kept", f"{kept:,} of {refused:,}",
+                   "every refusal", _ratio(kept, refused), "1.00x, every host",
+                   kept >= refused and hosts >= min(attacks.FLOOD_HOSTS, refused),
+                   f"{hosts:,} hosts in the store; probe worst {_ms(max(rtt, default=0))}"))
+    return out
+
+
+def _p99(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]

@@ -75,7 +75,8 @@ def relay_config(path: Path, *, port: int, workdir: Path, store_url: str = "",
                  clamav_cache: bool = True, spam_cache: bool = True,
                  delivery: bool = False, sink_port: int = 0, metrics_port: int = 0,
                  max_message_size: int = 26_214_400, clamav_concurrency: int = 4,
-                 spamd_concurrency: int = 2) -> Path:
+                 spamd_concurrency: int = 2, event_buffer: int = 0,
+                 extra: str = "") -> Path:
     """The demo configuration (fixtures/demo.toml) adapted for load: its own port, store and
     spool under `workdir`, loopback not protected (scenario 2 blocks a 127/8 source), scoring
     off unless asked (it would block the load generator's addresses within a minute)."""
@@ -94,6 +95,7 @@ shutdown_grace = "5s"
 
 [store]
 url = "{store_url}"
+{f"event_buffer = {event_buffer}" if event_buffer else ""}
 
 [domains."example.org"]
 next_hop = "{hop}"
@@ -133,6 +135,8 @@ cache.enabled = {str(spam_cache).lower()}
 """)
     if metrics_port:
         lines.append(f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    if extra:  # more tables (only ones not written above)
+        lines.append(extra)
     path.write_text("\n".join(lines))
     return path
 
