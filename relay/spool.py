@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MAGIC = b"FLOODGATE-SPOOL 1 "
+# How aiosmtpd, and spool files written by earlier versions, spell the null reverse path.
+NULL_SENDER_TEXT = "<>"
 
 
 @dataclass(slots=True)
@@ -36,6 +38,13 @@ class Envelope:
     received: float
     size: int = 0
     mail_options: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """The null sender is "" here, whoever wrote the envelope: aiosmtpd says "<>", and
+        sent on as such it is refused (aiosmtplib 5) or sent as `<<>>` (4.x). Files
+        already spooled with "<>" are read through here too, so they are delivered."""
+        if self.mail_from.strip() == NULL_SENDER_TEXT:
+            self.mail_from = ""
 
 
 def new_queue_id() -> str:

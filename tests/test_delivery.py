@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import json
 import random
 import signal
 import smtplib
@@ -19,6 +20,7 @@ from relay.delivery_config import parse_size
 from relay.dsn import status_of
 from relay.models import Event
 from relay.queue import backoff
+from relay.spool import MAGIC
 from relay.store import make_engine
 from tests.sink import Sink
 from tests.support import RelayProcess, floodgate, port_open, wait_until, write_config
@@ -245,6 +247,32 @@ def test_no_dsn_for_null_sender_and_expiry_bounces(start_relay, sqlite_url, sink
     assert sink.attempts("busy@dest.test") >= 2
     wait_until(lambda: not queued(relay), what="spool empty")
     assert [m.rcpt_tos for m in sink.messages()] == [("author@sender.test",)]
+
+
+def test_null_sender_is_delivered_with_an_empty_reverse_path(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
+    """Bounces and delivery reports reach the next hop as `MAIL FROM:<>`, including those a
+    relay of an earlier version spooled with the sender as the text "<>"; and a recipient
+    of one that fails gets no DSN (RFC 5321 4.5.5)."""
+    sink.up()
+    sink.set_reply("gone@dest.test", "550 5.1.1 no such user")
+    relay = start(start_relay, sqlite_url, sink.hop)
+    fresh = send(relay, ["bounce@dest.test", "gone@dest.test"], message("null-fresh"),
+                 sender="")
+    envelope = {"queue_id": "0LEGACY0NULL", "mail_from": "<>", "rcpt_tos": ["old@dest.test"],
+                "client": "192.0.2.1", "helo": "old.test", "node": "relay",
+                "received": time.time(), "size": 0, "mail_options": []}
+    staged = queue_dir(relay).parent / "legacy.msg"
+    staged.write_bytes(MAGIC + json.dumps(envelope).encode() + b"\n" + message("null-legacy"))
+    staged.rename(queue_dir(relay) / "0LEGACY0NULL.msg")
+    wait_until(lambda: sink.to("bounce@dest.test") and sink.to("old@dest.test"), timeout=20,
+               what="both null-sender messages delivered")
+    for got in sink.messages():
+        assert got.mail_arg.split()[0] == "FROM:<>", got.mail_arg
+    relay.wait_for_log(rf"no DSN for the null sender queue_id={fresh}")
+    wait_until(lambda: not queued(relay), what="spool empty")
+    assert sorted(m.rcpt_tos for m in sink.messages()) == [("bounce@dest.test",),
+                                                           ("old@dest.test",)]
+    assert "internal error" not in relay.log()
 
 
 def test_back_pressure_452_and_recovery(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
