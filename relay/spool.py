@@ -47,6 +47,11 @@ class Envelope:
             self.mail_from = ""
 
 
+class IncompleteEnvelope(ValueError):
+    """A file in queue/ whose envelope line is not all there: not a message (yet).
+    Spool.write renames only complete files into queue/; this guards any other writer."""
+
+
 def new_queue_id() -> str:
     """Sortable by arrival (microseconds, hex) and unique across relays (random tail)."""
     return f"{time.time_ns() // 1000:X}{secrets.token_hex(3).upper()}"
@@ -164,10 +169,13 @@ class Spool:
         return sorted(p.stem for p in self.queue.glob("*.msg"))
 
     def read_envelope(self, queue_id: str) -> Envelope:
-        """The envelope alone: the header line, without reading the message."""
+        """The envelope alone: the header line, without reading the message.
+        IncompleteEnvelope while that line has no end yet."""
         path = self.path(queue_id)
         with open(path, "rb") as fh:
             header = fh.readline()
+        if not header.endswith(b"\n"):
+            raise IncompleteEnvelope(f"{path}: the envelope line is not complete")
         return _envelope(path, header.rstrip(b"\n"))
 
     def state_path(self, queue_id: str) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import json
+import logging
 import random
 import signal
 import smtplib
@@ -16,11 +18,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from relay import queue
+from relay.config import load_config
+from relay.delivery import DeliveryService
 from relay.delivery_config import parse_size
 from relay.dsn import status_of
+from relay.events import EventWriter
 from relay.models import Event
 from relay.queue import backoff
-from relay.spool import MAGIC
+from relay.spool import MAGIC, Envelope, Spool, new_queue_id
 from relay.store import make_engine
 from tests.sink import Sink
 from tests.support import RelayProcess, floodgate, port_open, wait_until, write_config
@@ -405,3 +411,67 @@ def test_backoff_doubles_between_bounds() -> None:
     assert parse_size("100MB") == 100 * 1024**2 and parse_size(512) == 512
     assert status_of("550 5.1.1 User unknown") == "5.1.1"
     assert status_of("554 no such thing") == "5.0.0"
+
+
+def _scan_service(tmp_path: Path) -> tuple[DeliveryService, Spool]:
+    """A delivery service on a real spool, not started: the test drives its scan."""
+    url = f"sqlite:///{tmp_path}/floodgate.db"
+    config = load_config(str(write_config(tmp_path / "relay.toml", store_url=url, port=2525)))
+    spool = Spool(config.relay.spool_dir)
+    spool.prepare()
+    return DeliveryService(config, spool, EventWriter(make_engine(url))), spool
+
+
+def _spool_message(spool: Spool, n: str) -> str:
+    envelope = Envelope(queue_id=new_queue_id(), mail_from="author@sender.test",
+                        rcpt_tos=["a@dest.test"], client="192.0.2.7", helo="client.test",
+                        node="relay", received=time.time())
+    spool.write(envelope, message(n))
+    return envelope.queue_id
+
+
+def test_scan_claims_operator_removal_only_for_known_messages(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The race behind a `removed from the queue by the operator` line for mail just
+    accepted: the scan lists the directory, a message is spooled (its listener tells the
+    service) before the listing is compared with what the service knows. Driven
+    deterministically: the arrival is made inside the listing call, after the listing."""
+    caplog.set_level(logging.INFO, logger="floodgate.delivery")
+    service, spool = _scan_service(tmp_path)
+    claims = "removed from the queue by the operator"
+
+    async def scenario() -> None:
+        service.loop = asyncio.get_running_loop()
+        old = _spool_message(spool, "old")
+        await service._scan()
+        assert set(service.entries) == {old}
+        spool.listeners.append(service._spooled)
+        listed = spool.ids
+        arrived: list[str] = []
+
+        def listing_then_arrival() -> list[str]:
+            ids = listed()
+            arrived.append(_spool_message(spool, "new"))  # its listener runs meanwhile
+            return ids
+
+        spool.ids = listing_then_arrival  # type: ignore[method-assign]
+        await service._scan()
+        spool.ids = listed  # type: ignore[method-assign]
+        assert set(service.entries) == {old, *arrived}
+        assert claims not in caplog.text
+        # a file whose envelope line is not complete yet is not a message: neither added
+        # nor reported as unreadable, and picked up once it is whole
+        partial = spool.path("0PARTIAL")
+        head = MAGIC + json.dumps({"queue_id": "0PARTIAL", "mail_from": ""}).encode()
+        partial.write_bytes(head[:-10])
+        await service._scan()
+        assert "0PARTIAL" not in service.entries
+        assert "unreadable" not in caplog.text
+        partial.unlink()
+        # what the operator really removes is reported, and only that
+        assert queue.delete(spool, old)
+        await service._scan()
+        assert set(service.entries) == set(arrived)
+        assert caplog.text.count(claims) == 1
+        assert f"{claims} queue_id={old}" in caplog.text
+
+    asyncio.run(scenario())
