@@ -126,6 +126,8 @@ class DeliveryService:
         self._background: set[asyncio.Task[None]] = set()
         self._disk_low: str | None = None
         self.tls = self._tls_context()
+        # Null-sender messages in the spool per client host key (not our own DSNs).
+        self.null_queued: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -177,6 +179,24 @@ class DeliveryService:
                 self._disk_low = f"cannot check free space: {e.strerror}"
         return self._disk_low
 
+    def null_sender_full(self, client: str) -> str | None:
+        """Why `client` may not queue another null-sender message, or None: it has its
+        share (limits.null_sender_share of max_spool_messages) queued already."""
+        share, limit = self.config.limits.null_sender_share, self.settings.max_spool_messages
+        if not share or not limit:
+            return None
+        cap = max(1, round(share * limit))
+        key = host_key(client, self.config.store.ipv6_prefix)
+        queued = self.null_queued.get(key, 0)
+        if queued < cap:
+            return None
+        return f"{queued} null-sender messages queued from {key} (share {cap})"
+
+    def _null_key(self, envelope: Envelope) -> str | None:
+        if envelope.mail_from or not envelope.client:
+            return None
+        return host_key(envelope.client, self.config.store.ipv6_prefix)
+
     # -- the in-memory queue ---------------------------------------------------------------
 
     def _read_all(self, known: set[str]) -> list[tuple[Envelope, MessageState]]:
@@ -206,11 +226,19 @@ class DeliveryService:
             return
         entry = Entry(envelope, state)
         self.entries[envelope.queue_id] = entry
+        key = self._null_key(envelope)
+        if key is not None:
+            self.null_queued[key] += 1
         self._schedule(entry, state.next_attempt)
 
     def _forget(self, queue_id: str) -> None:
         """The message has left the spool (delivered, bounced, expired or deleted)."""
-        self.entries.pop(queue_id, None)
+        entry = self.entries.pop(queue_id, None)
+        key = None if entry is None else self._null_key(entry.envelope)
+        if key is not None:
+            self.null_queued[key] -= 1
+            if self.null_queued[key] <= 0:
+                del self.null_queued[key]
 
     def _spooled(self, envelope: Envelope) -> None:
         """Spool listener (runs in the writer's thread): new mail is due at once."""

@@ -281,6 +281,43 @@ def test_null_sender_is_delivered_with_an_empty_reverse_path(start_relay, sqlite
     assert "internal error" not in relay.log()
 
 
+def _null_mail(relay: RelayProcess, source: str = "127.0.0.1",
+               sender: str = "") -> tuple[int, bytes]:
+    """MAIL from `source` with `sender` (the null sender unless told): its reply."""
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10,
+                      source_address=(source, 0)) as smtp:
+        smtp.ehlo("client.test")
+        return smtp.mail(sender)
+
+
+def test_null_sender_share_per_client(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
+    """A client with its share of null-sender mail queued gets 452 4.3.1 at MAIL FROM:<>;
+    other clients, and its own mail with a sender, are not held back; the count falls as
+    its messages expire or are delivered."""
+    limits = "\n[limits]\nexempt = []\nnull_sender_share = 0.03\n"
+    relay = start_relay(sqlite_url, extra=domains(sink.hop) + limits,
+                        extra_delivery=delivery_settings(
+                            'max_spool_messages = 100\nmax_lifetime = "15s"'))
+    for i in range(3):  # the next hop is down: they stay queued until max_lifetime
+        send(relay, ["bounce@dest.test"], message(f"share{i}"), sender="")
+    code, reply = _null_mail(relay)
+    assert (code, reply[:5]) == (452, b"4.3.1"), reply
+    assert b"Insufficient system storage" in reply
+    relay.wait_for_log(r"stage=mail action=tempfail reason=null_sender_share code=452")
+    assert _null_mail(relay, source="127.0.0.2")[0] == 250
+    assert _null_mail(relay, sender="author@sender.test")[0] == 250
+    # expiry: no DSN for the null sender, the spool empties, the client's share is free
+    wait_until(lambda: not queued(relay), timeout=40, what="null-sender mail expired")
+    assert _null_mail(relay)[0] == 250
+    # delivery frees the share as well
+    sink.up()
+    for i in range(3):
+        send(relay, ["bounce@dest.test"], message(f"delivered{i}"), sender="")
+    wait_until(lambda: len(sink.to("bounce@dest.test")) == 3 and not queued(relay),
+               what="null-sender mail delivered")
+    assert _null_mail(relay)[0] == 250
+
+
 def test_back_pressure_452_and_recovery(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
     relay = start(start_relay, sqlite_url, sink.hop, "max_spool_messages = 3")
     for i in range(2):
