@@ -32,7 +32,15 @@ from relay.config import Config, DomainConfig
 from relay.config_types import parse_endpoint
 from relay.events import EventRecord, EventWriter
 from relay.logs import kv
-from relay.spool import BOUNCED, DELIVERED, PENDING, Envelope, MessageState, Spool
+from relay.spool import (
+    BOUNCED,
+    DELIVERED,
+    PENDING,
+    Envelope,
+    IncompleteEnvelope,
+    MessageState,
+    Spool,
+)
 
 log = logging.getLogger("floodgate.delivery")
 
@@ -118,6 +126,8 @@ class DeliveryService:
         self._background: set[asyncio.Task[None]] = set()
         self._disk_low: str | None = None
         self.tls = self._tls_context()
+        # Null-sender messages in the spool per client host key (not our own DSNs).
+        self.null_queued: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -169,6 +179,24 @@ class DeliveryService:
                 self._disk_low = f"cannot check free space: {e.strerror}"
         return self._disk_low
 
+    def null_sender_full(self, client: str) -> str | None:
+        """Why `client` may not queue another null-sender message, or None: it has its
+        share (limits.null_sender_share of max_spool_messages) queued already."""
+        share, limit = self.config.limits.null_sender_share, self.settings.max_spool_messages
+        if not share or not limit:
+            return None
+        cap = max(1, round(share * limit))
+        key = host_key(client, self.config.store.ipv6_prefix)
+        queued = self.null_queued.get(key, 0)
+        if queued < cap:
+            return None
+        return f"{queued} null-sender messages queued from {key} (share {cap})"
+
+    def _null_key(self, envelope: Envelope) -> str | None:
+        if envelope.mail_from or not envelope.client:
+            return None
+        return host_key(envelope.client, self.config.store.ipv6_prefix)
+
     # -- the in-memory queue ---------------------------------------------------------------
 
     def _read_all(self, known: set[str]) -> list[tuple[Envelope, MessageState]]:
@@ -178,8 +206,8 @@ class DeliveryService:
                 continue
             try:
                 envelope = self.spool.read_envelope(queue_id)
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, IncompleteEnvelope):
+                continue  # gone, or not a message yet
             except (OSError, ValueError, TypeError) as e:
                 log.error("unreadable spool file skipped %s", kv(queue_id=queue_id, error=e))
                 continue
@@ -198,7 +226,19 @@ class DeliveryService:
             return
         entry = Entry(envelope, state)
         self.entries[envelope.queue_id] = entry
+        key = self._null_key(envelope)
+        if key is not None:
+            self.null_queued[key] += 1
         self._schedule(entry, state.next_attempt)
+
+    def _forget(self, queue_id: str) -> None:
+        """The message has left the spool (delivered, bounced, expired or deleted)."""
+        entry = self.entries.pop(queue_id, None)
+        key = None if entry is None else self._null_key(entry.envelope)
+        if key is not None:
+            self.null_queued[key] -= 1
+            if self.null_queued[key] <= 0:
+                del self.null_queued[key]
 
     def _spooled(self, envelope: Envelope) -> None:
         """Spool listener (runs in the writer's thread): new mail is due at once."""
@@ -214,14 +254,29 @@ class DeliveryService:
         entry.state.next_attempt = when
         heapq.heappush(self.heap, (when, next(self.seq), entry.envelope.queue_id))
 
+    def _idle(self, queue_id: str) -> bool:
+        """Known, and not in the hands of a delivery or of _finalize."""
+        entry = self.entries.get(queue_id)
+        return entry is not None and not entry.inflight and not entry.finalizing
+
     async def _scan(self) -> None:
-        """Pick up files the listener missed, forget deleted ones, re-read holds."""
+        """Pick up files the listener missed, forget deleted ones, re-read holds.
+
+        Only a message known before the directory was listed can have been removed by the
+        operator: one spooled while the listing ran is told to us by its listener before
+        the listing comes back, and is missing from it only because it arrived late. The
+        file of each candidate is looked for once more before the claim is made."""
+        known = set(self.entries)
         on_disk = set(await asyncio.to_thread(self.spool.ids))
-        for queue_id in [i for i in self.entries if i not in on_disk]:
-            entry = self.entries[queue_id]
-            if not entry.inflight and not entry.finalizing:
-                del self.entries[queue_id]
-                log.info("removed from the queue by the operator %s", kv(queue_id=queue_id))
+        vanished = [i for i in known - on_disk if self._idle(i)]
+        if vanished:
+            gone = await asyncio.to_thread(
+                lambda: [i for i in vanished if not self.spool.path(i).exists()])
+            for queue_id in gone:
+                if self._idle(queue_id):
+                    self._forget(queue_id)
+                    log.info("removed from the queue by the operator %s",
+                             kv(queue_id=queue_id))
         for envelope, state in await asyncio.to_thread(self._read_all, set(self.entries)):
             self._add(envelope, state)
         self.held = await asyncio.to_thread(self.spool.held)
@@ -535,11 +590,11 @@ class DeliveryService:
                 self._event(entry, f.recipient, "reject", "bounced",
                             Result(BOUNCED, f.diagnostic, f.remote_mta))
         if not self.spool.path(queue_id).exists():
-            self.entries.pop(queue_id, None)
+            self._forget(queue_id)
             return
         if not entry.state.pending():
             await asyncio.to_thread(self.spool.remove, queue_id)
-            self.entries.pop(queue_id, None)
+            self._forget(queue_id)
             log.info("removed %s", kv(queue_id=queue_id, reason="all recipients settled"))
             return
         state = entry.state

@@ -37,6 +37,10 @@ class LimitsConfig(BaseModel):
     # From the final dot to our reply: scanning and queueing. RFC 5321 4.5.3.2.6 gives
     # the client 10 minutes; replying well inside that avoids a duplicate delivery.
     reply_timeout: Duration = 300.0
+    # Null-sender (`MAIL FROM:<>`) messages one client may have queued at once, as a
+    # fraction of delivery.max_spool_messages (0: no limit): they are the cheapest mail to
+    # send and cannot be answered by a DSN, so one client must not fill the spool with them.
+    null_sender_share: float = Field(default=0.01, ge=0, le=1)
 
     @field_validator("exempt")
     @classmethod

@@ -167,6 +167,7 @@ class Relay:
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.handler.queue_full = self.delivery.queue_full
+        self.handler.null_sender_full = self.delivery.null_sender_full
         self.handler.on_decision = self.metrics.decision
         self.metrics.watch(self, chain)
         self.servers: list[asyncio.AbstractServer] = []

@@ -32,8 +32,8 @@ from relay.hardening_config import LimitsConfig
 from relay.limits import ConnectionLimiter
 from relay.logs import kv, printable
 from relay.pipeline import Pipeline
+from relay.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.spool import Envelope as SpoolEnvelope
-from relay.spool import Spool, new_queue_id
 
 log = logging.getLogger("floodgate.smtp")
 
@@ -65,6 +65,12 @@ class BareNewline(Exception):
 def queue_full(detail: str) -> Verdict:
     """Back-pressure: the spool is over its limit or the disk nearly full; mail waits."""
     return Verdict.tempfail(452, "4.3.1", "queue_full",
+                            "Insufficient system storage, try again later", detail=detail)
+
+
+def null_sender_share(detail: str) -> Verdict:
+    """One client has its share of the spool in null-sender mail queued: the rest waits."""
+    return Verdict.tempfail(452, "4.3.1", "null_sender_share",
                             "Insufficient system storage, try again later", detail=detail)
 
 
@@ -407,6 +413,8 @@ class RelayHandler:
         self.connections: set[FloodgateSMTP] = set()
         # Why new mail must wait (spool or disk full), or None; set by the delivery service.
         self.queue_full: Callable[[], str | None] = lambda: None
+        # Why this client's null-sender mail must wait (its share is queued), or None.
+        self.null_sender_full: Callable[[str], str | None] = lambda client: None
         # Counts each decision (stage, action, reason) for metrics; set by the server.
         self.on_decision: Callable[[str, str, str], None] = lambda *decision: None
 
@@ -508,6 +516,10 @@ class RelayHandler:
                           envelope: Envelope, address: str, mail_options: list[str]) -> str:
         full = self.queue_full()
         verdict = queue_full(full) if full is not None else size_problem(address, sender=True)
+        if (verdict is None and address.strip() == NULL_SENDER_TEXT
+                and not self.limiter.is_exempt(session.client)
+                and (over := self.null_sender_full(session.client)) is not None):
+            verdict = null_sender_share(over)
         if verdict is not None:
             self.record(session, envelope, Stage.MAIL, verdict)
             return verdict.reply

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MAGIC = b"FLOODGATE-SPOOL 1 "
+# How aiosmtpd, and spool files written by earlier versions, spell the null reverse path.
+NULL_SENDER_TEXT = "<>"
 
 
 @dataclass(slots=True)
@@ -36,6 +38,18 @@ class Envelope:
     received: float
     size: int = 0
     mail_options: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """The null sender is "" here, whoever wrote the envelope: aiosmtpd says "<>", and
+        sent on as such it is refused (aiosmtplib 5) or sent as `<<>>` (4.x). Files
+        already spooled with "<>" are read through here too, so they are delivered."""
+        if self.mail_from.strip() == NULL_SENDER_TEXT:
+            self.mail_from = ""
+
+
+class IncompleteEnvelope(ValueError):
+    """A file in queue/ whose envelope line is not all there: not a message (yet).
+    Spool.write renames only complete files into queue/; this guards any other writer."""
 
 
 def new_queue_id() -> str:
@@ -155,10 +169,13 @@ class Spool:
         return sorted(p.stem for p in self.queue.glob("*.msg"))
 
     def read_envelope(self, queue_id: str) -> Envelope:
-        """The envelope alone: the header line, without reading the message."""
+        """The envelope alone: the header line, without reading the message.
+        IncompleteEnvelope while that line has no end yet."""
         path = self.path(queue_id)
         with open(path, "rb") as fh:
             header = fh.readline()
+        if not header.endswith(b"\n"):
+            raise IncompleteEnvelope(f"{path}: the envelope line is not complete")
         return _envelope(path, header.rstrip(b"\n"))
 
     def state_path(self, queue_id: str) -> Path:

@@ -16,7 +16,7 @@ from email.message import Message
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from tests.support import free_port
 
@@ -27,6 +27,8 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     tls: bool
+    mail_arg: str = ""  # the MAIL command's argument as it came over the wire
+
 
     def message(self) -> Message:
         return email.message_from_bytes(self.data, policy=email.policy.compat32)
@@ -59,10 +61,27 @@ class SinkHandler:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos),
-                        bytes(envelope.original_content or b""), session.ssl is not None)
+                        bytes(envelope.original_content or b""), session.ssl is not None,
+                        getattr(session, "mail_arg", ""))
         with self.sink.lock:
             self.sink.received.append(item)
         return "250 2.0.0 Ok: delivered"
+
+
+class SinkSMTP(SMTP):
+    """Keeps the MAIL argument as sent: aiosmtpd reports an empty reverse path as "<>",
+    which cannot tell `MAIL FROM:<>` from a sender that was sent as the text "<>"."""
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.session is not None:
+            self.session.mail_arg = arg  # type: ignore[attr-defined]
+        await super().smtp_MAIL(arg)
+
+
+class SinkController(Controller):
+    def factory(self) -> SMTP:
+        return SinkSMTP(self.handler, **self.SMTP_kwargs)
 
 
 class Sink:
@@ -86,7 +105,7 @@ class Sink:
         kwargs: dict[str, Any] = {}
         if self.tls_context is not None:
             kwargs["tls_context"] = self.tls_context
-        self.controller = Controller(SinkHandler(self), hostname="127.0.0.1", port=self.port,
+        self.controller = SinkController(SinkHandler(self), hostname="127.0.0.1", port=self.port,
                                      **kwargs)
         self.controller.start()
         return self

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
+import json
+import logging
 import random
 import signal
 import smtplib
@@ -15,10 +18,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from relay import queue
+from relay.config import load_config
+from relay.delivery import DeliveryService
 from relay.delivery_config import parse_size
 from relay.dsn import status_of
+from relay.events import EventWriter
 from relay.models import Event
 from relay.queue import backoff
+from relay.spool import MAGIC, Envelope, Spool, new_queue_id
 from relay.store import make_engine
 from tests.sink import Sink
 from tests.support import RelayProcess, floodgate, port_open, wait_until, write_config
@@ -247,6 +255,69 @@ def test_no_dsn_for_null_sender_and_expiry_bounces(start_relay, sqlite_url, sink
     assert [m.rcpt_tos for m in sink.messages()] == [("author@sender.test",)]
 
 
+def test_null_sender_is_delivered_with_an_empty_reverse_path(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
+    """Bounces and delivery reports reach the next hop as `MAIL FROM:<>`, including those a
+    relay of an earlier version spooled with the sender as the text "<>"; and a recipient
+    of one that fails gets no DSN (RFC 5321 4.5.5)."""
+    sink.up()
+    sink.set_reply("gone@dest.test", "550 5.1.1 no such user")
+    relay = start(start_relay, sqlite_url, sink.hop)
+    fresh = send(relay, ["bounce@dest.test", "gone@dest.test"], message("null-fresh"),
+                 sender="")
+    envelope = {"queue_id": "0LEGACY0NULL", "mail_from": "<>", "rcpt_tos": ["old@dest.test"],
+                "client": "192.0.2.1", "helo": "old.test", "node": "relay",
+                "received": time.time(), "size": 0, "mail_options": []}
+    staged = queue_dir(relay).parent / "legacy.msg"
+    staged.write_bytes(MAGIC + json.dumps(envelope).encode() + b"\n" + message("null-legacy"))
+    staged.rename(queue_dir(relay) / "0LEGACY0NULL.msg")
+    wait_until(lambda: sink.to("bounce@dest.test") and sink.to("old@dest.test"), timeout=20,
+               what="both null-sender messages delivered")
+    for got in sink.messages():
+        assert got.mail_arg.split()[0] == "FROM:<>", got.mail_arg
+    relay.wait_for_log(rf"no DSN for the null sender queue_id={fresh}")
+    wait_until(lambda: not queued(relay), what="spool empty")
+    assert sorted(m.rcpt_tos for m in sink.messages()) == [("bounce@dest.test",),
+                                                           ("old@dest.test",)]
+    assert "internal error" not in relay.log()
+
+
+def _null_mail(relay: RelayProcess, source: str = "127.0.0.1",
+               sender: str = "") -> tuple[int, bytes]:
+    """MAIL from `source` with `sender` (the null sender unless told): its reply."""
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10,
+                      source_address=(source, 0)) as smtp:
+        smtp.ehlo("client.test")
+        return smtp.mail(sender)
+
+
+def test_null_sender_share_per_client(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
+    """A client with its share of null-sender mail queued gets 452 4.3.1 at MAIL FROM:<>;
+    other clients, and its own mail with a sender, are not held back; the count falls as
+    its messages expire or are delivered."""
+    limits = "\n[limits]\nexempt = []\nnull_sender_share = 0.03\n"
+    relay = start_relay(sqlite_url, extra=domains(sink.hop) + limits,
+                        extra_delivery=delivery_settings(
+                            'max_spool_messages = 100\nmax_lifetime = "15s"'))
+    for i in range(3):  # the next hop is down: they stay queued until max_lifetime
+        send(relay, ["bounce@dest.test"], message(f"share{i}"), sender="")
+    code, reply = _null_mail(relay)
+    assert (code, reply[:5]) == (452, b"4.3.1"), reply
+    assert b"Insufficient system storage" in reply
+    relay.wait_for_log(r"stage=mail action=tempfail reason=null_sender_share code=452")
+    assert _null_mail(relay, source="127.0.0.2")[0] == 250
+    assert _null_mail(relay, sender="author@sender.test")[0] == 250
+    # expiry: no DSN for the null sender, the spool empties, the client's share is free
+    wait_until(lambda: not queued(relay), timeout=40, what="null-sender mail expired")
+    assert _null_mail(relay)[0] == 250
+    # delivery frees the share as well
+    sink.up()
+    for i in range(3):
+        send(relay, ["bounce@dest.test"], message(f"delivered{i}"), sender="")
+    wait_until(lambda: len(sink.to("bounce@dest.test")) == 3 and not queued(relay),
+               what="null-sender mail delivered")
+    assert _null_mail(relay)[0] == 250
+
+
 def test_back_pressure_452_and_recovery(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
     relay = start(start_relay, sqlite_url, sink.hop, "max_spool_messages = 3")
     for i in range(2):
@@ -377,3 +448,67 @@ def test_backoff_doubles_between_bounds() -> None:
     assert parse_size("100MB") == 100 * 1024**2 and parse_size(512) == 512
     assert status_of("550 5.1.1 User unknown") == "5.1.1"
     assert status_of("554 no such thing") == "5.0.0"
+
+
+def _scan_service(tmp_path: Path) -> tuple[DeliveryService, Spool]:
+    """A delivery service on a real spool, not started: the test drives its scan."""
+    url = f"sqlite:///{tmp_path}/floodgate.db"
+    config = load_config(str(write_config(tmp_path / "relay.toml", store_url=url, port=2525)))
+    spool = Spool(config.relay.spool_dir)
+    spool.prepare()
+    return DeliveryService(config, spool, EventWriter(make_engine(url))), spool
+
+
+def _spool_message(spool: Spool, n: str) -> str:
+    envelope = Envelope(queue_id=new_queue_id(), mail_from="author@sender.test",
+                        rcpt_tos=["a@dest.test"], client="192.0.2.7", helo="client.test",
+                        node="relay", received=time.time())
+    spool.write(envelope, message(n))
+    return envelope.queue_id
+
+
+def test_scan_claims_operator_removal_only_for_known_messages(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The race behind a `removed from the queue by the operator` line for mail just
+    accepted: the scan lists the directory, a message is spooled (its listener tells the
+    service) before the listing is compared with what the service knows. Driven
+    deterministically: the arrival is made inside the listing call, after the listing."""
+    caplog.set_level(logging.INFO, logger="floodgate.delivery")
+    service, spool = _scan_service(tmp_path)
+    claims = "removed from the queue by the operator"
+
+    async def scenario() -> None:
+        service.loop = asyncio.get_running_loop()
+        old = _spool_message(spool, "old")
+        await service._scan()
+        assert set(service.entries) == {old}
+        spool.listeners.append(service._spooled)
+        listed = spool.ids
+        arrived: list[str] = []
+
+        def listing_then_arrival() -> list[str]:
+            ids = listed()
+            arrived.append(_spool_message(spool, "new"))  # its listener runs meanwhile
+            return ids
+
+        spool.ids = listing_then_arrival  # type: ignore[method-assign]
+        await service._scan()
+        spool.ids = listed  # type: ignore[method-assign]
+        assert set(service.entries) == {old, *arrived}
+        assert claims not in caplog.text
+        # a file whose envelope line is not complete yet is not a message: neither added
+        # nor reported as unreadable, and picked up once it is whole
+        partial = spool.path("0PARTIAL")
+        head = MAGIC + json.dumps({"queue_id": "0PARTIAL", "mail_from": ""}).encode()
+        partial.write_bytes(head[:-10])
+        await service._scan()
+        assert "0PARTIAL" not in service.entries
+        assert "unreadable" not in caplog.text
+        partial.unlink()
+        # what the operator really removes is reported, and only that
+        assert queue.delete(spool, old)
+        await service._scan()
+        assert set(service.entries) == set(arrived)
+        assert caplog.text.count(claims) == 1
+        assert f"{claims} queue_id={old}" in caplog.text
+
+    asyncio.run(scenario())

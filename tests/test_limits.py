@@ -118,7 +118,7 @@ def test_rate_window_slides() -> None:
 
 
 @pytest.mark.parametrize("bad", ['reply_timeout = "10m"', 'exempt = ["not-a-net"]',
-                                 "max_per_client = -1", "unknown = 1"])
+                                 "max_per_client = -1", "unknown = 1", "null_sender_share = 1.5"])
 def test_limits_config_is_checked(bad: str) -> None:
     import tomllib
 
