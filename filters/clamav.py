@@ -12,7 +12,10 @@ MaxThreads instead of piling into its queue.
 Verdicts: a virus is `554 5.7.1 Virus found: <signature>` (reason `virus`, detail the
 signature). clamd down, refusing, slow or talking nonsense is `451 4.7.1` by default, or an
 ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. A message over
-the stream limit follows `on_oversize`.
+the stream limit follows `on_oversize`. A message clamd could not look at in full (past its
+MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which clamd says
+only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default (reason
+`scan_limits`), never cached, never taken for clean.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from filters.base import Action, Context, Stage, Verdict
+from filters.headers import head_end
 from filters.mime import Parts, split_parts
 from filters.offload import split_in_process
 from filters.verdict_cache import VerdictCache
@@ -35,12 +39,20 @@ log = logging.getLogger("floodgate.clamav")
 
 CHUNK = 64 * 1024
 UNSCANNED_HEADER = "X-Floodgate-Unscanned"
-# Scans spent finding which leaf of an infected message carries the virus, at most.
+# Scans spent finding which leaf of an infected message carries the virus, at most (then one
+# of the header blocks and one of the body, see ClamAVFilter._remember).
 MAX_ATTRIBUTION_SCANS = 8
+# clamd's name for "not scanned in full": MaxRecursion, MaxScanSize, MaxFileSize, ...
+LIMITS_PREFIX = "Heuristics.Limits.Exceeded"
 # Parsing a big message costs real CPU; above this size it happens off the event loop.
 PARSE_INLINE_LIMIT = 1024 * 1024
 
 OversizePolicy = Literal["tempfail", "accept", "reject"]
+
+
+def past_limits(sig: str | None) -> bool:
+    """Whether clamd's answer means "stopped at a limit", not "found a virus"."""
+    return sig is not None and sig.startswith(LIMITS_PREFIX)
 
 
 class ClamdError(Exception):
@@ -260,7 +272,9 @@ def parse_scan_reply(reply: str) -> str | None:
 class ClamAVStats:
     messages: int
     scans: int
-    cache_hits: int  # messages decided from the cache, without a clamd round trip
+    # messages whose leaves the cache answered: no scan of their content (a clean one
+    # still has its header blocks scanned: a few hundred bytes)
+    cache_hits: int
     cache_size: int
 
     @property
@@ -272,6 +286,12 @@ class ClamAVFilter:
     """The DATA-stage virus check. `cache` turns on outbreak mode (see filters/mime.py):
     infected leaves are remembered for `infected_ttl`, clean ones for `clean_ttl` and only
     while clamd's VERSION string (which carries the signature database version) is the same.
+
+    Nothing outside the leaves is ever answered from the cache: a verdict keyed by content
+    must hold for every message that carries that content, whatever else it carries. So a
+    message whose leaves are all known clean still has its skeleton (header blocks, boundary
+    lines) scanned, and an infection is cached only under the leaf (or body) that carries it
+    by itself, never under a body whose headers carried it.
     """
 
     name = "clamav"
@@ -284,6 +304,7 @@ class ClamAVFilter:
         on_error: Action = Action.TEMPFAIL,
         max_size: int = 0,
         on_oversize: OversizePolicy = "reject",
+        on_limits: OversizePolicy = "reject",
         cache: VerdictCache[str] | None = None,
         infected_ttl: float = 3600.0,
         clean_ttl: float = 600.0,
@@ -296,9 +317,10 @@ class ClamAVFilter:
         self.on_error = on_error
         # Outer limit for the pipeline; the client's own timeout fires first so that the
         # answer is this filter's 451 4.7.1, not the pipeline's generic 451 4.3.0.
-        self.timeout = client.timeout * (2 + MAX_ATTRIBUTION_SCANS) + 5
+        self.timeout = client.timeout * (3 + MAX_ATTRIBUTION_SCANS) + 5
         self.max_size = max_size
         self.on_oversize = on_oversize
+        self.on_limits = on_limits
         self.cache = cache
         self.infected_ttl = infected_ttl
         self.clean_ttl = clean_ttl
@@ -333,6 +355,28 @@ class ClamAVFilter:
         return Verdict.tempfail(451, "4.7.1", "scan_oversize",
                                 "Message too large to scan now, try again later", detail=why)
 
+    def limits(self, sig: str) -> Verdict:
+        """clamd stopped at one of its limits (nesting, scan size, file size): the message
+        was not looked at in full. 5.7.0 (RFC 3463: other or undefined security status), not
+        5.3.4: a 10 KB zip nested 17 deep is not too big for anything, its security status
+        is what could not be established; amavisd-new and Postfix refuse it as 554 5.7.0."""
+        if self.on_limits == "reject":
+            return Verdict.reject(554, "5.7.0", "scan_limits",
+                                  "Message exceeds virus scanner limits", detail=sig)
+        if self.on_limits == "accept":
+            return Verdict.accept(
+                250, "2.0.0", "clamav_unscanned", "Accepted without full virus scan",
+                detail=sig, headers=((UNSCANNED_HEADER, f"clamav ({sig})"),))
+        return Verdict.tempfail(451, "4.7.1", "scan_limits",
+                                "Message exceeds virus scanner limits, try again later",
+                                detail=sig)
+
+    def found(self, sig: str | None) -> Verdict | None:
+        """The verdict for what clamd said about the message."""
+        if sig is None:
+            return None
+        return self.limits(sig) if past_limits(sig) else self.virus(sig)
+
     # -- the check ---------------------------------------------------------------------
     async def check(self, ctx: Context) -> Verdict | None:
         self.messages += 1
@@ -347,17 +391,27 @@ class ClamAVFilter:
             hit = self._lookup(parts, version)
             if hit is not None:
                 self.cache_hits += 1
-                return self.virus(hit) if hit else None
+                if hit:
+                    return self.virus(hit)
+                # Every leaf is known clean; what lies outside them is not: scan it now.
+                sig, failure = await self._scan(parts.skeleton)
+                return failure or self.found(sig)
+        sig, failure = await self._scan(content)
+        if failure is not None:
+            return failure
+        if parts is not None and not past_limits(sig):  # a partial scan teaches nothing
+            await self._remember(parts, sig, version, content)
+        return self.found(sig)
+
+    async def _scan(self, data: bytes) -> tuple[str | None, Verdict | None]:
+        """(clamd's signature or None, None), or (None, the verdict) if clamd gave none."""
         try:
-            sig = await self.client.instream(content)
+            return await self.client.instream(data), None
         except ClamdSizeLimit as e:
-            return self.oversize(str(e))
+            return None, self.oversize(str(e))
         except ClamdError as e:
             log.warning("clamd scan failed address=%s error=%s", self.client.address, e)
-            return self.failed(str(e))
-        if parts is not None and self.cache is not None:
-            await self._remember(parts, sig, version)
-        return self.virus(sig) if sig else None
+            return None, self.failed(str(e))
 
     async def _split(self, content: bytes) -> Parts:
         if len(content) > PARSE_INLINE_LIMIT:  # digests only: no attribution scans for it
@@ -394,11 +448,16 @@ class ClamAVFilter:
                 all_clean = False
         return "" if all_clean else None
 
-    async def _remember(self, parts: Parts, sig: str | None, version: str | None) -> None:
+    async def _remember(self, parts: Parts, sig: str | None, version: str | None,
+                        content: bytes) -> None:
         """Cache what clamd said. For an infected message, find which leaf carries the
         virus (one scan per leaf, paid once per outbreak) so later copies with new cover
-        text still hit; if no single leaf reproduces it, key the whole body."""
-        assert self.cache is not None
+        text still hit. If no single leaf reproduces it: when the skeleton does, the virus
+        is in the headers and nothing more is cached (keying the body would refuse anyone
+        else's message with that body); otherwise the body is keyed only if the body alone
+        reproduces it."""
+        if self.cache is None:
+            return
         if sig is None:
             if version is not None and parts.trustworthy:
                 for leaf in parts.leaves:
@@ -411,13 +470,27 @@ class ClamAVFilter:
             try:
                 leaf_sig = await self.client.instream(leaf.payload)
             except ClamdError:
-                break
+                return
+            if past_limits(leaf_sig):  # not looked at in full: neither clean nor infected
+                continue
             if leaf_sig:
                 self.cache.put(leaf.digest, leaf_sig, self.infected_ttl)
                 return
-            if version is not None:
+            if version is not None:  # scanned in full, alone, and clean
                 self.cache.put(leaf.digest, "", self.clean_ttl, version)
-        self.cache.put(parts.body_digest, sig, self.infected_ttl)
+        try:
+            if await self._infected(parts.skeleton):
+                return  # in the headers: the body alone is no reason to refuse anything
+            body_sig = await self._infected(content[head_end(content):])
+        except ClamdError:
+            return
+        if body_sig:
+            self.cache.put(parts.body_digest, body_sig, self.infected_ttl)
+
+    async def _infected(self, data: bytes) -> str | None:
+        """The signature clamd finds in `data` alone; None if clean or past its limits."""
+        sig = await self.client.instream(data)
+        return None if past_limits(sig) else sig
 
     def stats(self) -> ClamAVStats:
         return ClamAVStats(self.messages, self.client.scans, self.cache_hits,

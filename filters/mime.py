@@ -13,7 +13,8 @@ walks it line by line in Python with the GIL held (~1.4 ms for a 40 KB worm, ~0.
 and tests/test_mime.py checks that it agrees with the email package part for part. Structure
 it does not model goes to the email package (_split_parts_email) and is not trusted.
 
-Trust: the cache may answer "clean" without clamd only if our parts are clamd's parts. When
+Trust: the cache may answer "clean" for the leaves only if our parts are clamd's parts (and
+what lies outside them, the `skeleton`, is still scanned every time). When
 they could differ (broken or ambiguous structure, a line clamd might take for a boundary,
 content that does not decode cleanly, too deep, too many parts) `trustworthy` is False.
 """
@@ -55,6 +56,10 @@ class Parts:
     # a "clean" cache hit built on it must not be trusted (an "infected" hit still may: that
     # payload is in the message).
     trustworthy: bool
+    # Every byte of the message that is in no leaf: the message's and the parts' header
+    # blocks, boundary lines. clamd reads these too (EICAR in a Subject is found), so a
+    # "clean" answer from leaf digests holds only once these have been scanned as well.
+    skeleton: bytes = b""
 
 
 def digest(data: bytes) -> str:
@@ -265,6 +270,7 @@ class _Splitter:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.leaves: list[Leaf] = []
+        self.spans: list[tuple[int, int]] = []  # where each leaf's raw text lies
         self.trustworthy = True
         self.full = False
 
@@ -421,6 +427,7 @@ class _Splitter:
         if plain and self.trustworthy and _near_miss(raw, bounds):
             self.trustworthy = False
         self.leaves.append(Leaf(digest(payload), payload, head.ctype, head.filename))
+        self.spans.append((head.body, end))
 
     def extra(self, start: int, end: int, bounds: tuple[bytes, ...]) -> None:
         """A multipart's preamble or epilogue: a leaf unless blank."""
@@ -430,6 +437,16 @@ class _Splitter:
         if self.trustworthy and _near_miss(text, bounds):
             self.trustworthy = False
         self.leaves.append(Leaf(digest(text), text, "text/plain", None))
+        self.spans.append((start, end))
+
+    def skeleton(self) -> bytes:
+        """The message less the leaves' raw text (spans come in order, never overlap)."""
+        pieces, pos = [], 0
+        for start, end in self.spans:
+            pieces.append(self.data[pos:start])
+            pos = end
+        pieces.append(self.data[pos:])
+        return b"".join(pieces)
 
 
 def split_parts(message: bytes) -> Parts:
@@ -442,9 +459,12 @@ def split_parts(message: bytes) -> Parts:
         except _Fallback:
             pass
         else:
-            return Parts(tuple(splitter.leaves), body, splitter.trustworthy)
+            return Parts(tuple(splitter.leaves), body, splitter.trustworthy,
+                         splitter.skeleton())
     leaves, _ = _email_leaves(message)
-    return Parts(leaves, body, False)
+    # No offsets from the email package: all that is known to lie outside its leaves is the
+    # header block (and these parts are never trusted to answer "clean").
+    return Parts(leaves, body, False, message[:head_end(message)])
 
 
 def split_digests(message: bytes) -> Parts:
@@ -452,7 +472,8 @@ def split_digests(message: bytes) -> Parts:
     big message. Its leaves can be looked up and cached, not scanned one by one."""
     parts = split_parts(message)
     return Parts(tuple(Leaf(leaf.digest, b"", leaf.content_type, leaf.filename)
-                       for leaf in parts.leaves), parts.body_digest, parts.trustworthy)
+                       for leaf in parts.leaves), parts.body_digest, parts.trustworthy,
+                 parts.skeleton)
 
 
 # -- the email package's view --------------------------------------------------------------
@@ -510,4 +531,4 @@ def _split_parts_email(message: bytes) -> Parts:
     """The email package's parts (plus preamble and epilogue leaves): what split_parts falls
     back on, and the reference tests/test_mime.py holds _Splitter to."""
     leaves, trust = _email_leaves(message)
-    return Parts(leaves, body_digest(message), trust)
+    return Parts(leaves, body_digest(message), trust, message[:head_end(message)])

@@ -10,6 +10,12 @@ headers for the relay to prepend after stripping any the sender supplied. spamd 
 or garbled: `451 4.7.1`, or ACCEPT with an `X-Floodgate-Unscanned` header when
 `on_error` is ACCEPT.
 
+The score cache is keyed by the digest of the whole message as spamd sees it, headers and
+all: SpamAssassin scores headers (a forged Date, a Message-ID, a spammy Subject), so a score
+keyed by the body alone could be earned with innocent headers and spent with spammy ones.
+It still answers what repeats byte for byte: retries after a 451, one message sent again
+per recipient or per transaction.
+
 Per-domain thresholds: one SMTP reply covers every recipient of a transaction, so the
 strictest applies: the lowest tag and the lowest reject threshold among the recipients'
 domains. For each domain the most specific rule wins: `a.example.org`, then `example.org`,
@@ -39,7 +45,7 @@ from aiospamc.requests import Request
 from filters.base import Action, Context, Stage, Verdict
 from filters.clamav import UNSCANNED_HEADER, parse_address
 from filters.headers import strip_headers
-from filters.mime import body_digest
+from filters.mime import digest
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.spamassassin")
@@ -187,11 +193,12 @@ class SpamAssassinFilter:
         if self.max_size and len(content) > self.max_size:
             return self.oversize(len(content))
         limits = self.thresholds(ctx.rcpts or ([ctx.rcpt] if ctx.rcpt else []))
-        key = body_digest(content) if self.cache is not None else ""
+        message = strip_headers(content, ("x-spam-",))
+        key = digest(message) if self.cache is not None else ""
         result = self.cache.get(key) if self.cache is not None else None
         if result is None:
             try:
-                result = await self.score(content)
+                result = await self._symbols(message)
             except Exception as e:  # aiospamc raises many unrelated types; all mean "no verdict"
                 why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if isinstance(e, TimeoutError):
@@ -237,8 +244,11 @@ class SpamAssassinFilter:
 
     async def score(self, content: bytes) -> SpamResult:
         """One SYMBOLS round trip: score and rule names, without the rewritten message."""
+        return await self._symbols(strip_headers(content, ("x-spam-",)))
+
+    async def _symbols(self, message: bytes) -> SpamResult:
+        """score() of a message whose X-Spam-* headers are already gone."""
         self.requests += 1
-        message = strip_headers(content, ("x-spam-",))
         response = await self._request(Request("SYMBOLS", body=message))
         spam = response.headers.spam
         if spam is None:

@@ -63,6 +63,8 @@ class ClamAVConfig(_Strict):
     # Bytes; 0 = let clamd decide. Set to clamd's StreamMaxLength to refuse without a trip.
     max_size: int = Field(default=26_214_400, ge=0)
     on_oversize: OnOversize = "reject"
+    # Past clamd's MaxRecursion/MaxScanSize/MaxFileSize (needs `AlertExceedsMax yes`).
+    on_limits: OnOversize = "reject"
     # In-flight scans; keep at or below clamd's MaxThreads.
     concurrency: int = Field(default=10, gt=0)
     cache: ClamAVCacheConfig = ClamAVCacheConfig()
@@ -85,7 +87,7 @@ class SpamThresholds(_Strict):
 
 
 class SpamCacheConfig(_Strict):
-    """Scores by digest of the whole body: a spam run resends one body."""
+    """Scores by digest of the whole message as spamd sees it (headers too: they score)."""
 
     enabled: bool = True
     max_entries: int = Field(default=50_000, gt=0)
@@ -136,8 +138,8 @@ def build_clamav(cfg: ClamAVConfig) -> ClamAVFilter:
     return ClamAVFilter(
         _clamd(cfg),
         on_error=_action(cfg.on_error), max_size=cfg.max_size, on_oversize=cfg.on_oversize,
-        cache=cache, infected_ttl=cfg.cache.infected_ttl, clean_ttl=cfg.cache.clean_ttl,
-        version_interval=cfg.cache.version_interval,
+        on_limits=cfg.on_limits, cache=cache, infected_ttl=cfg.cache.infected_ttl,
+        clean_ttl=cfg.cache.clean_ttl, version_interval=cfg.cache.version_interval,
     )
 
 

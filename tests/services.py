@@ -99,6 +99,10 @@ class Clamd:
     database: Path
     stream_max_length: str = "10M"
     max_threads: int = 4
+    # clamd's own limits (None: clamd's defaults); tests set them low to go past them cheaply
+    max_file_size: str | None = None
+    max_scan_size: str | None = None
+    max_recursion: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -136,6 +140,12 @@ class Clamd:
             f"StreamMaxLength {self.stream_max_length}",
             f"MaxThreads {self.max_threads}",
             "SelfCheck 0",
+            # Past MaxFileSize, MaxScanSize or MaxRecursion clamd answers OK unless told to
+            # say "Heuristics.Limits.Exceeded.*": the relay refuses what was not looked at.
+            "AlertExceedsMax yes",
+            *(f"{name} {value}" for name, value in (
+                ("MaxFileSize", self.max_file_size), ("MaxScanSize", self.max_scan_size),
+                ("MaxRecursion", self.max_recursion)) if value is not None),
             "",
         ]))
 

@@ -145,13 +145,17 @@ def test_sender_x_spam_headers_are_not_believed(spamd: Spamd) -> None:
     assert b"continued=1" not in out and GTUBE.encode() in out
 
 
-def test_body_cache_skips_spamd_for_a_repeated_body(spamd: Spamd) -> None:
+def test_cache_skips_spamd_only_for_the_same_message(spamd: Spamd) -> None:
+    """Headers score too: the same body under other headers is another question for spamd;
+    the same message (forged X-Spam-* headers aside, spamd never sees them) is not."""
     f = SpamAssassinFilter(spamd.address, timeout=30, cache=VerdictCache[SpamResult]())
     a = check(f, load("gtube.eml"))
-    b = check(f, b"Subject: another run\r\nTo: x@example.org\r\n"
-              + split_head(load("gtube.eml"))[1])
-    assert a.action == b.action == Action.REJECT and f.requests == 1
+    again = check(f, b"X-Spam-Score: -5\r\n" + load("gtube.eml"))
+    assert a.action == again.action == Action.REJECT and f.requests == 1
     assert f.cache is not None and f.cache.stats().hits == 1
+    other = check(f, b"Subject: another run\r\nTo: x@example.org\r\n"
+                  + split_head(load("gtube.eml"))[1])
+    assert other.action == Action.REJECT and f.requests == 2
 
 
 # -- size and faults -----------------------------------------------------------------------
