@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import email.utils
 import errno
 import logging
@@ -355,8 +356,10 @@ class FloodgateSMTP(SMTP):
         verdict = control_problem(arg or "", sender=stage == Stage.MAIL)
         if verdict is None or not isinstance(session, RelaySession):
             return False
-        self.relay.record(session, self.envelope, stage, verdict,
-                          recipient=(arg or "") if stage == Stage.RCPT else "")
+        # the argument as sent, in the event (escaped there, as all client text)
+        self.relay.record(session, self.envelope, stage, dataclasses.replace(
+            verdict, detail=(arg or "")[:COMMAND_LIMIT]),
+            recipient=(arg or "") if stage == Stage.RCPT else "")
         await self.push(verdict.reply)
         return True
 
