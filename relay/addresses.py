@@ -1,5 +1,5 @@
-"""Envelope address checks the recipient filter does not make: RFC 5321 sizes and
-sender-specified routing.
+"""Envelope address checks the recipient filter does not make: control characters,
+RFC 5321 sizes and sender-specified routing.
 
 An MX in front of other servers must not let a client choose the next destination: a
 local part holding `%` (the percent hack), `!` (a UUCP bang path) or a quoted `@` is
@@ -21,6 +21,10 @@ MAX_PATH = 256  # 4.5.3.1.3, angle brackets included
 ROUTING = frozenset("%!@")
 
 _QUOTED_PAIR = re.compile(r"\\(.)")
+# C0 controls and DEL: RFC 5321's qtextSMTP and atext exclude them, so they can only be
+# smuggled in (the parser takes some inside quotes). The next hop refuses them and the
+# message would sit in the queue until max_lifetime.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def unquote_local(local: str) -> str:
@@ -46,6 +50,23 @@ def size_problem(address: str, *, sender: bool) -> Verdict | None:
         return Verdict.reject(501, status, "protocol",
                               "Local part too long (RFC 5321 4.5.3.1.1)")
     return None
+
+
+def control_problem(address: str, *, sender: bool) -> Verdict | None:
+    """NUL, TAB, DEL or another control character anywhere in the address (or in the
+    whole MAIL/RCPT argument: esmtp-values exclude them too, RFC 5321 4.1.2)."""
+    if _CONTROL.search(address) is None:
+        return None
+    if sender:
+        return Verdict.reject(501, "5.1.7", "protocol",
+                              "Bad sender address syntax (control character)")
+    return Verdict.reject(501, "5.1.3", "protocol",
+                          "Bad recipient address syntax (control character)")
+
+
+def is_postmaster(address: str) -> bool:
+    """`postmaster`, or postmaster at some domain, in any case (RFC 5321 4.5.1)."""
+    return unquote_local(address.rpartition("@")[0] or address).lower() == "postmaster"
 
 
 def routing_problem(address: str) -> Verdict | None:

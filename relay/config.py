@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from filters.address import normalise_domain
+from filters.address import normalise_domain, split_address
 from relay.config_types import Duration, parse_endpoint
 from relay.delivery_config import DeliveryConfig
 from relay.dnsbl_config import DnsblConfig
@@ -55,6 +55,18 @@ class RelayConfig(Strict):
     recipient_delimiter: str = ""
     local_part_case: Literal["insensitive", "sensitive"] = "insensitive"
     tls: TLSConfig | None = None
+    # Where mail for <postmaster> (RFC 5321 4.5.1: accepted without a domain) and for an
+    # unknown postmaster@<hosted domain> goes; "" means postmaster@ the first hosted domain.
+    postmaster: str = ""
+    # Postfix's hopcount_limit: more Received: lines than this is a mail loop, 554 5.4.6.
+    hopcount_limit: int = Field(default=50, ge=1)
+
+    @field_validator("postmaster")
+    @classmethod
+    def _postmaster(cls, v: str) -> str:
+        if v and (split_address(v) is None or any(c <= " " or c == "\x7f" for c in v)):
+            raise ValueError(f"{v!r}: a full address, user@domain")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -138,6 +150,10 @@ class Config(Strict):
     def hosted(self) -> dict[str, DomainConfig]:
         """Hosted domains keyed by their normalised (lower-case, A-label) form."""
         return {normalise_domain(k): v for k, v in self.domains.items()}
+
+    def postmaster(self) -> str:
+        """`relay.postmaster`, else postmaster at the first hosted domain."""
+        return self.relay.postmaster or f"postmaster@{next(iter(self.hosted()))}"
 
 
 class ConfigError(Exception):

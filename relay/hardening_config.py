@@ -1,8 +1,8 @@
 """`[limits]`: what one client, or all of them together, may cost the relay.
 
 Defaults follow Postfix where it has one (anvil's per-client connection count 50, the
-RFC 5321 4.5.3.2 timeouts) and keep loopback exempt, as Postfix exempts $mynetworks, so
-local tools and benchmarks are not throttled by accident.
+RFC 5321 4.5.3.2 timeouts, smtpd's error limits) and keep loopback exempt, as Postfix
+exempts $mynetworks, so local tools and benchmarks are not throttled by accident.
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ class LimitsConfig(BaseModel):
     # fraction of delivery.max_spool_messages (0: no limit): they are the cheapest mail to
     # send and cannot be answered by a DSN, so one client must not fill the spool with them.
     null_sender_share: float = Field(default=0.01, ge=0, le=1)
+    # Postfix's session error limits (relay/session_limits.py): replies with a 4xx/5xx code
+    # are errors; from the soft limit on every reply waits error_sleep_time, at the hard
+    # limit the session gets 421 and is closed. Past the junk command limit each NOOP,
+    # RSET, VRFY, ETRN or HELP counts as an error.
+    smtpd_soft_error_limit: int = Field(default=10, ge=1)
+    smtpd_error_sleep_time: Duration = 1.0
+    smtpd_hard_error_limit: int = Field(default=20, ge=1)
+    smtpd_junk_command_limit: int = Field(default=100, ge=1)
 
     @field_validator("exempt")
     @classmethod

@@ -163,7 +163,8 @@ class Relay:
             pipeline=Pipeline(chain), spool=self.spool, events=self.events,
             max_recipients=config.relay.max_recipients, ipv6_prefix=store.ipv6_prefix,
             gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
-            limits=config.limits,
+            limits=config.limits, postmaster=config.postmaster(),
+            hopcount_limit=config.relay.hopcount_limit,
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.handler.queue_full = self.delivery.queue_full

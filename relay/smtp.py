@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import email.utils
 import errno
 import logging
@@ -25,13 +26,15 @@ from blocklist.scoring import BlockState
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import rewrite_head
 from relay import replies
-from relay.addresses import routing_problem, size_problem
+from relay.addresses import control_problem, is_postmaster, routing_problem, size_problem
 from relay.data import DataScanner, Problem, read_data
 from relay.events import EventRecord, EventWriter
 from relay.hardening_config import LimitsConfig
+from relay.hops import hop_count
 from relay.limits import ConnectionLimiter
 from relay.logs import kv, printable
 from relay.pipeline import Pipeline
+from relay.session_limits import SessionErrors
 from relay.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.spool import Envelope as SpoolEnvelope
 
@@ -42,6 +45,7 @@ SPOOL_FAILED = Verdict.tempfail(
     451, "4.3.0", "spool", "Cannot queue the message right now, try again later"
 )
 CONNECTED = Verdict.accept(220, "2.0.0", "connect", "connected")
+TOO_MANY_HOPS = Verdict.reject(554, "5.4.6", "too_many_hops", "Too many hops")
 NO_VALID_RCPTS = "554 5.5.1 Error: no valid recipients"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 # RFC 5321 4.5.3.1.4: 512 octets with the CRLF (aiosmtpd allows 512 without it).
@@ -88,12 +92,13 @@ _BIG_JOIN = asyncio.Lock()
 class RelaySession(Session):
     """aiosmtpd's session plus what the relay remembers about the client."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: LimitsConfig | None = None):
         super().__init__(loop)
         self.sid = new_session_id()
         self.client = ""
         self.helo = ""
         self.rcpt_attempts = 0
+        self.errors = SessionErrors(limits or LimitsConfig())
         # loop.time() by which the reply to the message in hand must be sent
         self.reply_deadline: float | None = None
 
@@ -119,7 +124,7 @@ class FloodgateSMTP(SMTP):
         self._session_timer: asyncio.TimerHandle | None = None
 
     def _create_session(self) -> RelaySession:
-        return RelaySession(self.loop)
+        return RelaySession(self.loop, self.relay.limits)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -135,13 +140,23 @@ class FloodgateSMTP(SMTP):
     def _cb_client_connected(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
         """Command lines must end in CRLF, with no CR or LF inside: aiosmtpd splits them
-        at a bare LF, which a next hop may not."""
+        at a bare LF, which a next hop may not.
+
+        A command already in the buffer (pipelining) waits one turn of the event loop:
+        aiosmtpd's command loop would otherwise run a whole pipelined batch, thousands of
+        commands, without letting any other client in. After the session was cut off
+        nothing more is read: the task ends when the connection does."""
         super()._cb_client_connected(reader, writer)
         plain = reader.readuntil
+        buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         overrun = False  # the tail of an over-long line is refused as such anyway
 
         async def strict(separator: bytes = b"\n") -> bytes:
             nonlocal overrun
+            if separator in buffer:
+                await asyncio.sleep(0)
+            if self.transport is None or self.transport.is_closing():
+                await self.loop.create_future()  # cancelled by connection_lost
             try:
                 line = await plain(separator)
             except asyncio.LimitOverrunError:
@@ -255,9 +270,41 @@ class FloodgateSMTP(SMTP):
             text, reason, stage = replies.classify(text)
             if reason is not None:
                 self.relay.protocol_refusal(self, text, reason, stage)
+        await self._count_reply(text)
         await super().push(text)
         if self._close_after_reply and self.transport is not None:
             self.transport.close()
+        self._check_errors()
+
+    async def _count_reply(self, text: str) -> None:
+        """smtpd_error_sleep_time before any reply once past the soft error limit (only
+        this session waits), then the reply is counted."""
+        session = self.session
+        if isinstance(session, RelaySession):
+            delay = session.errors.delay
+            if delay:
+                await asyncio.sleep(delay)
+            session.errors.reply(text)
+
+    def _check_errors(self) -> None:
+        """At the hard error limit: 421, recorded (`error_limit` or `junk_limit`), hang up."""
+        session = self.session
+        if not isinstance(session, RelaySession) or self.transport is None:
+            return
+        reason = session.errors.cut_off()
+        if reason is None or self.transport.is_closing():
+            return
+        errors = session.errors
+        self.relay.record(session, self.envelope, "command", Verdict.tempfail(
+            421, "4.7.0", reason, "Error: too many errors",
+            detail=f"{errors.errors} errors, {errors.junk} junk commands"))
+        self._hang_up(f"421 4.7.0 {self.hostname} Error: too many errors")
+
+    def _junk(self) -> None:
+        """NOOP, RSET, VRFY, HELP (ETRN is not a command here: 500, an error anyway)."""
+        if isinstance(self.session, RelaySession):
+            self.session.errors.junk_command()
+            self._check_errors()
 
     async def handle_exception(self, error: Exception) -> str:
         """A bare newline in a command: refuse and hang up. Anything else is our fault:
@@ -282,8 +329,10 @@ class FloodgateSMTP(SMTP):
         finally:
             lines, self._collect = self._collect, None
         if lines:
+            await self._count_reply(lines[-1].decode("utf-8", "replace"))
             self._writer.write(b"".join(lines))
             await self._writer.drain()
+            self._check_errors()
 
     @syntax("EHLO hostname")  # overrides keep aiosmtpd's HELP text
     async def smtp_EHLO(self, arg: str) -> None:
@@ -294,6 +343,51 @@ class FloodgateSMTP(SMTP):
     @syntax("HELO hostname")
     async def smtp_HELO(self, arg: str) -> None:
         await self._greeting_reply(super().smtp_HELO, arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str) -> None:
+        if not await self._refuse_controls(arg, Stage.MAIL):
+            await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str) -> None:
+        if not await self._refuse_controls(arg, Stage.RCPT):
+            await super().smtp_RCPT(arg)
+
+    async def _refuse_controls(self, arg: str | None, stage: Stage) -> bool:
+        """A control character in the MAIL or RCPT argument: 501, before aiosmtpd's
+        parser, which keeps NUL, DEL and others inside quotes and turns a TAB into a
+        quoted space. Such an address was accepted and then stuck in the queue."""
+        session = self.session
+        verdict = control_problem(arg or "", sender=stage == Stage.MAIL)
+        if verdict is None or not isinstance(session, RelaySession):
+            return False
+        # the argument as sent, in the event (escaped there, as all client text)
+        self.relay.record(session, self.envelope, stage, dataclasses.replace(
+            verdict, detail=(arg or "")[:COMMAND_LIMIT]),
+            recipient=(arg or "") if stage == Stage.RCPT else "")
+        await self.push(verdict.reply)
+        return True
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        await super().smtp_NOOP(arg)
+        self._junk()
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        self._junk()
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        await super().smtp_VRFY(arg)
+        self._junk()
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        await super().smtp_HELP(arg)
+        self._junk()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -398,7 +492,10 @@ class RelayHandler:
                  events: EventWriter, max_recipients: int, ipv6_prefix: int = 64,
                  gate: Callable[[str], BlockState | None] = lambda client: None,
                  protected: Callable[[str], str | None] = lambda client: None,
-                 limits: LimitsConfig | None = None):
+                 limits: LimitsConfig | None = None, postmaster: str = "",
+                 hopcount_limit: int = 50):
+        """`postmaster`: where <postmaster> and an unknown postmaster@<hosted domain> go
+        ("" refuses them like any other address)."""
         self.node = node
         self.hostname = hostname
         self.pipeline = pipeline
@@ -409,6 +506,8 @@ class RelayHandler:
         self.gate = gate
         self.protected = protected
         self.limits = limits or LimitsConfig()
+        self.postmaster = postmaster
+        self.hopcount_limit = hopcount_limit
         self.limiter = ConnectionLimiter(self.limits, ipv6_prefix)
         self.connections: set[FloodgateSMTP] = set()
         # Why new mail must wait (spool or disk full), or None; set by the delivery service.
@@ -537,18 +636,30 @@ class RelayHandler:
             verdict = TOO_MANY_RCPTS
         elif (problem := size_problem(address, sender=False) or routing_problem(address)):
             verdict = problem
+        elif self.postmaster and address.lower() == "postmaster":
+            verdict = self._postmaster()
         else:
             ctx = Context(client=session.client, helo=session.helo,
                           mail_from=envelope.mail_from or "", rcpt=address,
                           rcpts=envelope.rcpt_tos)
             verdict = await self.pipeline.run(Stage.RCPT, ctx)
+            if (verdict is not None and verdict.reason == "unknown_rcpt" and self.postmaster
+                    and is_postmaster(address)):
+                verdict = self._postmaster()
         if verdict is None:  # nothing at RCPT has an opinion: never an open relay
             verdict = Verdict.reject(554, "5.7.1", "relay_denied", "Relay access denied")
         self.record(session, envelope, Stage.RCPT, verdict, recipient=address)
         if verdict.action == Action.ACCEPT:
-            envelope.rcpt_tos.append(address)
+            envelope.rcpt_tos.append(self.postmaster if verdict.reason == "postmaster"
+                                     else address)
             envelope.rcpt_options.extend(rcpt_options)
         return verdict.reply
+
+    def _postmaster(self) -> Verdict:
+        """RFC 5321 4.5.1: <postmaster> must be accepted, and postmaster at every domain
+        the relay takes mail for; both go to the configured postmaster address."""
+        return Verdict.accept(250, "2.1.5", "postmaster", "Ok",
+                              detail=f"routed to {self.postmaster}")
 
     async def handle_VRFY(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope, address: str) -> str:
@@ -558,6 +669,13 @@ class RelayHandler:
                           envelope: Envelope) -> str:
         data = envelope.original_content or b""
         rcpts = ",".join(envelope.rcpt_tos)
+        hops = hop_count(data, self.hopcount_limit + 1)
+        if hops > self.hopcount_limit:  # a loop: Postfix's hopcount_limit
+            self.record(session, envelope, Stage.DATA, Verdict.reject(
+                554, "5.4.6", TOO_MANY_HOPS.reason, TOO_MANY_HOPS.text,
+                detail=f"over {self.hopcount_limit} Received: lines"),
+                recipient=rcpts, size=len(data))
+            return TOO_MANY_HOPS.reply
         ctx = Context(client=session.client, helo=session.helo,
                       mail_from=envelope.mail_from or "", rcpts=list(envelope.rcpt_tos),
                       content=data)
@@ -604,6 +722,7 @@ class RelayHandler:
             return failed.reply
         accepted = Verdict.accept(250, "2.0.0", "accepted", f"Ok: queued as {queue_id}",
                                   detail=notes)
+        session.errors.delivered()
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
                     size=spooled.size, queue_id=queue_id)
         return accepted.reply

@@ -30,6 +30,8 @@ class WebConfig(_Strict):
     public_feeds: bool = False
     tokens: dict[str, TokenSpec] = Field(default_factory=dict)
     refresh: float = Field(default=5.0, ge=1.0, le=3600.0)  # console refresh, seconds
+    # Bytes of a request body; more is 413 before authentication (relay/web/body_limit.py).
+    max_body_size: int = Field(default=1_048_576, gt=0)
 
     @field_validator("listen")
     @classmethod

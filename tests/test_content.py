@@ -105,8 +105,10 @@ def test_refused_recipients_never_reach_a_scanner(  # type: ignore[no-untyped-de
 
 
 def test_worm_outbreak_costs_one_attachment_scan(start_relay, sqlite_url, own_clamd, spamd) -> None:  # type: ignore[no-untyped-def]
+    # one session for all 1000: past smtpd_hard_error_limit (20) it would be cut off
     relay = start_relay(sqlite_url, aliases=ALIASES,
-                        extra=scanners(own_clamd.address, spamd.address))
+                        extra=scanners(own_clamd.address, spamd.address) +
+                        "[limits]\nsmtpd_hard_error_limit = 2000\nsmtpd_error_sleep_time = 0\n")
     before = own_clamd.scans()
     refused = 0
     with client(relay) as smtp:

@@ -298,13 +298,16 @@ def test_slow_scanner_answers_inside_the_reply_deadline(faulty) -> None:  # type
 
 HOSTILE_HELO = "x'); DROP TABLE events;--\x1b[31mRED\x1b[0m\x00\x07\"quoted\" [/] [bold]"
 HOSTILE_LOCAL = '"a\'; DELETE FROM events;--\x1b]0;pwned\x07[/]"'
+PRINTABLE_LOCAL = '"a\'; DELETE FROM events;--[/]"'
 
 
 def test_hostile_text_breaks_neither_store_nor_log_nor_report(start_relay, store_url) -> None:  # type: ignore[no-untyped-def]
     relay = start_relay(store_url, aliases=ALIASES)
     with Raw(relay.port) as raw:
         assert raw.cmd(f"EHLO {HOSTILE_HELO}").startswith("250")
-        assert raw.cmd(f"MAIL FROM:<{HOSTILE_LOCAL}@evil.test>").startswith("250")
+        # control characters in an address: refused, and recorded escaped
+        assert raw.cmd(f"MAIL FROM:<{HOSTILE_LOCAL}@evil.test>").startswith("501 5.1.7")
+        assert raw.cmd(f"MAIL FROM:<{PRINTABLE_LOCAL}@evil.test>").startswith("250")
         assert raw.cmd(f"RCPT TO:<{HOSTILE_LOCAL}@example.org>")[0] == "5"
         assert raw.cmd("RCPT TO:<alice@example.org>").startswith("250")
         raw.send(b"DATA\r\n" + MESSAGE + b".\r\n")
@@ -314,6 +317,8 @@ def test_hostile_text_breaks_neither_store_nor_log_nor_report(start_relay, store
     assert "\x1b" not in rows[0].helo and "\x00" not in rows[0].helo
     assert "\\x1b[31mRED" in rows[0].helo and "DROP TABLE events" in rows[0].helo
     assert "DELETE FROM events" in rows[0].sender
+    [refused] = events(store_url, lambda e: e.stage == "mail" and e.code == 501)
+    assert "\\x1b]0;pwned\\x07" in refused.detail and "\x1b" not in refused.detail
     log = relay.log()
     assert "\x1b" not in log and "\x00" not in log and "\x07" not in log
     assert [line for line in log.splitlines() if "reason=accepted" in line]

@@ -27,6 +27,7 @@ from relay.store import upgrade as upgrade_schema
 from relay.web import feeds
 from relay.web.api import BEARER, principal, router
 from relay.web.auth import Authenticator
+from relay.web.body_limit import BodyLimit
 
 log = logging.getLogger("floodgate.web")
 STATIC = Path(__file__).resolve().parent.parent / "web_static"
@@ -125,6 +126,8 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         return {"ok": True}
 
     app.mount("/console", StaticFiles(directory=STATIC, html=True), name="console")
+    # added last, so outermost of the middleware: no body is read before it is measured
+    app.add_middleware(BodyLimit, limit=config.web.max_body_size)
     return app
 
 
