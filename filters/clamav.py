@@ -15,7 +15,10 @@ ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. A m
 the stream limit follows `on_oversize`. A message clamd could not look at in full (past its
 MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which clamd says
 only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default (reason
-`scan_limits`), never cached, never taken for clean.
+`scan_limits`), never cached, never taken for clean. So does a zip attachment whose own
+directory declares more than clamd would look at (a member over `max_file_size`, members
+over `max_scan_size` in all, a zip bomb's ratio), or that cannot be read: clamd cuts such a
+member short without a word (filters/archive.py); these limits must be clamd.conf's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from filters.archive import zip_excess
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import head_end
 from filters.mime import Parts, split_parts
@@ -46,6 +50,9 @@ MAX_ATTRIBUTION_SCANS = 8
 LIMITS_PREFIX = "Heuristics.Limits.Exceeded"
 # Parsing a big message costs real CPU; above this size it happens off the event loop.
 PARSE_INLINE_LIMIT = 1024 * 1024
+# clamd's own defaults (ClamAV 1.x MaxFileSize, MaxScanSize)
+MAX_FILE_SIZE = 100 << 20
+MAX_SCAN_SIZE = 400 << 20
 
 OversizePolicy = Literal["tempfail", "accept", "reject"]
 
@@ -305,6 +312,8 @@ class ClamAVFilter:
         max_size: int = 0,
         on_oversize: OversizePolicy = "reject",
         on_limits: OversizePolicy = "reject",
+        max_file_size: int = MAX_FILE_SIZE,
+        max_scan_size: int = MAX_SCAN_SIZE,
         cache: VerdictCache[str] | None = None,
         infected_ttl: float = 3600.0,
         clean_ttl: float = 600.0,
@@ -321,6 +330,8 @@ class ClamAVFilter:
         self.max_size = max_size
         self.on_oversize = on_oversize
         self.on_limits = on_limits
+        self.max_file_size = max_file_size
+        self.max_scan_size = max_scan_size
         self.cache = cache
         self.infected_ttl = infected_ttl
         self.clean_ttl = clean_ttl
@@ -383,10 +394,13 @@ class ClamAVFilter:
         content = ctx.content
         if self.max_size and len(content) > self.max_size:
             return self.oversize(f"{len(content)} bytes over limit {self.max_size}")
-        parts: Parts | None = None
+        # Split even without the cache: the zip check needs the decoded leaves.
+        parts = await self._split(content)
+        excess = self._archive_excess(parts)
+        if excess is not None:  # clamd would cut it short and say OK: never ask it
+            return self.limits(excess)
         version: str | None = None
         if self.cache is not None:
-            parts = await self._split(content)
             version = await self.db_version()
             hit = self._lookup(parts, version)
             if hit is not None:
@@ -399,9 +413,17 @@ class ClamAVFilter:
         sig, failure = await self._scan(content)
         if failure is not None:
             return failure
-        if parts is not None and not past_limits(sig):  # a partial scan teaches nothing
+        if self.cache is not None and not past_limits(sig):  # a partial scan teaches nothing
             await self._remember(parts, sig, version, content)
         return self.found(sig)
+
+    def _archive_excess(self, parts: Parts) -> str | None:
+        """Why a zip leaf is past clamd's limits by its own directory, None if none is."""
+        for summary in parts.archives:
+            why = zip_excess(summary, self.max_file_size, self.max_scan_size)
+            if why is not None:
+                return why
+        return None
 
     async def _scan(self, data: bytes) -> tuple[str | None, Verdict | None]:
         """(clamd's signature or None, None), or (None, the verdict) if clamd gave none."""

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from filters.archive import ZipSummary, zip_summary
 from filters.headers import head_end
 
 MAX_LEAVES = 256
@@ -60,6 +61,9 @@ class Parts:
     # blocks, boundary lines. clamd reads these too (EICAR in a Subject is found), so a
     # "clean" answer from leaf digests holds only once these have been scanned as well.
     skeleton: bytes = b""
+    # What each zip leaf (by content) declares it holds, read from its directory: clamd
+    # does not say when it cut a member at MaxFileSize (see filters/archive.py).
+    archives: tuple[ZipSummary, ...] = ()
 
 
 def digest(data: bytes) -> str:
@@ -460,11 +464,15 @@ def split_parts(message: bytes) -> Parts:
             pass
         else:
             return Parts(tuple(splitter.leaves), body, splitter.trustworthy,
-                         splitter.skeleton())
+                         splitter.skeleton(), _archives(splitter.leaves))
     leaves, _ = _email_leaves(message)
     # No offsets from the email package: all that is known to lie outside its leaves is the
     # header block (and these parts are never trusted to answer "clean").
-    return Parts(leaves, body, False, message[:head_end(message)])
+    return Parts(leaves, body, False, message[:head_end(message)], _archives(leaves))
+
+
+def _archives(leaves: list[Leaf] | tuple[Leaf, ...]) -> tuple[ZipSummary, ...]:
+    return tuple(s for leaf in leaves if (s := zip_summary(leaf.payload)) is not None)
 
 
 def split_digests(message: bytes) -> Parts:
@@ -473,7 +481,7 @@ def split_digests(message: bytes) -> Parts:
     parts = split_parts(message)
     return Parts(tuple(Leaf(leaf.digest, b"", leaf.content_type, leaf.filename)
                        for leaf in parts.leaves), parts.body_digest, parts.trustworthy,
-                 parts.skeleton)
+                 parts.skeleton, parts.archives)
 
 
 # -- the email package's view --------------------------------------------------------------
@@ -531,4 +539,5 @@ def _split_parts_email(message: bytes) -> Parts:
     """The email package's parts (plus preamble and epilogue leaves): what split_parts falls
     back on, and the reference tests/test_mime.py holds _Splitter to."""
     leaves, trust = _email_leaves(message)
-    return Parts(leaves, body_digest(message), trust, message[:head_end(message)])
+    return Parts(leaves, body_digest(message), trust, message[:head_end(message)],
+                 _archives(leaves))

@@ -6,12 +6,27 @@ Kept apart from relay/config.py so the scanners can be configured and built (by 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import re
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from filters.base import Action, Context, Filter, Verdict
-from filters.clamav import ClamAVFilter, ClamdClient, ClamdPool, parse_address
+from filters.clamav import (
+    MAX_FILE_SIZE,
+    MAX_SCAN_SIZE,
+    ClamAVFilter,
+    ClamdClient,
+    ClamdPool,
+    parse_address,
+)
 from filters.verdict_cache import VerdictCache
 from relay.config_types import Duration
 
@@ -20,6 +35,23 @@ if TYPE_CHECKING:  # aiospamc is loaded only when a [spamassassin] filter is bui
 
 OnError = Literal["tempfail", "accept"]
 OnOversize = Literal["tempfail", "accept", "reject"]
+
+_CLAMD_SIZE = re.compile(r"(\d+)([KkMm]?)")
+
+
+def parse_clamd_size(value: object) -> object:
+    """Bytes, or clamd.conf's own notation ("100M", "512K": 1M = 1048576), so a value can be
+    copied from clamd.conf as it is."""
+    if isinstance(value, str):
+        m = _CLAMD_SIZE.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(f'expected bytes or a clamd.conf size ("100M", "512K"), '
+                             f"got {value!r}")
+        return int(m.group(1)) << {"": 0, "k": 10, "m": 20}[m.group(2).lower()]
+    return value
+
+
+ClamdSize = Annotated[int, BeforeValidator(parse_clamd_size), Field(ge=0)]
 
 
 def _address(v: str | list[str]) -> str | list[str]:
@@ -65,6 +97,10 @@ class ClamAVConfig(_Strict):
     on_oversize: OnOversize = "reject"
     # Past clamd's MaxRecursion/MaxScanSize/MaxFileSize (needs `AlertExceedsMax yes`).
     on_limits: OnOversize = "reject"
+    # clamd.conf's MaxFileSize and MaxScanSize (ClamAV 1.x defaults; 0 = no limit): zip
+    # members declared past them follow on_limits, as clamd cuts them short in silence.
+    max_file_size: ClamdSize = MAX_FILE_SIZE
+    max_scan_size: ClamdSize = MAX_SCAN_SIZE
     # In-flight scans; keep at or below clamd's MaxThreads.
     concurrency: int = Field(default=10, gt=0)
     cache: ClamAVCacheConfig = ClamAVCacheConfig()
@@ -138,7 +174,8 @@ def build_clamav(cfg: ClamAVConfig) -> ClamAVFilter:
     return ClamAVFilter(
         _clamd(cfg),
         on_error=_action(cfg.on_error), max_size=cfg.max_size, on_oversize=cfg.on_oversize,
-        on_limits=cfg.on_limits, cache=cache, infected_ttl=cfg.cache.infected_ttl,
+        on_limits=cfg.on_limits, max_file_size=cfg.max_file_size,
+        max_scan_size=cfg.max_scan_size, cache=cache, infected_ttl=cfg.cache.infected_ttl,
         clean_ttl=cfg.cache.clean_ttl, version_interval=cfg.cache.version_interval,
     )
 

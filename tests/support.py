@@ -115,7 +115,8 @@ class PostgresCluster:
 def write_config(path: Path, *, store_url: str, port: int, extra_relay: str = "",
                  extra_store: str = "", extra: str = "",
                  listen: list[str] | None = None,
-                 extra_delivery: str = "enabled = false") -> Path:
+                 extra_delivery: str = "enabled = false",
+                 max_message_size: int = 100_000) -> Path:
     """`extra_delivery`: the `[delivery]` section's lines. Off unless a test asks, so tests
     of the front end see the spool (and the events) exactly as the SMTP side left them."""
     listen = listen or [f"127.0.0.1:{port}"]
@@ -125,7 +126,7 @@ def write_config(path: Path, *, store_url: str, port: int, extra_relay: str = ""
 node = "{path.stem}"
 hostname = "mx1.example.net"
 listen = [{listen_toml}]
-max_message_size = 100000
+max_message_size = {max_message_size}
 max_recipients = 5
 spool_dir = "spool-{path.stem}"
 shutdown_grace = "10s"

@@ -52,6 +52,8 @@ def test_defaults() -> None:
     c, s = build_scanners(ClamAVConfig(), SpamAssassinConfig())
     assert c.client.endpoint == ("127.0.0.1", 3310) and c.on_error == Action.TEMPFAIL
     assert s.address == "127.0.0.1:783" and s.defaults == Thresholds(5.0, 10.0)
+    # clamd's own MaxFileSize and MaxScanSize defaults (ClamAV 1.x)
+    assert (c.max_file_size, c.max_scan_size) == (104_857_600, 419_430_400)
     assert build_scanners(None, SpamAssassinConfig(enabled=False)) == []
 
 
@@ -61,6 +63,8 @@ def test_defaults() -> None:
     (ClamAVConfig, {"on_error": "reject"}, "on_error"),
     (ClamAVConfig, {"timeout": "soon"}, "timeout"),
     (ClamAVConfig, {"cache": {"ttl": 5}}, "ttl"),
+    (ClamAVConfig, {"max_file_size": "100MB"}, "max_file_size"),
+    (ClamAVConfig, {"max_scan_size": -1}, "max_scan_size"),
     (SpamAssassinConfig, {"tag_score": 9, "reject_score": 5}, "reject_score"),
     (SpamAssassinConfig, {"domains": {"a.test": {"tag_score": 1}}}, "reject_score"),
 ])
@@ -68,3 +72,11 @@ def test_mistakes_name_their_key(section: type, data: dict, key: str) -> None:
     with pytest.raises(ValidationError) as e:
         section.model_validate(data)
     assert key in str(e.value)
+
+
+def test_clamd_sizes_are_read_as_clamd_reads_them() -> None:
+    """Copied from clamd.conf as they are: 1M = 1048576, 1K = 1024."""
+    c = ClamAVConfig.model_validate({"max_file_size": "25M", "max_scan_size": "512k"})
+    assert (c.max_file_size, c.max_scan_size) == (25 << 20, 512 << 10)
+    f = build_scanners(ClamAVConfig(max_file_size=0, max_scan_size=1000), None)[0]
+    assert isinstance(f, ClamAVFilter) and (f.max_file_size, f.max_scan_size) == (0, 1000)
