@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, case, delete, func, or_, select, update
+from sqlalchemy import Engine, String, and_, case, delete, func, not_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import aliased
 
 from blocklist.export import utc
 from blocklist.scoring import BlockDecision, BlockState, Offences
@@ -38,31 +40,66 @@ def _state(b) -> BlockState:  # type: ignore[no-untyped-def]
                       b.source, b.score, b.reason)
 
 
-def load_blocks(engine: Engine) -> dict[str, BlockState]:
-    """Every block row, history included (escalation needs the expired ones)."""
+def load_blocks(engine: Engine, networks: Iterable[str] | None = None
+                ) -> dict[str, BlockState]:
+    """Every block row (or those of `networks`), history included (escalation needs the
+    expired ones)."""
+    stmt = select(_BLOCK)
+    if networks is not None:
+        stmt = stmt.where(_BLOCK.c.network.in_(list(networks)))
     with engine.connect() as conn:
-        return {b.network: _state(b) for b in conn.execute(select(_BLOCK))}
+        return {b.network: _state(b) for b in conn.execute(stmt)}
+
+
+def event_total():  # type: ignore[no-untyped-def]
+    """How many events a group of event rows stands for: the one place scoring counts
+    them (a row is one event today; if rows come to carry a count, this becomes its sum)."""
+    return func.count()
+
+
+def _network_of(host):  # type: ignore[no-untyped-def]
+    """`192.0.2.7` -> `192.0.2.0/24` in SQL (both SQLite and PostgreSQL have rtrim with a
+    character set); an IPv6 key gives a string no block has."""
+    return func.rtrim(host, "0123456789", type_=String).concat("0/24")
 
 
 def load_offences(engine: Engine, *, since: datetime, now: datetime,
                   reasons: list[str]) -> list[Offences]:
-    """Events per host and reason since `since`, minus what a block already paid for."""
-    cut = case((Block.expires > now, as_event_time(Block.last_seen)),
-               else_=as_event_time(Block.expires))
+    """Events per host and reason since `since`, minus what a block already paid for.
+
+    Paid for: offences before the cut of the host's own block or of its /24's block
+    (scoring.cutoff). Not offences at all: `blocked` refusals made after the refusing
+    block had ended (a relay refuses from its snapshot for up to refresh_interval after
+    an unblock), and `accepted` mail from the null sender (the cheapest mail to send).
+    """
+    net = aliased(Block)
+    refusing = aliased(Block)
     stmt = (
-        select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
+        select(Event.host, Event.reason, event_total(), func.min(Event.ts), func.max(Event.ts))
         .select_from(Event)
         .outerjoin(Block, Block.network == Event.host)
+        .outerjoin(net, net.network == _network_of(Event.host))
+        .outerjoin(refusing, and_(Event.reason == "blocked", refusing.network == Event.detail))
         .where(Event.ts >= since, Event.reason.in_(reasons),
-               or_(Block.id.is_(None), Event.ts > cut))
+               or_(Block.id.is_(None), Event.ts > _cut(Block, now)),
+               or_(net.id.is_(None), Event.ts > _cut(net, now)),
+               or_(refusing.id.is_(None), Event.ts < as_event_time(refusing.expires)),
+               not_(and_(Event.reason == "accepted", func.coalesce(Event.sender, "") == "")))
         .group_by(Event.host, Event.reason)
     )
     with engine.connect() as conn:
         return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
 
 
+def _cut(block, now: datetime):  # type: ignore[no-untyped-def]
+    """scoring.cutoff in SQL: last_seen while the block is active, its end after."""
+    return case((block.expires > now, as_event_time(block.last_seen)),
+                else_=as_event_time(block.expires))
+
+
 def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
-    stmt = (select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
+    stmt = (select(Event.host, Event.reason, event_total(), func.min(Event.ts),
+                   func.max(Event.ts))
             .where(Event.host == host, Event.ts >= since).group_by(Event.host, Event.reason))
     with engine.connect() as conn:
         return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]

@@ -7,10 +7,13 @@ configuration, and a block is a threshold on the sum. Nothing here touches the s
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+
+NETWORK_PREFIX_V4 = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,20 +42,63 @@ class HostScore:
         return " ".join(f"{r}={n}" for _, r, n in parts)
 
 
-def score_hosts(rows: Iterable[Offences], weights: dict[str, float]) -> dict[str, HostScore]:
-    """Sum weights per host; only positive weights count as offences for the times."""
+def score_hosts(rows: Iterable[Offences], weights: dict[str, float],
+                floor: float = -math.inf) -> dict[str, HostScore]:
+    """Sum weights per host; only positive weights count as offences for the times.
+
+    The negative part of a score (the `accepted` bonus) stops at `floor`: otherwise every
+    message a host gets accepted buys it one more probe, without limit."""
     scores: dict[str, HostScore] = {}
+    bonus: dict[str, float] = {}
     for row in rows:
         weight = weights.get(row.reason, 0.0)
         hs = scores.setdefault(row.host, HostScore(row.host))
         hs.counts[row.reason] = hs.counts.get(row.reason, 0) + row.count
+        if weight < 0:
+            bonus[row.host] = bonus.get(row.host, 0.0) + weight * row.count
+            continue
         hs.score += weight * row.count
         if weight > 0:
             if hs.first_offence is None or row.first < hs.first_offence:
                 hs.first_offence = row.first
             if hs.last_offence is None or row.last > hs.last_offence:
                 hs.last_offence = row.last
+    for host, negative in bonus.items():
+        scores[host].score += max(negative, floor)
     return scores
+
+
+def network_key(host: str, prefix: int = NETWORK_PREFIX_V4) -> str | None:
+    """The IPv4 network a host counts towards as well (`192.0.2.0/24`); None for IPv6 keys,
+    which are already networks (`store.ipv6_prefix`)."""
+    if ":" in host or "/" in host:
+        return None
+    try:
+        return str(ipaddress.IPv4Network(f"{host}/{prefix}", strict=False))
+    except ValueError:
+        return None
+
+
+def score_networks(hosts: dict[str, HostScore], skip: Callable[[str], bool]
+                   ) -> dict[str, HostScore]:
+    """Per IPv4 /24, the sum of its hosts' positive scores, so that many hosts each staying
+    under the host threshold are still seen. Hosts for which `skip` is true (blocked, or
+    being blocked now) add nothing: their offences are paid for by their own block, and a
+    single blocked host knocking on must not take its neighbours down with it."""
+    nets: dict[str, HostScore] = {}
+    for host, hs in hosts.items():
+        net = network_key(host)
+        if net is None or hs.score <= 0 or hs.last_offence is None or skip(host):
+            continue
+        ns = nets.setdefault(net, HostScore(net))
+        ns.score += hs.score
+        for reason, n in hs.counts.items():
+            ns.counts[reason] = ns.counts.get(reason, 0) + n
+        if ns.first_offence is None or (hs.first_offence or hs.last_offence) < ns.first_offence:
+            ns.first_offence = hs.first_offence or hs.last_offence
+        if ns.last_offence is None or hs.last_offence > ns.last_offence:
+            ns.last_offence = hs.last_offence
+    return nets
 
 
 @dataclass(frozen=True, slots=True)

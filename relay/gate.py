@@ -43,16 +43,29 @@ class BlockGate:
         exact: dict[str, BlockState] = {}
         networks: list[tuple[IPNetwork, BlockState]] = []
         for b in active:
-            net = ipaddress.ip_network(b.network, strict=False)
-            if net.prefixlen == net.max_prefixlen or (net.version == 6
-                                                      and net.prefixlen == self.ipv6_prefix):
-                exact[b.network] = b
-            else:
-                networks.append((net, b))
+            self._place(b, exact, networks)
         self.exact, self.networks = exact, networks
         self.protection = self.base_protection.with_allow(allowed)
         self._seen = {}
         self.generation = generation
+
+    def _place(self, b: BlockState, exact: dict[str, BlockState],
+               networks: list[tuple[IPNetwork, BlockState]]) -> None:
+        net = ipaddress.ip_network(b.network, strict=False)
+        if net.prefixlen == net.max_prefixlen or (net.version == 6
+                                                  and net.prefixlen == self.ipv6_prefix):
+            exact[b.network] = b
+        else:
+            networks[:] = [(n, old) for n, old in networks if old.network != b.network]
+            networks.append((net, b))
+
+    def apply(self, active: list[BlockState]) -> None:
+        """Blocks this relay has just written (or found), in force at once: the next
+        connection is refused at the door without waiting for the next refresh."""
+        for b in active:
+            self._place(b, self.exact, self.networks)
+        if active:
+            self._seen = {}
 
     def lookup(self, client: str, now: datetime | None = None) -> BlockState | None:
         """The active block covering `client`, if any; protected hosts are never blocked."""

@@ -157,7 +157,7 @@ def hosts_show(ctx: click.Context, address: str, shown: int) -> None:
     weights = config.scoring.all_weights()
     since = now - timedelta(seconds=config.scoring.window)
     rows = blocks.host_events(engine, key, since)
-    score = score_hosts(rows, weights).get(key)
+    score = score_hosts(rows, weights, config.scoring.bonus_floor).get(key)
     out = cli.out
     out.print(f"[bold]{address}[/] (counted as {key})", highlight=False)
     window = f"{config.scoring.window / 3600:g}h"

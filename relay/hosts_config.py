@@ -8,7 +8,7 @@ from relay.config_types import Duration, check_networks
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
-    "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 1, "accepted": -1,
+    "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 0, "accepted": -1,
     "rate_limit": 1, "pregreet": 3,
     # a session cut off at smtpd_hard_error_limit (or by its junk commands): on top of the
     # errors themselves, for not stopping at the soft limit's delays
@@ -26,6 +26,8 @@ class ScoringConfig(_Strict):
     window: Duration = 86_400.0
     threshold: float = Field(default=10.0, gt=0)
     interval: Duration = 15.0
+    network_threshold: float = Field(default=30.0, ge=0)
+    bonus_floor: float = Field(default=-5.0, le=0)
     traps: list[str] = Field(default_factory=list)
 
     @field_validator("traps")

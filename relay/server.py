@@ -42,6 +42,7 @@ from relay.store import (
     read_generation,
 )
 from relay.store import upgrade as upgrade_schema
+from relay.tally import RunningScore
 
 log = logging.getLogger("floodgate.serve")
 
@@ -170,6 +171,12 @@ class Relay:
         self.handler.queue_full = self.delivery.queue_full
         self.handler.null_sender_full = self.delivery.null_sender_full
         self.handler.on_decision = self.metrics.decision
+        if config.scoring.enabled:
+            self.running = RunningScore(
+                config.scoring, protected=lambda c: self.gate.protection.why(c),
+                blocked=self.gate.lookup, on_blocks=self.gate.apply,
+                score_now=lambda tallies: in_store_thread(self.scorer.run_hosts, tallies))
+            self.handler.on_event = self.running.record
         self.metrics.watch(self, chain)
         self.servers: list[asyncio.AbstractServer] = []
         self.tasks: list[asyncio.Task[None]] = []

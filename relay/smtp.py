@@ -516,6 +516,8 @@ class RelayHandler:
         self.null_sender_full: Callable[[str], str | None] = lambda client: None
         # Counts each decision (stage, action, reason) for metrics; set by the server.
         self.on_decision: Callable[[str, str, str], None] = lambda *decision: None
+        # Sees every event recorded (the running score that blocks at once); set by the server.
+        self.on_event: Callable[[EventRecord], None] = lambda event: None
 
     # -- recording ---------------------------------------------------------------------
 
@@ -536,14 +538,16 @@ class RelayHandler:
         # PostgreSQL to refuse, no terminal escapes for a report to replay. The stage goes
         # as a plain str, not a Stage member: the event writer's pipe takes plain values
         # fastest (relay/event_proc.py).
-        self.events.emit(EventRecord(
+        event = EventRecord(
             ts=EventRecord.now(), node=self.node, client=client,
             host=host_key(client, self.ipv6_prefix), stage=str(stage),
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=printable(helo)[:255], sender=printable(sender or "")[:320],
             recipient=printable(recipient), detail=printable(verdict.detail), size=size,
             queue_id=queue_id,
-        ))
+        )
+        self.events.emit(event)
+        self.on_event(event)
         self.on_decision(stage, verdict.action.value, verdict.reason)
         log.info("decision %s", kv(
             session=sid, client=client, stage=stage,
@@ -555,15 +559,22 @@ class RelayHandler:
     def door(self, client: str) -> bytes | None:
         """The connect gate, asked before any SMTP state exists for the connection: the
         554 for a blocked client (recorded: knocking while blocked counts), or None."""
+        verdict = self.blocked(client)
+        if verdict is None:
+            return None
+        self._record(new_session_id(), client, "", Stage.CONNECT, verdict)
+        return verdict.reply.encode() + b"\r\n"
+
+    def blocked(self, client: str) -> Verdict | None:
+        """The 554 for a client the gate blocks now, or None. Asked at the door and again
+        at MAIL and RCPT: a session opened before its host was blocked ends there."""
         block = self.gate(client)
         if block is None:
             return None
-        verdict = Verdict.reject(
+        return Verdict.reject(
             554, "5.7.1", "blocked",
             f"Service unavailable; client [{client}] is blocked until "
             f"{block.expires.strftime('%Y-%m-%d %H:%M UTC')}", detail=block.network)
-        self._record(new_session_id(), client, "", Stage.CONNECT, verdict)
-        return verdict.reply.encode() + b"\r\n"
 
     async def on_connect(self, session: RelaySession) -> Verdict:
         """The CONNECT filters (DNSBL) unless protected; the gate was asked at the door."""
@@ -614,7 +625,9 @@ class RelayHandler:
     async def handle_MAIL(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope, address: str, mail_options: list[str]) -> str:
         full = self.queue_full()
-        verdict = queue_full(full) if full is not None else size_problem(address, sender=True)
+        verdict = self.blocked(session.client)
+        if verdict is None:
+            verdict = queue_full(full) if full is not None else size_problem(address, sender=True)
         if (verdict is None and address.strip() == NULL_SENDER_TEXT
                 and not self.limiter.is_exempt(session.client)
                 and (over := self.null_sender_full(session.client)) is not None):
@@ -630,8 +643,11 @@ class RelayHandler:
                           envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         session.rcpt_attempts += 1
         full = self.queue_full()
-        if full is not None:
-            verdict: Verdict | None = queue_full(full)
+        blocked = self.blocked(session.client)
+        if blocked is not None:
+            verdict: Verdict | None = blocked
+        elif full is not None:
+            verdict = queue_full(full)
         elif len(envelope.rcpt_tos) >= self.max_recipients:
             verdict = TOO_MANY_RCPTS
         elif (problem := size_problem(address, sender=False) or routing_problem(address)):

@@ -116,7 +116,7 @@ def write_config(path: Path, *, store_url: str, port: int, extra_relay: str = ""
                  extra_store: str = "", extra: str = "",
                  listen: list[str] | None = None,
                  extra_delivery: str = "enabled = false",
-                 max_message_size: int = 100_000) -> Path:
+                 max_message_size: int = 100_000, refresh: str = "0.2s") -> Path:
     """`extra_delivery`: the `[delivery]` section's lines. Off unless a test asks, so tests
     of the front end see the spool (and the events) exactly as the SMTP side left them."""
     listen = listen or [f"127.0.0.1:{port}"]
@@ -134,7 +134,7 @@ shutdown_grace = "10s"
 
 [store]
 url = "{store_url}"
-refresh_interval = "0.2s"
+refresh_interval = "{refresh}"
 event_flush_interval = "0.1s"
 {extra_store}
 

@@ -11,7 +11,7 @@ import pytest
 from blocklist import blocks
 from relay.store import make_engine
 from tests.support import floodgate, wait_until
-from tests.test_smtp import ALIASES
+from tests.test_smtp import ALIASES, MESSAGE
 
 SCORING = """
 [scoring]
@@ -41,15 +41,26 @@ def refused_at_connect(relay, source: str) -> str | None:  # type: ignore[no-unt
     return None
 
 
-def dictionary_attack(relay, source: str, tries: int = 20) -> None:  # type: ignore[no-untyped-def]
-    """`tries` unknown recipients, 9 per session: under smtpd_soft_error_limit (10), so no
-    reply is delayed and no session cut off (tests/test_sessions.py tests those)."""
+def dictionary_attack(relay, source: str, tries: int = 20) -> list[int]:  # type: ignore[no-untyped-def]
+    """RCPT reply codes of `tries` unknown recipients, 9 per session (under
+    smtpd_soft_error_limit, so no reply is delayed; tests/test_sessions.py tests those):
+    550 until the host is blocked, 554 once it is (the threshold is 10: the block is made as
+    the tenth offence is recorded). A blocked host's next session is refused at the door,
+    which ends the attack."""
+    codes: list[int] = []
     for first in range(0, tries, 9):
-        with connect(relay, source) as smtp:
+        try:
+            smtp = connect(relay, source)
+        except smtplib.SMTPConnectError as e:
+            assert e.smtp_code == 554 and len(codes) >= 10, (e, codes)
+            break
+        with smtp:
             smtp.ehlo("attacker.test")
             smtp.mail("x@attacker.test")
-            for i in range(first, min(tries, first + 9)):
-                assert smtp.rcpt(f"guess{i}@example.org")[0] == 550
+            codes += [smtp.rcpt(f"guess{i}@example.org")[0]
+                      for i in range(first, min(tries, first + 9))]
+    assert codes[:10] == [550] * min(10, len(codes)) and set(codes) <= {550, 554}, codes
+    return codes
 
 
 @pytest.fixture
@@ -160,3 +171,110 @@ weight = 1
         shown = floodgate(relay.config, "hosts", "show", "127.0.0.40").stdout
         assert "DNSBL score 4 (reject at 3): refused at connect" in shown
         assert "listed in zen.example: 127.0.0.2 (weight 3)" in shown
+
+
+def test_a_harvester_is_blocked_at_once(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """The periodic scorer runs hourly here: only the relay's running score can block."""
+    extra = (SCORING % "1h").replace('interval = "0.2s"', 'interval = "1h"')
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=extra)
+    with connect(relay, "127.0.0.5") as smtp:
+        smtp.ehlo("attacker.test")
+        smtp.mail("x@attacker.test")
+        assert {smtp.rcpt(f"guess{i}@example.org")[0] for i in range(10)} == {550}
+        text = wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="block")
+        assert "is blocked until" in str(text)
+        assert smtp.rcpt("alice@example.org")[0] == 554  # and this session learns no more
+    relay.wait_for_log(r"block network=127.0.0.5 score=10 level=1 .*reason=unknown_rcpt=10")
+
+
+def test_a_session_opened_before_the_block_ends_at_its_next_transaction(relay) -> None:  # type: ignore[no-untyped-def]
+    with connect(relay, "127.0.0.6") as smtp:
+        smtp.ehlo("early.test")
+        assert smtp.mail("a@early.test")[0] == 250
+        floodgate(relay.config, "block", "add", "127.0.0.6", "--for", "1h")
+        wait_until(lambda: refused_at_connect(relay, "127.0.0.6"), what="block")
+        code, text = smtp.rcpt("alice@example.org")
+        assert (code, text.decode()[:45]) == (554, "5.7.1 Service unavailable; client [127.0.0.6]")
+        smtp.rset()
+        code, text = smtp.mail("a@early.test")
+        assert code == 554 and text.decode().startswith("5.7.1 ") and b"is blocked until" in text
+    relay.wait_for_log(r"client=127.0.0.6 stage=mail action=reject reason=blocked code=554")
+
+
+def test_hosts_of_one_network_are_blocked_together(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """Four hosts of 127.0.0.0/24 at 8 offences each: none reaches 10, the /24 reaches 30."""
+    extra = """
+[scoring]
+threshold = 10
+network_threshold = 30
+interval = "0.2s"
+window = "1h"
+[blocklist]
+protect_loopback = false
+"""
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=extra)
+    for host in (10, 11, 12, 13):
+        dictionary_attack(relay, f"127.0.0.{host}", tries=8)
+    text = wait_until(lambda: refused_at_connect(relay, "127.0.0.20"), what="network block")
+    assert "client [127.0.0.20] is blocked until" in str(text)
+    assert refused_at_connect(relay, "127.0.0.1") is None  # the relay's own address
+    relay.wait_for_log(r"block network=127.0.0.0/24 score=3\d level=1 .*reason=unknown_rcpt=3\d")
+
+
+def test_manual_unblock_sticks_while_relays_still_refuse(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """Relays refuse from their snapshot for up to refresh_interval after an unblock; the
+    host knocking meanwhile must not be blocked again by those refusals."""
+    from relay.config import load_config
+    from relay.scorer import Scorer
+    from tests.support import event_count
+
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "1h",
+                        refresh="3s")
+    floodgate(relay.config, "block", "add", "127.0.0.4", "--for", "1h")
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.4"), what="manual block")
+    floodgate(relay.config, "block", "remove", "127.0.0.4")
+    refusals = 0
+    while refused_at_connect(relay, "127.0.0.4"):  # until the relay's next refresh
+        refusals += 1
+    assert refusals >= 10  # enough to pass the threshold if they counted
+    engine = make_engine(sqlite_url)
+    wait_until(lambda: event_count(engine) >= refusals + 1, what="refusals stored")
+    config = load_config(str(relay.config))
+    scorer = Scorer(engine, config.scoring, config.blocklist, relay_protection(config), "test")
+    assert scorer.run_once() == []
+    assert not blocks.active_blocks(engine)
+    assert refused_at_connect(relay, "127.0.0.4") is None
+    engine.dispose()
+
+
+def relay_protection(config):  # type: ignore[no-untyped-def]
+    from blocklist.scoring import Protection
+
+    own = [h for h, _ in config.relay.endpoints()]
+    return Protection.build(config.blocklist.allow, own, config.blocklist.protect_loopback)
+
+
+def test_a_bulk_sender_sending_the_rest_later_is_not_blocked(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """max_recipients is 5: 30 recipients get 25 x 452 4.5.3 in the first transaction, and
+    the sender sends them on in later ones, as RFC 5321 asks."""
+    from relay.config import load_config
+    from relay.scorer import Scorer
+    from tests.support import event_count
+
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "1h")
+    pending = [f"reader{i}@catchall.test" for i in range(30)]
+    transactions = 0
+    with connect(relay, "127.0.0.3") as smtp:
+        while pending:
+            refused = smtp.sendmail("news@bulk.test", pending, MESSAGE)
+            assert {code for code, _ in refused.values()} <= {452}
+            pending = [r for r in pending if r in refused]
+            transactions += 1
+    assert transactions == 6
+    engine = make_engine(sqlite_url)
+    wait_until(lambda: event_count(engine) >= 1 + 30 + 25 + 6, what="events stored")
+    config = load_config(str(relay.config))
+    scorer = Scorer(engine, config.scoring, config.blocklist, relay_protection(config), "test")
+    assert scorer.run_once() == []
+    assert refused_at_connect(relay, "127.0.0.3") is None
+    engine.dispose()

@@ -119,3 +119,104 @@ def test_an_unblock_between_read_and_write_beats_the_extension(store_url: str) -
     blocks.write_decisions(engine, [ext], "t", now)
     assert blocks.load_blocks(engine)["192.0.2.2"].expires == ext.expires
     engine.dispose()
+
+
+def test_the_accepted_bonus_is_bounded() -> None:
+    """100 accepted messages do not buy 100 more probes: the bonus stops at bonus_floor."""
+    rows = [Offences("192.0.2.1", "accepted", 100, ago(600), ago(60)),
+            Offences("192.0.2.1", "unknown_rcpt", 14, ago(50), ago(10))]
+    assert score_hosts(rows, W, floor=-5)["192.0.2.1"].score == 14 - 5
+    [d] = decide(score_hosts([*rows, Offences("192.0.2.1", "unknown_rcpt", 1, ago(5), ago(5))],
+                             W, floor=-5), {}, threshold=10, duration=lambda level: 3600.0,
+                 recidive_window=0, protected=NOBODY.why, weights=W, now=NOW)
+    assert d.network == "192.0.2.1"
+
+
+def test_too_many_recipients_is_no_offence() -> None:
+    """A 452 4.5.3 asks the client to send the rest in another transaction (RFC 5321
+    4.5.3.1.10): a bulk sender doing just that must not be scored for it."""
+    assert W["too_many_rcpts"] == 0
+    rows = [Offences("192.0.2.1", "too_many_rcpts", 30, ago(60), ago(10))]
+    assert score_hosts(rows, W, floor=-5)["192.0.2.1"].score == 0
+
+
+def _store(store_url: str):  # type: ignore[no-untyped-def]
+    from relay.store import make_engine, upgrade
+
+    engine = make_engine(store_url)
+    upgrade(engine)
+    return engine
+
+
+def _events(engine, rows: list[tuple[str, str, datetime, str, str]]) -> None:  # type: ignore[no-untyped-def]
+    """(client, reason, ts, sender, detail) as the relay records them."""
+    from relay.events import EventRecord, as_row, write_rows
+
+    with engine.begin() as conn:
+        write_rows(conn, [as_row(EventRecord(
+            ts=ts, node="t", client=client, host=host_key(client), stage="rcpt",
+            action="reject", reason=reason, sender=sender, detail=detail))
+            for client, reason, ts, sender, detail in rows])
+
+
+def _scorer(engine, **scoring: object):  # type: ignore[no-untyped-def]
+    from relay.hosts_config import ScoringConfig
+    from relay.scorer import Scorer
+
+    return Scorer(engine, ScoringConfig(threshold=10, window="1h", **scoring),  # type: ignore[arg-type]
+                  BlocklistConfig(), NOBODY, "t")
+
+
+def test_refusals_after_an_unblock_are_no_offences(store_url: str) -> None:
+    """An operator ends a block; relays refuse the host from their old snapshot for up to
+    refresh_interval: those refusals must not block it again."""
+    from blocklist import blocks
+
+    engine = _store(store_url)
+    now = datetime.now(UTC)
+    blocks.add_manual(engine, "192.0.2.4", 3600, "test", now=now - timedelta(seconds=60))
+    _events(engine, [("192.0.2.4", "blocked", now - timedelta(seconds=50 - i), "", "192.0.2.4")
+                     for i in range(5)])  # while blocked: these may extend it
+    assert blocks.remove(engine, "192.0.2.4", now=now - timedelta(seconds=30))
+    _events(engine, [("192.0.2.4", "blocked", now - timedelta(seconds=30 - i), "", "192.0.2.4")
+                     for i in range(25)])  # after the unblock, from a stale snapshot
+    assert _scorer(engine).run_once(now) == []
+    assert blocks.load_blocks(engine)["192.0.2.4"].expires <= now
+    # real offences after the unblock still count
+    _events(engine, [("192.0.2.4", "unknown_rcpt", now - timedelta(seconds=2), "", "")] * 10)
+    [d] = _scorer(engine).run_once(now)
+    assert d.network == "192.0.2.4" and d.reason == "unknown_rcpt=10"
+    engine.dispose()
+
+
+def test_null_sender_mail_earns_no_bonus(store_url: str) -> None:
+    engine = _store(store_url)
+    now = datetime.now(UTC)
+    at = now - timedelta(seconds=10)
+    _events(engine, [("192.0.2.5", "accepted", at, "", "")] * 5
+            + [("192.0.2.5", "unknown_rcpt", at, "", "")] * 10
+            + [("192.0.2.6", "accepted", at, "news@example.com", "")] * 5
+            + [("192.0.2.6", "unknown_rcpt", at, "", "")] * 10)
+    assert [d.network for d in _scorer(engine).run_once(now)] == ["192.0.2.5"]
+    engine.dispose()
+
+
+def test_hosts_of_one_network_add_up(store_url: str) -> None:
+    """Four hosts of a /24 each stay under the host threshold; together they pass the
+    network threshold and the /24 is blocked, not the hosts."""
+    from blocklist import blocks
+
+    engine = _store(store_url)
+    now = datetime.now(UTC)
+    at = now - timedelta(seconds=10)
+    _events(engine, [(f"198.51.100.{h}", "unknown_rcpt", at, "", "")
+                     for h in (10, 11, 12, 13) for _ in range(8)]
+            + [("203.0.113.1", "unknown_rcpt", at, "", "")] * 8)
+    scorer = _scorer(engine, network_threshold=30)
+    [d] = scorer.run_once(now)
+    assert (d.network, d.score, d.reason) == ("198.51.100.0/24", 32, "unknown_rcpt=32")
+    assert set(blocks.load_blocks(engine)) == {"198.51.100.0/24"}
+    # paid for: the same offences do not block it again once it has ended
+    assert blocks.remove(engine, "198.51.100.0/24", now=now)
+    assert _scorer(engine, network_threshold=30).run_once(now + timedelta(seconds=1)) == []
+    engine.dispose()
