@@ -52,14 +52,15 @@ def dictionary_attack(relay, source: str, tries: int = 20) -> list[int]:  # type
         try:
             smtp = connect(relay, source)
         except smtplib.SMTPConnectError as e:
-            assert e.smtp_code == 554 and len(codes) >= 10, (e, codes)
+            assert e.smtp_code == 554, (e, codes)
             break
         with smtp:
             smtp.ehlo("attacker.test")
-            smtp.mail("x@attacker.test")
+            if smtp.mail("x@attacker.test")[0] == 554:  # blocked since the last session
+                break
             codes += [smtp.rcpt(f"guess{i}@example.org")[0]
                       for i in range(first, min(tries, first + 9))]
-    assert codes[:10] == [550] * min(10, len(codes)) and set(codes) <= {550, 554}, codes
+    assert set(codes) <= {550, 554} and codes == sorted(codes), codes  # 554 once blocked
     return codes
 
 
