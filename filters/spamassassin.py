@@ -38,7 +38,7 @@ from aiospamc.requests import Request
 
 from filters.base import Action, Context, Stage, Verdict
 from filters.clamav import UNSCANNED_HEADER, parse_address
-from filters.headers import strip_headers
+from filters.headers import strip_headers_async
 from filters.mime import body_digest
 from filters.verdict_cache import VerdictCache
 
@@ -238,7 +238,7 @@ class SpamAssassinFilter:
     async def score(self, content: bytes) -> SpamResult:
         """One SYMBOLS round trip: score and rule names, without the rewritten message."""
         self.requests += 1
-        message = strip_headers(content, ("x-spam-",))
+        message = await strip_headers_async(content, ("x-spam-",))
         response = await self._request(Request("SYMBOLS", body=message))
         spam = response.headers.spam
         if spam is None:

@@ -37,6 +37,10 @@ class LimitsConfig(BaseModel):
     # From the final dot to our reply: scanning and queueing. RFC 5321 4.5.3.2.6 gives
     # the client 10 minutes; replying well inside that avoids a duplicate delivery.
     reply_timeout: Duration = 300.0
+    # Bytes of one header field of the message, folded lines included (Postfix's
+    # header_size_limit). Postfix cuts the excess; here the message is refused with
+    # `552 5.3.4` before any scan, so nothing is delivered altered (0: no limit).
+    header_size_limit: int = Field(default=102_400, ge=0)
 
     @field_validator("exempt")
     @classmethod
