@@ -62,7 +62,7 @@ def header_too_large(size: int, limit: int) -> Verdict:
     """A header field over limits.header_size_limit: permanent, the same message would
     be refused again (RFC 3463 5.3.4: a size limit of this system)."""
     return Verdict.reject(552, "5.3.4", "size", "Message header too large",
-                          detail=f"header field of {size} bytes over limit {limit}")
+                          detail=f"a header field of at least {size} bytes, limit {limit}")
 
 
 class BareNewline(Exception):
