@@ -35,8 +35,8 @@ from typing import Any, Literal
 from filters.archive import zip_excess
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import head_end
-from filters.mime import Parts, split_parts
-from filters.offload import split_in_process
+from filters.mime import INLINE_STEPS, Parts, TooComplex, split_parts
+from filters.offload import split_in_process, split_parts_in_process
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.clamav")
@@ -48,7 +48,8 @@ UNSCANNED_HEADER = "X-Floodgate-Unscanned"
 MAX_ATTRIBUTION_SCANS = 8
 # clamd's name for "not scanned in full": MaxRecursion, MaxScanSize, MaxFileSize, ...
 LIMITS_PREFIX = "Heuristics.Limits.Exceeded"
-# Parsing a big message costs real CPU; above this size it happens off the event loop.
+# Parsing a big message costs real CPU; above this size it happens off the event loop (and
+# so does a smaller one's whose structure costs more than filters.mime.INLINE_STEPS).
 PARSE_INLINE_LIMIT = 1024 * 1024
 # clamd's own defaults (ClamAV 1.x MaxFileSize, MaxScanSize)
 MAX_FILE_SIZE = 100 << 20
@@ -341,6 +342,7 @@ class ClamAVFilter:
         self._version_checked = float("-inf")
         self.messages = 0
         self.cache_hits = 0
+        self.offloaded = 0  # small messages split off the loop for their structure
 
     # -- verdicts ----------------------------------------------------------------------
     @staticmethod
@@ -438,7 +440,11 @@ class ClamAVFilter:
     async def _split(self, content: bytes) -> Parts:
         if len(content) > PARSE_INLINE_LIMIT:  # digests only: no attribution scans for it
             return await split_in_process(content)
-        return split_parts(content)
+        try:
+            return split_parts(content, INLINE_STEPS)
+        except TooComplex:  # thousands of parts or header lines: not on the event loop
+            self.offloaded += 1
+            return await split_parts_in_process(content)
 
     async def db_version(self) -> str | None:
         """clamd's VERSION line, asked at most every `version_interval` seconds."""

@@ -36,6 +36,15 @@ from filters.headers import head_end
 
 MAX_LEAVES = 256
 MAX_DEPTH = 20  # nested multipart and message/* parts
+# What a split may cost the event loop, in steps: a header line, a boundary line, a line
+# that may look like a boundary, a leaf (each about 0.3-0.6 us of Python). The cost of a
+# split follows its structure, not its size: a 1 MB message of 87,000 part header lines
+# took 50 ms, one that falls back to the email package 640 ms (262,000 lines). Ordinary
+# mail takes tens to a few hundred steps; past INLINE_STEPS the split goes to the offload
+# process (filters/offload.py), having cost the loop about 3 ms at most.
+INLINE_STEPS = 5_000
+# The email package costs about five steps a line (it reads every line in Python).
+EMAIL_LINE_STEPS = 5
 
 IDENTITY = frozenset(("", "7bit", "8bit", "binary"))
 UUENCODE = frozenset(("x-uuencode", "uuencode", "uue", "x-uue"))
@@ -236,17 +245,6 @@ def _uudecode(raw: bytes, cte: str) -> bytes:
 _DASH_LINE = re.compile(rb"^[ \t]*[-(][^\r\n]*", re.MULTILINE)
 
 
-def _near_miss(text: bytes, bounds: tuple[bytes, ...]) -> bool:
-    """Whether a line of `text` might be a boundary (lowercased in `bounds`) to clamd, which
-    also takes boundary lines with extra dashes, comments or another letter case."""
-    if not bounds:
-        return False
-    low = text.lower()
-    if not any(b in low for b in bounds):
-        return False
-    return any(b in m.group() for m in _DASH_LINE.finditer(low) for b in bounds)
-
-
 # -- the splitter --------------------------------------------------------------------------
 
 _DELIM_TAIL = re.compile(rb"(--)?([ \t]*)(?:\r?\n|\Z)")
@@ -254,6 +252,10 @@ _DELIM_TAIL = re.compile(rb"(--)?([ \t]*)(?:\r?\n|\Z)")
 
 class _Fallback(Exception):
     """Structure _Splitter does not model: the email package decides, nobody trusts it."""
+
+
+class TooComplex(Exception):
+    """The split would take more than its budget of steps: do it off the event loop."""
 
 
 class _Delimiter(NamedTuple):
@@ -271,12 +273,20 @@ class _Splitter:
     """Splits one message in place (offsets into it, no copies until a leaf is made), the way
     email.feedparser does. The caller has made sure there is no bare CR in it."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, budget: int | None = None) -> None:
         self.data = data
         self.leaves: list[Leaf] = []
         self.spans: list[tuple[int, int]] = []  # where each leaf's raw text lies
         self.trustworthy = True
         self.full = False
+        self.budget = budget  # steps left (see INLINE_STEPS), None: no limit
+
+    def step(self, n: int = 1) -> None:
+        """Count `n` steps of Python work; TooComplex once the budget is spent."""
+        if self.budget is not None:
+            self.budget -= n
+            if self.budget < 0:
+                raise TooComplex
 
     def entity(self, start: int, end: int, default: str, depth: int,
                bounds: tuple[bytes, ...]) -> None:
@@ -307,6 +317,7 @@ class _Splitter:
         body = end
         pos = start
         while pos < end:
+            self.step()
             nl = data.find(b"\n", pos, end)
             stop = end if nl < 0 else nl + 1
             first = data[pos]
@@ -390,6 +401,7 @@ class _Splitter:
         # A body starts a line, after the "\n" at start - 1 (never at 0: headers come first).
         i = data.find(needle, max(start - 1, 0), end)
         while i >= 0:
+            self.step()
             at = i + 1
             m = _DELIM_TAIL.match(data, at + len(delim), end)
             if m is None or m.group(2):
@@ -408,6 +420,7 @@ class _Splitter:
     def leaf(self, head: _Head, end: int, bounds: tuple[bytes, ...]) -> None:
         if not self.room():
             return
+        self.step()
         raw = self.data[head.body:end]
         cte = head.cte
         plain = True  # raw text lines, which clamd reads for boundaries too
@@ -428,17 +441,32 @@ class _Splitter:
         else:
             payload = raw  # what the email package does with an unknown encoding
             self.trustworthy = False
-        if plain and self.trustworthy and _near_miss(raw, bounds):
+        if plain and self.trustworthy and self.near_miss(raw, bounds):
             self.trustworthy = False
         self.leaves.append(Leaf(digest(payload), payload, head.ctype, head.filename))
         self.spans.append((head.body, end))
+
+    def near_miss(self, text: bytes, bounds: tuple[bytes, ...]) -> bool:
+        """Whether a line of `text` might be a boundary (lowercased in `bounds`) to clamd,
+        which also takes boundary lines with extra dashes, comments or another letter
+        case. Each such line is a step."""
+        if not bounds:
+            return False
+        low = text.lower()
+        if not any(b in low for b in bounds):
+            return False
+        for m in _DASH_LINE.finditer(low):
+            self.step()
+            if any(b in m.group() for b in bounds):
+                return True
+        return False
 
     def extra(self, start: int, end: int, bounds: tuple[bytes, ...]) -> None:
         """A multipart's preamble or epilogue: a leaf unless blank."""
         text = self.data[start:end]
         if not text or text.isspace() or not self.room():
             return
-        if self.trustworthy and _near_miss(text, bounds):
+        if self.trustworthy and self.near_miss(text, bounds):
             self.trustworthy = False
         self.leaves.append(Leaf(digest(text), text, "text/plain", None))
         self.spans.append((start, end))
@@ -453,11 +481,13 @@ class _Splitter:
         return b"".join(pieces)
 
 
-def split_parts(message: bytes) -> Parts:
-    """The leaves of `message` and its body digest; see the module docstring."""
+def split_parts(message: bytes, budget: int | None = None) -> Parts:
+    """The leaves of `message` and its body digest; see the module docstring. With a
+    `budget` (in steps, see INLINE_STEPS) TooComplex is raised once it is spent, or when
+    the email package would spend it."""
     body, bare_cr = _body_digest(message)
+    splitter = _Splitter(message, budget)
     if not bare_cr:  # a bare CR is a line break to the email package: leave it to it
-        splitter = _Splitter(message)
         try:
             splitter.entity(0, len(message), "text/plain", 0, ())
         except _Fallback:
@@ -465,6 +495,7 @@ def split_parts(message: bytes) -> Parts:
         else:
             return Parts(tuple(splitter.leaves), body, splitter.trustworthy,
                          splitter.skeleton(), _archives(splitter.leaves))
+    splitter.step(EMAIL_LINE_STEPS * (message.count(b"\n") + 1))
     leaves, _ = _email_leaves(message)
     # No offsets from the email package: all that is known to lie outside its leaves is the
     # header block (and these parts are never trusted to answer "clean").

@@ -10,8 +10,13 @@ message at a time, at nice 10: the split is bulk work, and twenty of them must n
 every core from the SMTP loop. The child exits when its stdin closes, so it never outlives
 the relay (multiprocessing's forkserver did, after a SIGKILL).
 
-Frames both ways: a 4-byte big-endian length, then the bytes (the message one way, a
-pickle of the result the other). The child trusts its parent only.
+Small messages come here too when their structure would cost the loop more than its
+budget (filters.mime.INLINE_STEPS: thousands of parts or header lines, or a fallback to the
+email package); those come back with their payloads, for the attribution scans.
+
+Frames both ways: a 4-byte big-endian length, then the bytes (one byte saying what to
+compute, DIGESTS or PARTS, and the message one way; a pickle of the result the other). The
+child trusts its parent only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pickle
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("floodgate.offload")
 
 LENGTH = struct.Struct(">I")
+DIGESTS = b"D"  # filters.mime.split_digests: no payloads (a big message)
+PARTS = b"P"  # filters.mime.split_parts: with payloads (a small, complex message)
 
 
 class SplitProcess:
@@ -49,16 +57,23 @@ class SplitProcess:
         return proc
 
     async def split_digests(self, message: bytes) -> Parts:
-        """`filters.mime.split_digests(message)`, computed by the child. If the child dies
-        (twice), the split runs in a thread instead: slower for the loop, but mail flows."""
-        from filters.mime import split_digests
+        """`filters.mime.split_digests(message)`, computed by the child."""
+        return await self._split(DIGESTS, message)
 
+    async def split_parts(self, message: bytes) -> Parts:
+        """`filters.mime.split_parts(message)` (payloads too), computed by the child."""
+        return await self._split(PARTS, message)
+
+    async def _split(self, what: bytes, message: bytes) -> Parts:
+        """If the child dies (twice), the split runs in a thread instead: slower for the
+        loop, but mail flows."""
         async with self._turn:
             for attempt in (1, 2):
                 proc = await self.start()
                 assert proc.stdin is not None and proc.stdout is not None
                 try:
-                    proc.stdin.write(LENGTH.pack(len(message)))
+                    proc.stdin.write(LENGTH.pack(1 + len(message)))
+                    proc.stdin.write(what)
                     proc.stdin.write(message)
                     await proc.stdin.drain()
                     (size,) = LENGTH.unpack(await proc.stdout.readexactly(LENGTH.size))
@@ -72,7 +87,7 @@ class SplitProcess:
                     status = await reap(proc)
                     log.error("split process gone, starting another attempt=%d status=%s "
                               "error=%s", attempt, status, type(e).__name__)
-        return await asyncio.to_thread(split_digests, message)
+        return await asyncio.to_thread(_SPLITS[what], message)
 
     async def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -110,6 +125,19 @@ def read_exact(fd: int, n: int) -> bytes:
 _SPLITTER = SplitProcess()
 
 
+def _split_digests(message: bytes) -> Parts:
+    from filters.mime import split_digests
+    return split_digests(message)
+
+
+def _split_parts(message: bytes) -> Parts:
+    from filters.mime import split_parts
+    return split_parts(message)
+
+
+_SPLITS: dict[bytes, Callable[[bytes], Parts]] = {DIGESTS: _split_digests, PARTS: _split_parts}
+
+
 async def start_worker() -> None:
     """Start the child with the relay (starting it on the first big message held the loop
     for ~75 ms with multiprocessing; a subprocess is cheaper, but why wait)."""
@@ -120,20 +148,23 @@ async def split_in_process(message: bytes) -> Parts:
     return await _SPLITTER.split_digests(message)
 
 
+async def split_parts_in_process(message: bytes) -> Parts:
+    return await _SPLITTER.split_parts(message)
+
+
 def main() -> None:
     """Child side: split each message that arrives on stdin, answer on stdout, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us by closing stdin
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(10)
-    from filters.mime import split_digests
-
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     while True:
         try:
-            message = read_frame(stdin)
+            frame = read_frame(stdin)
         except EOFError:
             break
-        answer = pickle.dumps(split_digests(message), protocol=pickle.HIGHEST_PROTOCOL)
+        split = _SPLITS[frame[:1]]
+        answer = pickle.dumps(split(frame[1:]), protocol=pickle.HIGHEST_PROTOCOL)
         out.write(LENGTH.pack(len(answer)) + answer)
         out.flush()
 

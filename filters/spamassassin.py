@@ -44,7 +44,7 @@ from aiospamc.requests import Request
 
 from filters.base import Action, Context, Stage, Verdict
 from filters.clamav import UNSCANNED_HEADER, parse_address
-from filters.headers import strip_headers
+from filters.headers import strip_headers_async
 from filters.mime import digest
 from filters.verdict_cache import VerdictCache
 
@@ -193,7 +193,7 @@ class SpamAssassinFilter:
         if self.max_size and len(content) > self.max_size:
             return self.oversize(len(content))
         limits = self.thresholds(ctx.rcpts or ([ctx.rcpt] if ctx.rcpt else []))
-        message = strip_headers(content, ("x-spam-",))
+        message = await strip_headers_async(content, ("x-spam-",))
         key = digest(message) if self.cache is not None else ""
         result = self.cache.get(key) if self.cache is not None else None
         if result is None:
@@ -244,7 +244,7 @@ class SpamAssassinFilter:
 
     async def score(self, content: bytes) -> SpamResult:
         """One SYMBOLS round trip: score and rule names, without the rewritten message."""
-        return await self._symbols(strip_headers(content, ("x-spam-",)))
+        return await self._symbols(await strip_headers_async(content, ("x-spam-",)))
 
     async def _symbols(self, message: bytes) -> SpamResult:
         """score() of a message whose X-Spam-* headers are already gone."""

@@ -49,6 +49,10 @@ class LimitsConfig(BaseModel):
     smtpd_error_sleep_time: Duration = 1.0
     smtpd_hard_error_limit: int = Field(default=20, ge=1)
     smtpd_junk_command_limit: int = Field(default=100, ge=1)
+    # Bytes of one header field of the message, folded lines included (Postfix's
+    # header_size_limit). Postfix cuts the excess; here the message is refused with
+    # `552 5.3.4` before any scan, so nothing is delivered altered (0: no limit).
+    header_size_limit: int = Field(default=102_400, ge=0)
 
     @field_validator("exempt")
     @classmethod

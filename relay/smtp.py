@@ -24,7 +24,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState
 from filters.base import Action, Context, Stage, Verdict
-from filters.headers import rewrite_head
+from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay import replies
 from relay.addresses import control_problem, is_postmaster, routing_problem, size_problem
 from relay.data import DataScanner, Problem, read_data
@@ -60,6 +60,13 @@ CONNECT_FAILED = Verdict.tempfail(421, "4.3.0", "connect", "Internal error, try 
 BIG = 1 << 20  # bytes: messages larger than this are joined one per turn of the loop
 TOO_SLOW = Verdict.tempfail(451, "4.3.0", "timeout",
                             "Took too long to process the message, try again later")
+
+
+def header_too_large(size: int, limit: int) -> Verdict:
+    """A header field over limits.header_size_limit: permanent, the same message would
+    be refused again (RFC 3463 5.3.4: a size limit of this system)."""
+    return Verdict.reject(552, "5.3.4", "size", "Message header too large",
+                          detail=f"a header field of at least {size} bytes, limit {limit}")
 
 
 class BareNewline(Exception):
@@ -685,6 +692,11 @@ class RelayHandler:
                           envelope: Envelope) -> str:
         data = envelope.original_content or b""
         rcpts = ",".join(envelope.rcpt_tos)
+        limit = self.limits.header_size_limit
+        if (big := await oversized_field_async(data[:head_end(data)], limit)) is not None:
+            refused = header_too_large(big, limit)
+            self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
+            return refused.reply
         hops = hop_count(data, self.hopcount_limit + 1)
         if hops > self.hopcount_limit:  # a loop: Postfix's hopcount_limit
             self.record(session, envelope, Stage.DATA, Verdict.reject(
@@ -711,7 +723,7 @@ class RelayHandler:
             # strip forged X-Spam-*/X-Floodgate-* fields even when no filter added any; the
             # body stays where it is (a view), only the header block is rebuilt
             headers = verdict.headers if verdict is not None else ()
-            pieces = rewrite_head(data, headers)
+            pieces = await rewrite_head_async(data, headers)
             notes = " ".join(f"{name}={value}" for name, value in headers
                              if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))
             if verdict is not None:

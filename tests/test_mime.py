@@ -27,9 +27,11 @@ from hypothesis import strategies as st
 
 from filters.headers import split_head
 from filters.mime import (
+    INLINE_STEPS,
     MAX_DEPTH,
     MAX_LEAVES,
     Parts,
+    TooComplex,
     _email_view,
     _params,
     _split_parts_email,
@@ -37,6 +39,7 @@ from filters.mime import (
     digest,
     split_parts,
 )
+from tests import pathological
 from tests.make_fixtures import EICAR, MESSAGES, TESTFILES, forward, uuencode, with_attachment
 
 Key = tuple[str, str, str | None]
@@ -502,3 +505,24 @@ def test_forwarded_message_leaves_and_digest_defaults() -> None:
                                      b"no headers at all\r\n", b"Content-Type: text/plain"])
 def test_degenerate_messages(message: bytes) -> None:
     assert agree(message).leaves
+
+
+# -- what a split may cost the event loop ---------------------------------------------------
+
+@pytest.mark.parametrize("make", [pathological.tiny_parts, pathological.many_headers,
+                                  pathological.many_part_headers, pathological.folded_header])
+def test_complex_structure_spends_the_inline_budget(make: Any) -> None:
+    """Structure, not size, is what costs: each of these is given up within its budget (to
+    be split off the loop), and split in full without one."""
+    message = make(1 << 20) if make is not pathological.folded_header else make(20_000)
+    with pytest.raises(TooComplex):
+        split_parts(message, INLINE_STEPS)
+    assert split_parts(message).body_digest == body_digest(message)
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+def test_ordinary_messages_split_within_the_budget(path: Path) -> None:
+    message = crlf(path.read_bytes())
+    assert split_parts(message, INLINE_STEPS) == split_parts(message)
+    big = crlf(with_attachment("big", "see attached", bytes(range(256)) * 3000, "big.bin"))
+    assert split_parts(big, INLINE_STEPS) == split_parts(big)

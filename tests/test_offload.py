@@ -61,3 +61,44 @@ def test_a_cancelled_call_does_not_hand_its_answer_to_the_next() -> None:
             await splitter.close()
 
     assert asyncio.run(go()) == split_digests(small)
+
+
+def test_a_small_message_of_complex_structure_is_split_off_the_loop() -> None:
+    """A 1 MB message of tiny parts (the email package's 640 ms) is split by the child,
+    payloads included, while the event loop keeps turning; an ordinary one stays on the
+    loop, with no round trip."""
+    from filters import offload
+    from filters.clamav import ClamAVFilter, ClamdClient
+    from filters.mime import split_parts
+    from tests.pathological import tiny_parts
+
+    hard, plain = tiny_parts(1 << 20), messages()[0]
+
+    async def go() -> tuple[object, object, int, int, int]:
+        check = ClamAVFilter(ClamdClient("127.0.0.1:9"))
+        turns = 0
+        stop = False
+
+        def tick() -> None:  # once per turn of the loop
+            nonlocal turns
+            turns += 1
+            if not stop:
+                asyncio.get_running_loop().call_soon(tick)
+
+        await offload.start_worker()
+        try:
+            tick()
+            before = turns
+            ordinary = await check._split(plain)
+            ordinary_turns = turns - before
+            before = turns
+            complex_ = await check._split(hard)
+            stop = True
+            return ordinary, complex_, ordinary_turns, turns - before, check.offloaded
+        finally:
+            await offload._SPLITTER.close()
+
+    ordinary, complex_, ordinary_turns, complex_turns, offloaded = asyncio.run(go())
+    assert ordinary == split_parts(plain) and ordinary_turns == 0
+    assert complex_ == split_parts(hard) and offloaded == 1
+    assert complex_turns > 10  # the loop went on while the child split it
