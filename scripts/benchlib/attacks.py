@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.benchlib import loadgen as lg
+from tests import pathological
 
 VALID = 200  # addresses in the harvest scenario's alias table
 WORDS = 1889  # the dictionary a harvester tries (VALID of them exist)
@@ -57,15 +58,24 @@ async def _transaction(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         await _reply(reader)
 
 
+async def _send_messages(port: int, net: str, message: bytes, count: int) -> list[int]:
+    """`count` clients at once, each sending `message` (CRLF, not dot-stuffed: the
+    messages of tests/pathological.py have no line starting with a dot)."""
+    async def one(i: int) -> int:
+        reader, writer = await _open(f"{net}.{i + 1}", port)
+        await _transaction(reader, writer)
+        writer.write(message + b".\r\n")
+        code = await _reply(reader)
+        writer.close()
+        return code
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
 async def folded_header(port: int) -> dict[str, Any]:
-    """One header folded over 124,000 lines (9.5 MB)."""
-    reader, writer = await _open("127.30.1.1", port)
-    await _transaction(reader, writer)
-    fold = b"\t" + b"x" * 74 + b"\r\n"
-    writer.write(b"Subject: folded\r\n" + fold * 124_000 + b"\r\nbody\r\n.\r\n")
-    code = await _reply(reader)
-    writer.close()
-    return {"reply": code}
+    """Ten clients, each with one header folded over 124,000 lines (9.5 MB)."""
+    return {"replies": await _send_messages(port, "127.30.1", pathological.folded_header(),
+                                            10)}
 
 
 async def pipelined_rcpt(port: int) -> dict[str, Any]:
@@ -95,31 +105,16 @@ async def pipelined_noop(port: int) -> dict[str, Any]:
     return {"replies": len(codes), "cut_off_421": 421 in codes}
 
 
-def mime_bomb() -> bytes:
-    """About 1 MB of tiny MIME parts, some nested: the parser's work per byte at its
-    worst (many parts, many header lines)."""
-    parts = []
-    for i in range(12_000):
-        parts.append(b"--b\r\nContent-Type: text/plain; name=p%d\r\n\r\nx\r\n" % i)
-    inner = b"".join(parts) + b"--b--\r\n"
-    head = (b"From: <m@attacker.invalid>\r\nTo: <alice@example.org>\r\nSubject: parts\r\n"
-            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n")
-    return head + inner
-
-
 async def mime_parts(port: int) -> dict[str, Any]:
-    """Ten pathological 1 MB MIME messages at once."""
-    message = mime_bomb() + b".\r\n"
+    """Ten 1 MB messages of tiny parts at once, in the shape that sent the splitter to the
+    email package (two boundary lines in a row)."""
+    return {"replies": await _send_messages(port, "127.30.4", pathological.tiny_parts(), 10)}
 
-    async def one(i: int) -> int:
-        reader, writer = await _open(f"127.30.4.{i + 1}", port)
-        await _transaction(reader, writer)
-        writer.write(message)
-        code = await _reply(reader)
-        writer.close()
-        return code
 
-    return {"replies": await asyncio.gather(*(one(i) for i in range(10)))}
+async def many_headers(port: int) -> dict[str, Any]:
+    """Ten messages of 1 MB of short header fields at once."""
+    return {"replies": await _send_messages(port, "127.30.7", pathological.many_headers(),
+                                            10)}
 
 
 async def unfinished_data(port: int) -> dict[str, Any]:
@@ -180,7 +175,7 @@ async def event_flood(port: int, seconds: float = 8.0) -> dict[str, Any]:
 
 ATTACKS: dict[str, Callable[[int], Awaitable[dict[str, Any]]]] = {
     "folded_header": folded_header, "pipelined_rcpt": pipelined_rcpt,
-    "pipelined_noop": pipelined_noop, "mime_parts": mime_parts,
+    "pipelined_noop": pipelined_noop, "mime_parts": mime_parts, "many_headers": many_headers,
     "unfinished_data": unfinished_data, "harvest": harvest, "event_flood": event_flood,
 }
 

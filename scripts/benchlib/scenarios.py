@@ -840,10 +840,11 @@ def scenario_8(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-d
                        f"{_ms(base99)} / {_ms(max(base_rtt))}",
                        note=f"RSS {base_rss / 2**20:.0f} MB"))
         for name, what in [
-                ("folded_header", "one header folded over 124,000 lines (9.5 MB)"),
+                ("folded_header", "10 clients, one header folded over 124,000 lines (9.5 MB)"),
                 ("pipelined_rcpt", "10 sessions pipelining 1,000 unknown RCPTs each"),
                 ("pipelined_noop", "1 session pipelining 100,000 NOOPs"),
-                ("mime_parts", "10 x 1 MB of 12,000 tiny MIME parts at once"),
+                ("mime_parts", "10 x 1 MB of tiny MIME parts at once"),
+                ("many_headers", "10 x 1 MB of short header fields at once"),
                 ("unfinished_data", f"{attacks.HOLDERS} x 20 MB of DATA without the dot"),
                 ("harvest", f"directory harvest, {attacks.WORDS:,} words, one session")]:
             print(f"  scenario 8: {name}", flush=True)
