@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from blocklist.export import utc
 from blocklist.scoring import BlockDecision, BlockState, Offences
-from relay.models import Allow, Block, Event
+from relay.models import SUMMARY_HOST, Allow, Block, Event, tally
 from relay.sqltypes import as_event_time
 from relay.store import bump_generation
 
@@ -46,14 +46,15 @@ def load_blocks(engine: Engine) -> dict[str, BlockState]:
 
 def load_offences(engine: Engine, *, since: datetime, now: datetime,
                   reasons: list[str]) -> list[Offences]:
-    """Events per host and reason since `since`, minus what a block already paid for."""
+    """Events per host and reason since `since`, minus what a block already paid for.
+    Not the accepted events summarised across hosts in a flood (relay/events.py)."""
     cut = case((Block.expires > now, as_event_time(Block.last_seen)),
                else_=as_event_time(Block.expires))
     stmt = (
-        select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
+        select(Event.host, Event.reason, tally(), func.min(Event.ts), func.max(Event.ts))
         .select_from(Event)
         .outerjoin(Block, Block.network == Event.host)
-        .where(Event.ts >= since, Event.reason.in_(reasons),
+        .where(Event.ts >= since, Event.reason.in_(reasons), Event.host != SUMMARY_HOST,
                or_(Block.id.is_(None), Event.ts > cut))
         .group_by(Event.host, Event.reason)
     )
@@ -62,7 +63,7 @@ def load_offences(engine: Engine, *, since: datetime, now: datetime,
 
 
 def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
-    stmt = (select(Event.host, Event.reason, func.count(), func.min(Event.ts), func.max(Event.ts))
+    stmt = (select(Event.host, Event.reason, tally(), func.min(Event.ts), func.max(Event.ts))
             .where(Event.host == host, Event.ts >= since).group_by(Event.host, Event.reason))
     with engine.connect() as conn:
         return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
