@@ -13,7 +13,7 @@ from sqlalchemy.orm import aliased
 
 from blocklist.export import utc
 from blocklist.scoring import BlockDecision, BlockState, Offences
-from relay.models import Allow, Block, Event
+from relay.models import SUMMARY_HOST, Allow, Block, Event, events_counted
 from relay.sqltypes import as_event_time
 from relay.store import bump_generation
 
@@ -51,12 +51,6 @@ def load_blocks(engine: Engine, networks: Iterable[str] | None = None
         return {b.network: _state(b) for b in conn.execute(stmt)}
 
 
-def event_total():  # type: ignore[no-untyped-def]
-    """How many events a group of event rows stands for: the one place scoring counts
-    them (a row is one event today; if rows come to carry a count, this becomes its sum)."""
-    return func.count()
-
-
 def _network_of(host):  # type: ignore[no-untyped-def]
     """`192.0.2.7` -> `192.0.2.0/24` in SQL (both SQLite and PostgreSQL have rtrim with a
     character set); an IPv6 key gives a string no block has."""
@@ -70,17 +64,18 @@ def load_offences(engine: Engine, *, since: datetime, now: datetime,
     Paid for: offences before the cut of the host's own block or of its /24's block
     (scoring.cutoff). Not offences at all: `blocked` refusals made after the refusing
     block had ended (a relay refuses from its snapshot for up to refresh_interval after
-    an unblock), and `accepted` mail from the null sender (the cheapest mail to send).
+    an unblock), `accepted` mail from the null sender (the cheapest mail to send), and
+    the accepted events summarised across hosts in a flood (relay/events.py).
     """
     net = aliased(Block)
     refusing = aliased(Block)
     stmt = (
-        select(Event.host, Event.reason, event_total(), func.min(Event.ts), func.max(Event.ts))
+        select(Event.host, Event.reason, events_counted(), func.min(Event.ts), func.max(Event.ts))
         .select_from(Event)
         .outerjoin(Block, Block.network == Event.host)
         .outerjoin(net, net.network == _network_of(Event.host))
         .outerjoin(refusing, and_(Event.reason == "blocked", refusing.network == Event.detail))
-        .where(Event.ts >= since, Event.reason.in_(reasons),
+        .where(Event.ts >= since, Event.reason.in_(reasons), Event.host != SUMMARY_HOST,
                or_(Block.id.is_(None), Event.ts > _cut(Block, now)),
                or_(net.id.is_(None), Event.ts > _cut(net, now)),
                or_(refusing.id.is_(None), Event.ts < as_event_time(refusing.expires)),
@@ -98,7 +93,7 @@ def _cut(block, now: datetime):  # type: ignore[no-untyped-def]
 
 
 def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
-    stmt = (select(Event.host, Event.reason, event_total(), func.min(Event.ts),
+    stmt = (select(Event.host, Event.reason, events_counted(), func.min(Event.ts),
                    func.max(Event.ts))
             .where(Event.host == host, Event.ts >= since).group_by(Event.host, Event.reason))
     with engine.connect() as conn:

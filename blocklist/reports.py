@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 
 from blocklist.blocks import utc
 from blocklist.scoring import BlockState
-from relay.models import Event
+from relay.models import Event, events_counted
 from relay.rollup_models import (
     DELIVERY,
     HOUR,
@@ -70,7 +70,7 @@ def window_counts(conn: Connection, model: type[HostRollup] | type[TimelineRollu
     boundary = ceil(since, step)
     rolled = (select(*(getattr(model, c) for c in cols), func.sum(model.total))
               .where(model.bucket >= boundary).group_by(*(getattr(model, c) for c in cols)))
-    raw = (select(*(getattr(Event, c) for c in cols), func.count())
+    raw = (select(*(getattr(Event, c) for c in cols), events_counted())
            .where(Event.ts >= since, Event.ts < boundary)
            .group_by(*(getattr(Event, c) for c in cols)))
     if hosts is not None:
@@ -171,7 +171,7 @@ def top_hosts(conn: Connection, since: datetime, top: int, reason: str | None) -
     boundary = ceil(since, HOUR)
     keys: dict[str, list[int]] = {}
     parts: list[tuple[Any, Any, Any]] = [
-        (Event, literal(1), and_(Event.ts >= since, Event.ts < boundary))]
+        (Event, Event.count, and_(Event.ts >= since, Event.ts < boundary))]
     if reason is not None:  # per-reason counts: only the per-reason rollup has them
         parts.append((HostRollup, HostRollup.total, HostRollup.bucket >= boundary))
     statements = []
@@ -325,8 +325,10 @@ def dnsbl_zones(rows: Iterable[tuple[str, int]]) -> Counter[str]:
 
 
 def _top(conn: Connection, column: Any, reasons: Sequence[str], since: datetime,
-         limit: int) -> list[tuple[str, int]]:
-    n = func.count().label("n")
+         limit: int, rows: bool = False) -> list[tuple[str, int]]:
+    """The most frequent values of `column`; `rows`: count rows, not events (a row folded
+    in a flood keeps one sample of its recipients: that one was seen at least once)."""
+    n = (func.count() if rows else events_counted()).label("n")
     stmt = (select(column, n).where(Event.reason.in_(reasons), Event.ts >= since)
             .group_by(column).order_by(n.desc(), column).limit(limit))
     return [(str(k), int(v)) for k, v in conn.execute(stmt)]
@@ -338,8 +340,9 @@ def summary_report(engine: Engine, *, since: datetime, now: datetime, limit: int
         rows = window_counts(conn, TimelineRollup, MINUTE, ("stage", "action", "reason"), since)
         outcomes, connections, delivery = totals(rows)
         viruses = _top(conn, Event.detail, ["virus"], since, limit)
-        recipients = _top(conn, Event.recipient, ["unknown_rcpt", "trap"], since, limit)
-        details = conn.execute(select(Event.detail, func.count()).where(
+        recipients = _top(conn, Event.recipient, ["unknown_rcpt", "trap"], since, limit,
+                          rows=True)
+        details = conn.execute(select(Event.detail, events_counted()).where(
             Event.reason == "dnsbl", Event.ts >= since).group_by(Event.detail)).all()
     zones = sorted(dnsbl_zones(details).items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
     return Summary(since, now, outcomes, connections, delivery, viruses, recipients, zones,

@@ -170,14 +170,16 @@ def hosts_show(ctx: click.Context, address: str, shown: int) -> None:
     out.print(table)
     with engine.connect() as conn:
         recent = conn.execute(select(Event.ts, Event.stage, Event.action, Event.reason,
-                                     Event.recipient, Event.detail).where(Event.host == key)
+                                     Event.count, Event.recipient, Event.detail)
+                              .where(Event.host == key)
                               .order_by(Event.ts.desc()).limit(shown)).all()
     if recent:
-        ev = Table("time (UTC)", "stage", "action", "reason", "recipient", "detail",
-                   title=f"last {len(recent)} events")
-        for ts, stage, action, reason, rcpt, detail in recent:
+        ev = Table("time (UTC)", "stage", "action", "reason", "events", "recipient", "detail",
+                   title=f"last {len(recent)} event rows (a flood folds a minute of one "
+                         "reason into one row; its recipient is a sample)")
+        for ts, stage, action, reason, n, rcpt, detail in recent:
             # client-chosen text: never rich markup (a stray "[/]" would crash the report)
-            ev.add_row(_when(blocks.utc(ts)), stage, action, reason, escape(rcpt),
+            ev.add_row(_when(blocks.utc(ts)), stage, action, reason, str(n), escape(rcpt),
                        escape(detail))
         out.print(ev)
     existing = blocks.load_blocks(engine).get(key)

@@ -42,6 +42,11 @@ class ScoringConfig(_Strict):
         """The defaults with the configured weights on top: naming one keeps the others."""
         return {**DEFAULT_WEIGHTS, **self.weights}
 
+    def offences(self) -> frozenset[str]:
+        """The reasons that add to a score (an event writer in a flood keeps these per host
+        before anything else)."""
+        return frozenset(r for r, w in self.all_weights().items() if w > 0)
+
 
 class BlocklistConfig(_Strict):
     block_time: Duration = 86_400.0

@@ -58,12 +58,18 @@ class _RelayCollector(Collector):
                                       "Events lost because the buffer was full")
         dropped.add_metric([], events.dropped)
         yield dropped
+        aggregated = CounterMetricFamily(
+            "floodgate_events_aggregated",
+            "Events counted into another event's row (per host, reason and minute) because "
+            "the buffer was over half full")
+        aggregated.add_metric([], events.aggregated)
+        yield aggregated
         written = CounterMetricFamily("floodgate_events_written", "Events written to the store")
         written.add_metric([], events.written)
         yield written
         buffered = GaugeMetricFamily("floodgate_events_buffered",
-                                     "Events waiting in memory for the store")
-        buffered.add_metric([], len(events.buffer))
+                                     "Event rows waiting in memory for the store")
+        buffered.add_metric([], events.rows_waiting())
         yield buffered
         hits = CounterMetricFamily("floodgate_cache_hits", "Verdict cache hits", labels=["cache"])
         misses = CounterMetricFamily("floodgate_cache_misses", "Verdict cache misses",

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.functions import Function
 
 from relay.sqltypes import UTCTimestamp
 
@@ -38,6 +50,9 @@ class Event(Base):
     stage: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(String(32))
+    # events this row stands for: more than 1 when a flood was folded into one row per
+    # host, reason and minute (relay/events.py); count them with `events_counted()`, never count(*)
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     code: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -48,6 +63,16 @@ class Event(Base):
         Index("ix_events_host_ts", "host", "ts"),
         Index("ix_events_reason_ts", "reason", "ts"),
     )
+
+
+# The host of accepted events of many hosts, summarised in a flood (relay/events.py)
+SUMMARY_HOST = "*"
+
+
+def events_counted() -> Function[int]:
+    """How many events the selected rows of `events` stand for: sum(count), not count(*).
+    Every query that counts events counts them with this."""
+    return func.sum(Event.count)
 
 
 class Alias(Base):

@@ -9,7 +9,7 @@ Both are upserted in the same transaction as the events they count.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, String, delete, select
@@ -97,16 +97,22 @@ def _upsert(conn: Connection, table, key: list[str], sums: list[str],  # type: i
     executemany(conn, sql, [(buckets[k[0]], *k[1:], *n) for k, n in sorted(counts.items())])
 
 
-def add_to_rollups(conn: Connection, micros: Sequence[int], hosts: Iterable[str],
+def add_to_rollups(conn: Connection, micros: Sequence[int], hosts: Sequence[str],
                    stages: Sequence[str], actions: Sequence[str],
-                   reasons: Iterable[str]) -> None:
+                   reasons: Sequence[str], counts: Sequence[int] | None = None) -> None:
     """Count events, given column by column (`micros`: each one's time in microseconds
-    since the epoch), into the rollups, inside the caller's transaction. Counted in C
-    (Counter over zipped columns): a Python loop per event cost the writer a tenth."""
+    since the epoch; `counts`: how many events each row stands for, 1 if None), into the
+    rollups, inside the caller's transaction. Counted in C (Counter over zipped columns):
+    a Python loop per event cost the writer a tenth; only folded rows (count > 1) get one."""
     hours = [u // HOUR_US for u in micros]
     minutes = [u // MINUTE_US for u in micros]
     by_host = Counter(zip(hours, hosts, stages, actions, reasons, strict=True))
     by_minute = Counter(zip(minutes, stages, actions, reasons, strict=True))
+    if counts is not None and max(counts, default=1) > 1:
+        for i, n in enumerate(counts):
+            if n != 1:  # the row is counted once above: add the rest of what it stands for
+                by_host[hours[i], hosts[i], stages[i], actions[i], reasons[i]] += n - 1
+                by_minute[minutes[i], stages[i], actions[i], reasons[i]] += n - 1
     totals: dict[tuple[int, str], list[int]] = {}
     for (hour, host, stage, action, _), n in by_host.items():
         if stage == DELIVERY:  # the hosts report counts SMTP decisions, not deliveries

@@ -148,7 +148,8 @@ class Relay:
         store = config.store
         self.events = EventWriter(self.engine, batch=store.event_batch,
                                   interval=store.event_flush_interval,
-                                  capacity=store.event_buffer)
+                                  capacity=store.event_buffer,
+                                  offences=config.scoring.offences())
         recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known,
                                      trap=self.snapshot.trap)
         own = [host for host, _ in config.relay.endpoints()]
@@ -297,6 +298,7 @@ class Relay:
         if events:
             await self.events.close(events[0])
         log.info("stopped %s", kv(events_written=self.events.written,
+                                  events_aggregated=self.events.aggregated,
                                   events_dropped=self.events.dropped))
         self.metrics.close()
         self.engine.dispose()

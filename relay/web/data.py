@@ -79,7 +79,7 @@ def host_detail(config: Config, engine: Engine, address: str, recent: int) -> di
     with engine.connect() as conn:
         events = conn.execute(
             select(Event.ts, Event.stage, Event.action, Event.reason, Event.code,
-                   Event.recipient, Event.detail)
+                   Event.count, Event.recipient, Event.detail)
             .where(Event.host == key).order_by(Event.ts.desc()).limit(recent)).all()
         row = conn.execute(select(Block.__table__).where(Block.network == key)).first()
     existing = None if row is None else BlockState(
@@ -92,7 +92,8 @@ def host_detail(config: Config, engine: Engine, address: str, recent: int) -> di
         "reasons": reasons, "state": state, "why": why,
         "block": block_view(existing, now) if existing is not None else None,
         "events": [{"ts": iso(ts), "stage": st, "action": ac, "reason": re, "code": co,
-                    "recipient": rc, "detail": de} for ts, st, ac, re, co, rc, de in events],
+                    "count": n, "recipient": rc, "detail": de}
+                   for ts, st, ac, re, co, n, rc, de in events],
     }
 
 

@@ -70,6 +70,8 @@ class EventRow(BaseModel):
     action: str
     reason: str
     code: int
+    count: int = Field(description="Events this row stands for: a flood folds a minute of "
+                                   "one host and reason into one row, its recipient a sample.")
     recipient: str
     detail: str
 
