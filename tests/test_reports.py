@@ -40,7 +40,7 @@ from tests.support import floodgate, free_port, wait_until, write_config
 pytest_plugins = ["tests.scanner_fixtures"]
 
 WEIGHTS = {"unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1,
-           "protocol": 2, "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 1,
+           "protocol": 2, "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 0,
            "accepted": -1}
 ZEN = "score=2 zen.test=127.0.0.2*1 bl.test=127.0.0.4*1"
 
@@ -85,7 +85,7 @@ def host_row(host: str, conn: int, acc: int, rej: int, tempfail: int, score: flo
 EXPECTED_HOSTS = [
     host_row("192.0.2.1", 3, 1, 12, 0, 19, unknown_rcpt=10, virus=2),
     host_row("192.0.2.3", 7, 0, 7, 0, 7, blocked=4, dnsbl=3),
-    host_row("192.0.2.2", 1, 0, 6, 2, 14, relay_denied=5, spam=1),
+    host_row("192.0.2.2", 1, 0, 6, 2, 13, relay_denied=5, spam=1),
     host_row("2001:db8:1:2::/64", 2, 0, 5, 0, 32, protocol=1, trap=3, other=1),
 ]
 EXPECTED_OUTCOMES = {"accepted": 1, "unknown_rcpt": 10, "trap": 3, "relay_denied": 5,
