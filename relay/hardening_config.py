@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relay.config_types import Duration, check_networks
+from relay.delivery_config import parse_size
 
 
 class LimitsConfig(BaseModel):
@@ -53,6 +54,19 @@ class LimitsConfig(BaseModel):
     # header_size_limit). Postfix cuts the excess; here the message is refused with
     # `552 5.3.4` before any scan, so nothing is delivered altered (0: no limit).
     header_size_limit: int = Field(default=102_400, ge=0)
+    # DATA held in memory for one message; the rest goes to a file in the spool's tmp/.
+    data_memory_per_message: int = 1024**2
+    # DATA held in memory by all sessions together; beyond it every message spills.
+    data_memory_total: int = 64 * 1024**2
+    # Postfix's smtpd_forbid_bare_newline: a bare LF (or CR) in DATA ends a line as CRLF
+    # does ("normalize", Postfix 3.9's default), or the message is refused ("reject").
+    # Either way only <CRLF>.<CRLF> ends DATA.
+    bare_newline: Literal["normalize", "reject"] = "normalize"
+
+    @field_validator("data_memory_per_message", "data_memory_total", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> int:
+        return parse_size(v)
 
     @field_validator("exempt")
     @classmethod

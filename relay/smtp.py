@@ -27,7 +27,7 @@ from filters.base import Action, Context, Stage, Verdict
 from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay import replies
 from relay.addresses import control_problem, is_postmaster, routing_problem, size_problem
-from relay.data import DataScanner, Problem, read_data
+from relay.data import Body, DataScanner, Problem, read_data, shared_budget
 from relay.events import EventRecord, EventWriter
 from relay.hardening_config import LimitsConfig
 from relay.hops import hop_count
@@ -51,10 +51,13 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 # RFC 5321 4.5.3.1.4: 512 octets with the CRLF (aiosmtpd allows 512 without it).
 COMMAND_LIMIT = 510
 # SMTP smuggling: Postfix's smtpd_forbid_bare_newline answers commands this way and hangs
-# up; in DATA the message is refused whole, the session goes on (only <CRLF>.<CRLF> ended
-# it, so the stream is still in step with the client).
+# up; in DATA (bare_newline = "reject", or a NUL in either mode) the message is refused
+# whole, the session goes on (only <CRLF>.<CRLF> ended it, so the stream is still in step
+# with the client).
 BARE_IN_COMMAND = "550 5.5.2 Error: bare <CR> or <LF> received in a command"
 BARE_IN_DATA = "550 5.6.11 Error: bare <CR> or <LF>, or NUL, in message data"
+# [limits] bare_newline = "normalize" takes bare CR/LF as line endings, never a NUL.
+NUL_IN_DATA = "550 5.6.11 Error: NUL in message data"
 PREGREET = "521 5.5.1 Protocol error: client talked before the greeting"
 CONNECT_FAILED = Verdict.tempfail(421, "4.3.0", "connect", "Internal error, try again later")
 BIG = 1 << 20  # bytes: messages larger than this are joined one per turn of the loop
@@ -414,7 +417,18 @@ class FloodgateSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         limits = self.relay.limits
-        scanner = DataScanner(limit=self.data_size_limit)
+        body = Body(self.relay.spool.tmp, limits.data_memory_per_message,
+                    shared_budget(limits.data_memory_total))
+        try:  # the body's memory and spill file go on every path out (refusal, hang-up)
+            await self._read_and_handle(session, DataScanner(
+                limit=self.data_size_limit, bare_newline=limits.bare_newline, body=body))
+        finally:
+            body.close()
+
+    async def _read_and_handle(self, session: RelaySession, scanner: DataScanner) -> None:
+        """The rest of DATA: read to the final dot, refuse or run the DATA hook, reply."""
+        assert self.envelope is not None
+        limits = self.relay.limits
         self._reset_timeout(limits.data_timeout or None)  # the whole transfer, not per line
         try:
             await read_data(self._reader, scanner)
@@ -425,21 +439,25 @@ class FloodgateSMTP(SMTP):
         refused = scanner.refused
         if refused is not Problem.NONE:
             self._reset_timeout()
-            if refused is Problem.BARE:
-                self.relay.protocol_refusal(self, BARE_IN_DATA, "protocol", "data")
-                await self.push(BARE_IN_DATA)
+            if refused in (Problem.BARE, Problem.NUL):
+                reply = BARE_IN_DATA if refused is Problem.BARE else NUL_IN_DATA
+                self.relay.protocol_refusal(self, reply, "protocol", "data")
+                await self.push(reply)
             elif refused is Problem.TOO_LONG:
                 await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             else:
                 await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
-        if scanner.size > BIG:  # one big join (~15 ms for 20 MB) per turn of the loop
+        if scanner.body.spilled:  # read back off the loop; the file goes when DATA ends
+            content = await asyncio.to_thread(scanner.content)
+        elif scanner.size > BIG:  # one big join (~15 ms for 20 MB) per turn of the loop
             async with _BIG_JOIN:
                 content = scanner.content()
                 await asyncio.sleep(0)
         else:
             content = scanner.content()
+        scanner.body.close()
         self.envelope.content = self.envelope.original_content = content
         # from here the reply deadline rules, not the idle timer: never hang up on a
         # message while it is scanned or written to the spool

@@ -21,7 +21,7 @@ from filters.base import Action
 from filters.mime import split_parts
 from filters.recipients import RecipientFilter
 from relay.addresses import routing_problem, size_problem, unquote_local
-from relay.data import MAX_LINE, DataScanner, Problem
+from relay.data import MAX_LINE, BareNewline, DataScanner, Problem
 from tests.hardening_support import ALIASES, Raw
 
 settings.register_profile("ci", max_examples=200, deadline=None)
@@ -56,9 +56,9 @@ def model(stream: bytes) -> tuple[bool, bytes, bytes, bool, bool]:
     return True, b"".join(x + b"\r\n" for x in unstuffed), stream[pos:], bare, too_long
 
 
-def scan(stream: bytes, cuts: list[int],
-         limit: int | None = None) -> tuple[DataScanner, bytes | None]:
-    scanner = DataScanner(limit=limit)
+def scan(stream: bytes, cuts: list[int], limit: int | None = None,
+         bare_newline: BareNewline = "reject") -> tuple[DataScanner, bytes | None]:
+    scanner = DataScanner(limit=limit, bare_newline=bare_newline)
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     for a, b in itertools.pairwise(bounds):
         rest = scanner.feed(stream[a:b])
@@ -91,6 +91,32 @@ def test_scanner_matches_the_line_model(stream: bytes, cuts: list[int]) -> None:
     else:
         assert scanner.refused is Problem.NONE
         assert scanner.content() == content
+
+
+@given(SMTP_BYTES | st.binary(max_size=3000), st.lists(st.integers(0, 5000), max_size=8))
+@example(b"a\n.\r\nb\r\n.\r\n", [2])
+@example(b"a\r\n.\nb\r\n.\r\n", [4])
+@example(b"a\r\n.\r", [5])
+def test_normalize_mode_ends_where_the_line_model_ends_and_leaves_no_bare_newline(
+        stream: bytes, cuts: list[int]) -> None:
+    """bare_newline = "normalize" (Postfix 3.9's default): DATA still ends only at the line
+    model's <CRLF>.<CRLF>, whatever the chunking; what is kept has CRLF line ends only (so
+    nothing in it can end a next hop's DATA once delivery dot-stuffs it) and does not
+    depend on how the stream was cut."""
+    ended, _, rest, _, _ = model(stream)
+    scanner, got_rest = scan(stream, cuts, bare_newline="normalize")
+    whole, _ = scan(stream, [], bare_newline="normalize")
+    assert scanner.done == ended == (got_rest is not None) == whole.done
+    if not ended:
+        return
+    assert got_rest == rest
+    assert scanner.refused is whole.refused
+    if b"\0" in stream[: len(stream) - len(rest)]:
+        assert scanner.refused is Problem.NUL
+    elif scanner.refused is Problem.NONE:
+        content = scanner.content()
+        assert content == whole.content()
+        assert content.count(b"\r") == content.count(b"\n") == content.count(b"\r\n")
 
 
 @given(st.binary(max_size=5000), st.lists(st.integers(0, 5000), max_size=8))
