@@ -58,3 +58,12 @@ def start_relay(tmp_path: Path) -> Iterator[RelayFactory]:
         if relay.proc is not None and relay.proc.poll() is None:
             relay.proc.kill()
             relay.proc.wait()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A cluster of the test's own, which it may pause (a store outage) and resume."""
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -6,6 +6,7 @@ a fixed sleep.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -222,3 +223,25 @@ class RelayProcess:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"relay did not stop on SIGTERM:\n{self.log()}") from None
+
+
+class LoopTurns:
+    """Counts the turns of the running event loop (a callback that re-arms itself), to
+    show that work left the loop free to serve other sessions: `start()`, then `stop()`."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._stopped = False
+
+    def start(self) -> LoopTurns:
+        self._tick()
+        return self
+
+    def stop(self) -> int:
+        self._stopped = True
+        return self.turns
+
+    def _tick(self) -> None:
+        self.turns += 1
+        if not self._stopped:
+            asyncio.get_running_loop().call_soon(self._tick)

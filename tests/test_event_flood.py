@@ -21,7 +21,7 @@ from relay.models import SUMMARY_HOST, Event, events_counted
 from relay.rollup_models import HOUR, HostRollup, TimelineRollup, floor
 from relay.scorer import Scorer
 from relay.store import make_engine, upgrade
-from tests.support import PostgresCluster, event_count, wait_until
+from tests.support import event_count, wait_until
 from tests.test_blocking import SCORING, dictionary_attack, refused_at_connect
 from tests.test_smtp import ALIASES
 
@@ -149,15 +149,6 @@ def test_accepted_events_are_summarised_before_an_offence_is_dropped(
                           "unknown_rcpt")].count == 2
     assert writer.events_waiting() == 8  # 9 emitted, 1 dropped
     assert writer.aggregated == 8 - writer.rows_waiting()
-
-
-@pytest.fixture
-def own_postgres():  # type: ignore[no-untyped-def]
-    """A cluster of this test's own: it is paused (an outage) while the flood comes."""
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 def test_relay_keeps_every_prober_through_a_store_outage(start_relay, own_postgres) -> None:  # type: ignore[no-untyped-def]

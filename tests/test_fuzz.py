@@ -13,6 +13,7 @@ import re
 import string
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -56,9 +57,31 @@ def model(stream: bytes) -> tuple[bool, bytes, bytes, bool, bool]:
     return True, b"".join(x + b"\r\n" for x in unstuffed), stream[pos:], bare, too_long
 
 
+def normalize_model(stream: bytes) -> tuple[bool, bytes, bytes, bool, bool]:
+    """bare_newline = "normalize", as Postfix 3.9 reads: a bare LF or CR ends a line too;
+    only a "." line between two CRLFs ends the data; other "." lines next to a bare line
+    ending are dropped; a NUL refuses the message. (ended, content, rest, nul, too_long)"""
+    prev = b"\r\n"
+    pos = 0
+    lines = []
+    for m in re.finditer(rb"\r\n|\r|\n", stream):
+        line, end = stream[pos:m.start()], m.group()
+        if end == b"\r" and m.end() == len(stream):
+            break  # may be the first half of a CRLF still to come
+        pos = m.end()
+        if line == b"." and prev == end == b"\r\n":
+            data = stream[:m.start() - 1]
+            unstuffed = [x[1:] if x.startswith(b".") else x for x in lines if x != b"."]
+            return (True, b"".join(x + b"\r\n" for x in unstuffed), stream[pos:],
+                    b"\0" in data, any(len(x) > MAX_LINE for x in unstuffed))
+        lines.append(line)
+        prev = end
+    return False, b"", b"", False, False
+
+
 def scan(stream: bytes, cuts: list[int], limit: int | None = None,
-         bare_newline: BareNewline = "reject") -> tuple[DataScanner, bytes | None]:
-    scanner = DataScanner(limit=limit, bare_newline=bare_newline)
+         mode: BareNewline = "reject") -> tuple[DataScanner, bytes | None]:
+    scanner = DataScanner(limit=limit, bare_newline=mode)
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     for a, b in itertools.pairwise(bounds):
         rest = scanner.feed(stream[a:b])
@@ -70,6 +93,32 @@ def scan(stream: bytes, cuts: list[int], limit: int | None = None,
 SMTP_BYTES = st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"..", b"\0", b"a",
                                        b"xyz", b"\r\n.\r\n", b"\n.\n", b"x" * 500]),
                       max_size=40).map(b"".join)
+
+
+@given(SMTP_BYTES | st.binary(max_size=3000), st.lists(st.integers(0, 5000), max_size=8))
+@example(b"\r\n.\r\n", [])
+@example(b".\r\nNOOP\r\n", [1])
+@example(b"a\r\n.\rb\r\n.\r\n", [4])
+@example(b"." + b"x" * 998 + b"\r\n.\r\n", [500])
+@example(b"a\n.\r\n.\r\n", [2])
+@example(b"a\r\r\n.\r\n", [2])
+@example(b"a\r" + b"x" * 1200 + b"\r\n.\r\n", [1])
+def test_scanner_matches_the_line_model_in_normalize_mode(stream: bytes, cuts: list[int]) -> None:
+    ended, content, rest, nul, too_long = normalize_model(stream)
+    scanner, got_rest = scan(stream, cuts, mode="normalize")
+    assert scanner.done == ended == (got_rest is not None)
+    if not ended:
+        return
+    assert got_rest == rest
+    assert not scanner.bare
+    if too_long:
+        assert scanner.refused in (Problem.TOO_LONG, Problem.NUL)
+    elif nul:
+        assert scanner.refused is Problem.NUL
+    else:
+        assert scanner.refused is Problem.NONE
+        assert scanner.content() == content
+        assert content.count(b"\r") == content.count(b"\n") == content.count(b"\r\n")
 
 
 @given(SMTP_BYTES | st.binary(max_size=3000), st.lists(st.integers(0, 5000), max_size=8))
@@ -93,44 +142,22 @@ def test_scanner_matches_the_line_model(stream: bytes, cuts: list[int]) -> None:
         assert scanner.content() == content
 
 
-@given(SMTP_BYTES | st.binary(max_size=3000), st.lists(st.integers(0, 5000), max_size=8))
-@example(b"a\n.\r\nb\r\n.\r\n", [2])
-@example(b"a\r\n.\nb\r\n.\r\n", [4])
-@example(b"a\r\n.\r", [5])
-def test_normalize_mode_ends_where_the_line_model_ends_and_leaves_no_bare_newline(
-        stream: bytes, cuts: list[int]) -> None:
-    """bare_newline = "normalize" (Postfix 3.9's default): DATA still ends only at the line
-    model's <CRLF>.<CRLF>, whatever the chunking; what is kept has CRLF line ends only (so
-    nothing in it can end a next hop's DATA once delivery dot-stuffs it) and does not
-    depend on how the stream was cut."""
-    ended, _, rest, _, _ = model(stream)
-    scanner, got_rest = scan(stream, cuts, bare_newline="normalize")
-    whole, _ = scan(stream, [], bare_newline="normalize")
-    assert scanner.done == ended == (got_rest is not None) == whole.done
-    if not ended:
-        return
-    assert got_rest == rest
-    assert scanner.refused is whole.refused
-    if b"\0" in stream[: len(stream) - len(rest)]:
-        assert scanner.refused is Problem.NUL
-    elif scanner.refused is Problem.NONE:
-        content = scanner.content()
-        assert content == whole.content()
-        assert content.count(b"\r") == content.count(b"\n") == content.count(b"\r\n")
-
-
-@given(st.binary(max_size=5000), st.lists(st.integers(0, 5000), max_size=8))
+@pytest.mark.parametrize("mode", ["normalize", "reject"])
+@given(body=st.binary(max_size=5000), cuts=st.lists(st.integers(0, 5000), max_size=8))
 def test_stuffed_data_round_trips_and_ends_only_at_the_real_dot(
-        body: bytes, cuts: list[int]) -> None:
+        mode: BareNewline, body: bytes, cuts: list[int]) -> None:
     # what a client sends: every line that starts with a dot gets another one
     stream = b"\r\n".join(b"." + x if x.startswith(b".") else x for x in body.split(b"\r\n"))
-    scanner, rest = scan(stream + b"\r\n.\r\nQUIT\r\n", cuts, limit=1000)
+    scanner, rest = scan(stream + b"\r\n.\r\nQUIT\r\n", cuts, limit=1000, mode=mode)
     assert rest == b"QUIT\r\n"
     assert sum(map(len, scanner.parts)) <= 1000 + MAX_LINE + 2
     assert (scanner.size > 1000) == (scanner.problem is Problem.TOO_MUCH) or \
         scanner.problem is Problem.TOO_LONG
     if scanner.refused is Problem.NONE:
-        assert scanner.content() == body + b"\r\n"
+        if mode == "reject" or not re.search(rb"[^\r]\n|^\n|\r(?!\n)", body + b"\r\n"):
+            assert scanner.content() == body + b"\r\n"
+        else:  # normalize: bare line endings became CRLF
+            assert scanner.content() == normalize_model(stream + b"\r\n.\r\n")[1]
 
 
 # -- addresses --------------------------------------------------------------------------
@@ -209,13 +236,14 @@ VERBS = st.sampled_from(["EHLO", "HELO", "MAIL FROM:", "RCPT TO:", "DATA", "RSET
 ARGS = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=80)
 
 
-@given(st.lists(st.tuples(VERBS, ARGS), min_size=1, max_size=12))
-@example([("EHLO", "\r\n")])  # found in CI: "EHLO " and an empty line, two replies
+@pytest.mark.parametrize("mode", ["normalize", "reject"])
+@given(commands=st.lists(st.tuples(VERBS, ARGS), min_size=1, max_size=12))
+@example(commands=[("EHLO", "\r\n")])  # found in CI: "EHLO " and an empty line, two replies
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_any_command_sequence_gets_well_formed_replies(
-        start_relay, sqlite_url, commands: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
-    relay = _shared_relay(start_relay, sqlite_url)
+        start_relay, sqlite_url, mode: str, commands: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+    relay = _shared_relay(start_relay, sqlite_url, mode)
     raw = Raw(relay.port)
     try:
         # An argument holding CRLF makes several command lines: each gets its own reply.
@@ -228,8 +256,8 @@ def test_any_command_sequence_gets_well_formed_replies(
             except (ConnectionError, OSError):
                 return  # the relay hung up (QUIT, bare newline, too many bad commands)
             assert REPLY.match(reply), (line, reply)
-            if reply.startswith("354"):
-                raw.send(b"Subject: fuzz\r\n\r\nbody\r\n.\r\n")
+            if reply.startswith("354"):  # a bare LF: a line ending or a refusal, by mode
+                raw.send(b"Subject: fuzz\r\n\r\nbody\nmore\r\n.\r\n")
                 assert REPLY.match(raw.reply())
             if reply[:3] in ("221", "421", "521") or reply.startswith(
                     ("550 5.5.2", "502 5.5.1 Too many unrecognized")):
@@ -243,13 +271,14 @@ def test_any_command_sequence_gets_well_formed_replies(
 _relays: dict[str, object] = {}
 
 
-def _shared_relay(start_relay, sqlite_url):  # type: ignore[no-untyped-def]
+def _shared_relay(start_relay, sqlite_url, mode: str):  # type: ignore[no-untyped-def]
     """One relay for all of hypothesis's examples in a test (the fixture is per test)."""
-    key = f"{id(start_relay)}"
+    key = f"{id(start_relay)} {mode}"
     if key not in _relays:
         _relays.clear()
         # the session error limits would cut a long random sequence off with 421 at any
         # command (tests/test_sessions.py tests them); here: replies stay well-formed
         _relays[key] = start_relay(sqlite_url, aliases=ALIASES, extra=(
-            "[limits]\nsmtpd_soft_error_limit = 10000\nsmtpd_hard_error_limit = 10000\n"))
+            f'[limits]\nbare_newline = "{mode}"\n'
+            "smtpd_soft_error_limit = 10000\nsmtpd_hard_error_limit = 10000\n"))
     return _relays[key]

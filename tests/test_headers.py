@@ -25,6 +25,7 @@ from filters.headers import (
     strip_headers,
 )
 from tests.pathological import folded_header
+from tests.support import LoopTurns
 
 MSG = (b"Received: from a\r\n\tby b\r\nX-Spam-Flag: NO\r\nSubject: hi\r\n"
        b"x-spam-status: No,\r\n score=-50\r\nX-Floodgate-Unscanned: forged\r\n"
@@ -174,19 +175,9 @@ def test_a_big_header_block_is_stripped_a_slice_per_turn_of_the_loop() -> None:
     message = b"X-Spam-Flag: NO\r\nReceived: from x\r\n" * 100_000 + b"\r\nbody\r\n"
 
     async def go() -> tuple[tuple[bytes, memoryview], int]:
-        turns = 0
-        stop = False
-
-        def tick() -> None:  # once per turn of the loop
-            nonlocal turns
-            turns += 1
-            if not stop:
-                asyncio.get_running_loop().call_soon(tick)
-
-        tick()
+        turns = LoopTurns().start()
         out = await rewrite_head_async(message, [("X-Spam-Score", "1")])
-        stop = True
-        return out, turns
+        return out, turns.stop()
 
     (head, rest), turns = asyncio.run(go())
     assert head + bytes(rest) == apply_headers(message, [("X-Spam-Score", "1")])

@@ -11,7 +11,7 @@ import pytest
 
 from filters.mime import split_digests
 from filters.offload import SplitProcess
-from tests.support import ROOT
+from tests.support import ROOT, LoopTurns
 
 
 def messages() -> list[bytes]:
@@ -76,25 +76,15 @@ def test_a_small_message_of_complex_structure_is_split_off_the_loop() -> None:
 
     async def go() -> tuple[object, object, int, int, int]:
         check = ClamAVFilter(ClamdClient("127.0.0.1:9"))
-        turns = 0
-        stop = False
-
-        def tick() -> None:  # once per turn of the loop
-            nonlocal turns
-            turns += 1
-            if not stop:
-                asyncio.get_running_loop().call_soon(tick)
-
         await offload.start_worker()
         try:
-            tick()
-            before = turns
+            loop = LoopTurns().start()
+            before = loop.turns
             ordinary = await check._split(plain)
-            ordinary_turns = turns - before
-            before = turns
+            ordinary_turns = loop.turns - before
+            before = loop.turns
             complex_ = await check._split(hard)
-            stop = True
-            return ordinary, complex_, ordinary_turns, turns - before, check.offloaded
+            return ordinary, complex_, ordinary_turns, loop.stop() - before, check.offloaded
         finally:
             await offload._SPLITTER.close()
 

@@ -10,13 +10,12 @@ import ssl
 import subprocess
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from relay.models import Event
 from relay.spool import read_file
 from relay.store import make_engine
-from tests.support import PostgresCluster, event_count, floodgate, free_port, wait_until
+from tests.support import event_count, floodgate, free_port, wait_until
 from tests.test_smtp import ALIASES, MESSAGE, client, spooled
 
 
@@ -203,14 +202,6 @@ def test_event_writer_process_killed_loses_no_events(start_relay, sqlite_url) ->
     relay.wait_for_log(rf"event writer started pid=(?!{first}\b)\d+")
     wait_until(lambda: event_count(engine) == 6, what="the events of the second session")
     engine.dispose()
-
-
-@pytest.fixture
-def own_postgres():  # type: ignore[no-untyped-def]
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 def test_store_outage_keeps_mail_flowing(start_relay, own_postgres) -> None:  # type: ignore[no-untyped-def]

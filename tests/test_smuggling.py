@@ -11,6 +11,7 @@ import pytest
 
 from relay.spool import read_file
 from tests.hardening_support import ALIASES, Raw, events, spooled
+from tests.support import wait_until
 
 # End-of-data look-alikes: SEC Consult's (Dec 2023) and smtpsmug's (Hanno Böck) families.
 FAKE_ENDS = [
@@ -21,20 +22,24 @@ SMUGGLED = (b"MAIL FROM:<admin@bank.test>\r\nRCPT TO:<bob@example.org>\r\nDATA\r
             b"From: admin@bank.test\r\nSubject: SMUGGLED\r\n\r\nsmuggled body\r\n")
 
 
-@pytest.fixture(params=["normalize", "reject"])
-def relay(request, start_relay, store_url):  # type: ignore[no-untyped-def]
-    """Both modes of `[limits] bare_newline` (Postfix's smtpd_forbid_bare_newline)."""
-    relay = start_relay(store_url, aliases=ALIASES,
-                        extra=f'[limits]\nbare_newline = "{request.param}"\n')
-    relay.bare_newline = request.param
-    return relay
+MODES = ["normalize", "reject"]
 
 
-def refused(relay, fake: bytes) -> bool:  # type: ignore[no-untyped-def]
-    """Whether the message holding `fake` is refused whole (550 5.6.11): always in reject
-    mode; in normalize mode only for a NUL (a bare CR or LF is read as a line ending, so
-    the smuggled commands are text of the one message, as Postfix 3.9 has it)."""
-    return relay.bare_newline == "reject" or b"\0" in fake
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """[limits] bare_newline: every test here holds in both modes."""
+    return str(request.param)
+
+
+@pytest.fixture
+def relay(start_relay, store_url, mode: str):  # type: ignore[no-untyped-def]
+    return start_relay(store_url, aliases=ALIASES, extra=f'[limits]\nbare_newline = "{mode}"')
+
+
+def refused(fake: bytes, mode: str) -> bool:
+    """Reject mode refuses every look-alike; normalize mode only those with a NUL (a bare
+    CR or LF is a line ending there, and the message is one message)."""
+    return mode == "reject" or b"\0" in fake
 
 
 def legit(n: int) -> bytes:
@@ -46,23 +51,25 @@ def envelope_head() -> bytes:
 
 
 def assert_nothing_smuggled(relay) -> list[bytes]:  # type: ignore[no-untyped-def]
-    """No message of the smuggler's envelope; in normalize mode its text may be body text
-    of the legit message, but with CRLF line ends only: once delivery dot-stuffs it,
-    nothing in it can end the next hop's DATA."""
+    """No second message (its envelope) was queued, and what is queued has CRLF line
+    endings only, so once dot-stuffed nothing in it can end the next hop's DATA."""
     messages = []
     for path in spooled(relay):
         envelope, message = read_file(path)
         assert envelope.mail_from != "admin@bank.test"
         assert "bob@example.org" not in envelope.rcpt_tos
-        if relay.bare_newline == "reject":
-            assert b"SMUGGLED" not in message
-        assert message.count(b"\r") == message.count(b"\n") == message.count(b"\r\n")
+        crlf = message.count(b"\r\n")
+        assert message.count(b"\r") == crlf == message.count(b"\n")
+        assert b"\0" not in message
+        if b"SMUGGLED" in message:  # normalize mode: text of the one message, not a message
+            assert b"\r\n.\r\n" not in message
+            assert envelope.mail_from == "s@sender.test"
         messages.append(message)
     return messages
 
 
 @pytest.mark.parametrize("fake", FAKE_ENDS, ids=[repr(f)[2:-1] for f in FAKE_ENDS])
-def test_each_smuggling_payload_in_one_pipelined_write(relay, fake: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_each_smuggling_payload_in_one_pipelined_write(relay, mode: str, fake: bytes) -> None:  # type: ignore[no-untyped-def]
     with Raw(relay.port) as raw:
         raw.send(b"EHLO smuggler.test\r\n" + envelope_head() + legit(1) + fake + SMUGGLED
                  + b".\r\nQUIT\r\n")
@@ -70,15 +77,23 @@ def test_each_smuggling_payload_in_one_pipelined_write(relay, fake: bytes) -> No
         assert raw.reply() == "250 2.1.0 Ok"
         assert raw.reply() == "250 2.1.5 Ok"
         assert raw.reply().startswith("354 ")
-        # one message, refused whole (or, normalized, queued whole)
-        assert raw.reply().startswith("550 5.6.11 " if refused(relay, fake) else "250 2.0.0 ")
+        if refused(fake, mode):
+            assert raw.reply().startswith("550 5.6.11 ")  # one message, refused whole
+        else:
+            assert raw.reply().startswith("250 2.0.0 Ok: queued as ")  # one message
         assert raw.reply().startswith("221")  # and the stream is still in step
-    assert len(assert_nothing_smuggled(relay)) == (0 if refused(relay, fake) else 1)
+    if refused(fake, mode):
+        assert spooled(relay) == []
+    else:
+        [message] = assert_nothing_smuggled(relay)
+        assert legit(1)[:-2] in message and message.endswith(SMUGGLED)
 
 
-def test_all_payloads_in_one_write_leave_at_most_the_legit_message(relay, store_url) -> None:  # type: ignore[no-untyped-def]
-    """Every family back to back in one write, then a proper message: only that one is
-    queued, and the refusal is recorded as a protocol event."""
+def test_all_payloads_in_one_write_leave_at_most_the_legit_message(  # type: ignore[no-untyped-def]
+        relay, store_url, mode: str) -> None:
+    """Every family back to back in one write, then a proper message: only that one (and in
+    normalize mode the ones without a NUL, each whole) is queued, and each refusal is
+    recorded as a protocol event."""
     payload = b"EHLO smuggler.test\r\n"
     for n, fake in enumerate(FAKE_ENDS):
         payload += envelope_head() + legit(n) + fake + SMUGGLED + b".\r\n"
@@ -90,17 +105,19 @@ def test_all_payloads_in_one_write_leave_at_most_the_legit_message(relay, store_
             assert raw.reply() == "250 2.1.0 Ok"
             assert raw.reply() == "250 2.1.5 Ok"
             assert raw.reply().startswith("354 ")
-            assert raw.reply().startswith("550 5.6.11 " if refused(relay, fake) else "250 ")
+            assert raw.reply().startswith("550 5.6.11 " if refused(fake, mode) else "250 2.0.0")
         assert [raw.reply()[:3] for _ in range(4)] == ["250", "250", "354", "250"]
         assert raw.reply().startswith("221")
     messages = assert_nothing_smuggled(relay)
-    kept = [fake for fake in FAKE_ENDS if not refused(relay, fake)]
-    assert len(messages) == len(kept) + 1
-    assert any(m.endswith(legit(99)) for m in messages)
-    attempts = len(FAKE_ENDS) - len(kept)
+    kept = [f for f in FAKE_ENDS if not refused(f, mode)]
+    assert len(messages) == 1 + len(kept)
+    assert sum(m.endswith(legit(99)) for m in messages) == 1
+    assert sum(m.endswith(SMUGGLED) for m in messages) == len(kept)
+    n = len(FAKE_ENDS) - len(kept)
     rows = events(store_url, lambda e: e.stage == "data" and e.reason == "protocol",
-                  at_least=attempts, what="a protocol event per refused smuggling attempt")
-    assert {r.code for r in rows} == {550} and len(rows) == attempts
+                  at_least=n, what="a protocol event per refused smuggling attempt")
+    assert {r.code for r in rows} == {550}
+    assert len(rows) == n
 
 
 def test_real_pipelining_after_the_real_end_still_works(relay) -> None:  # type: ignore[no-untyped-def]
@@ -151,3 +168,35 @@ def test_commands_pipelined_after_starttls_are_discarded(start_relay, sqlite_url
     rows = events(url, lambda e: e.recipient == "bob@example.org", what="the TLS session's RCPT")
     assert rows[0].sender == "good@sender.test"
     assert not events(url, at_least=0, where=lambda e: e.sender == "evil@inject.test")
+
+
+def test_normalized_messages_reach_the_next_hop_as_one_message_each(  # type: ignore[no-untyped-def]
+        start_relay, sqlite_url) -> None:
+    """normalize mode, through delivery to a real SMTP server: each look-alike (but a
+    NUL's) arrives inside its one message, never as a message of its own."""
+    from tests.sink import Sink
+    from tests.test_delivery import start
+
+    kept = [f for f in FAKE_ENDS if not refused(f, "normalize")]
+    sink = Sink().up()
+    try:
+        relay = start(start_relay, sqlite_url, sink.hop)
+        with Raw(relay.port) as raw:
+            raw.send(b"EHLO smuggler.test\r\n")
+            raw.reply()
+            for n, fake in enumerate(kept):
+                raw.send(b"MAIL FROM:<s@sender.test>\r\nRCPT TO:<u%d@dest.test>\r\nDATA\r\n" % n
+                         + legit(n) + fake + SMUGGLED + b".\r\n")
+                assert [raw.reply()[:3] for _ in range(4)] == ["250", "250", "354", "250"]
+        got = wait_until(lambda: len(sink.messages()) >= len(kept) and sink.messages(), 60,
+                         "deliveries")
+        assert len(got) == len(kept)  # type: ignore[arg-type]
+        for item in got:  # type: ignore[attr-defined]
+            assert item.mail_from == "s@sender.test"
+            assert item.rcpt_tos[0].endswith("@dest.test")
+            assert item.data.endswith(SMUGGLED)  # the smuggled lines are body text
+            assert item.data.count(b"\r") == item.data.count(b"\n") == item.data.count(b"\r\n")
+        assert sorted(i.rcpt_tos[0] for i in got) == sorted(  # type: ignore[attr-defined]
+            f"u{n}@dest.test" for n in range(len(kept)))
+    finally:
+        sink.down()
