@@ -528,12 +528,12 @@ def scenario_5(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-d
     title = "5 large messages"
     return [
         Row(title, "small sessions' p99, alone (baseline)", _ms(quiet.p99),
-            note=f"NOOP probe max {_ms(max(quiet_rtt))}"),
+            note=f"HELO probe max {_ms(max(quiet_rtt))}"),
         Row(title, f"small sessions' p99 during {count} x 20 MB", _ms(loaded.p99),
             _ms(quiet.p99), _ratio(loaded.p99, quiet.p99), "< 200 ms", loaded.p99 < 0.2,
             f"{loaded.ok} of 100 ok; {len(big_times)} big messages in "
             f"{max(big_times, default=0):.1f} s (sent from a process of their own)"),
-        Row(title, "longest event-loop stall (NOOP probe every 10 ms)", _ms(stall),
+        Row(title, "longest event-loop stall (HELO probe every 10 ms)", _ms(stall),
             _ms(max(quiet_rtt)), _ratio(stall, max(quiet_rtt)), "< 100 ms", stall < 0.1,
             "upper bound: probe reply time"),
         Row(title, f"relay peak RSS during {count} x 20 MB", f"{loaded_rss / 2**20:.0f} MB",
@@ -839,7 +839,7 @@ def scenario_8(s: Settings, scanners) -> list[Row]:  # type: ignore[no-untyped-d
         print("  scenario 8: probe alone", flush=True)
         base_rtt, base_rss = uvloop.run(quiet())
         base99 = _p99(base_rtt)
-        out.append(Row(title, "NOOP probe alone (baseline): p99 / worst",
+        out.append(Row(title, "HELO probe alone (baseline): p99 / worst",
                        f"{_ms(base99)} / {_ms(max(base_rtt))}",
                        note=f"RSS {base_rss / 2**20:.0f} MB"))
         for name, what in [
