@@ -16,6 +16,7 @@ import pytest
 
 from filters.archive import MAX_MEMBERS, ZipSummary, zip_excess, zip_summary
 from filters.clamav import MAX_FILE_SIZE, MAX_SCAN_SIZE
+from filters.mime import INLINE_STEPS, TooComplex, split_parts
 from tests.make_fixtures import with_attachment
 from tests.support import free_port
 from tests.test_content import scanners, send
@@ -154,3 +155,20 @@ def test_a_bomb_within_the_limits_is_still_a_bomb() -> None:
     bomb = one_member_bomb(50 << 20)
     assert zip_excess(zip_summary(bomb), MAX_FILE_SIZE, MAX_SCAN_SIZE).startswith(
         "zip member zeros.bin 52,428,800 bytes from ")
+
+
+def test_a_zip_of_thousands_of_entries_is_read_off_the_event_loop() -> None:
+    """Reading a directory costs about 8 us an entry: a message under the inline size whose
+    zip holds 2,000 entries spends the inline budget (filters.mime.INLINE_STEPS), so its
+    split goes to the offload child; one of a few entries stays inline."""
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(2000):
+            z.writestr(f"f{i}.txt", b"")
+    big = zip_message("many.zip", many.getvalue())
+    assert len(big) < 1 << 20
+    with pytest.raises(TooComplex):
+        split_parts(big, INLINE_STEPS)
+    [summary] = split_parts(big).archives  # what the child answers
+    assert summary.members == 2000 and summary.error is None
+    assert split_parts(zip_message("small.zip", small_zip()), INLINE_STEPS).archives
