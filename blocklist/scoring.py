@@ -130,6 +130,11 @@ class BlockDecision:
     # another relay's write) between the scorer's read and its write must win.
     previous_expires: datetime | None = None
 
+    def state(self) -> BlockState:
+        """The block this decision puts in force, as the gate holds blocks."""
+        return BlockState(self.network, self.first_seen, self.last_seen, self.expires,
+                          self.level, self.source, self.score, self.reason)
+
 
 def cutoff(block: BlockState | None, now: datetime) -> datetime | None:
     """Offences before this instant are already paid for: while a block is active, by the

@@ -64,7 +64,8 @@ class Problem(enum.Enum):
 
 
 class Budget:
-    """Bytes of DATA held in memory by all sessions of the process together."""
+    """Bytes of DATA held in memory by all sessions of the process together (one per
+    RelayHandler: each worker process has its own)."""
 
     def __init__(self, total: int):
         self.total = total
@@ -78,17 +79,6 @@ class Budget:
 
     def give(self, n: int) -> None:
         self.held -= n
-
-
-_budgets: dict[int, Budget] = {}
-
-
-def shared_budget(total: int) -> Budget:
-    """The process's budget for `total` bytes (one per configured size: one in practice)."""
-    budget = _budgets.get(total)
-    if budget is None:
-        budget = _budgets[total] = Budget(total)
-    return budget
 
 
 class Body:

@@ -32,11 +32,6 @@ from relay.tally import Tally
 log = logging.getLogger("floodgate.scoring")
 
 
-def as_state(d: BlockDecision) -> BlockState:
-    return BlockState(d.network, d.first_seen, d.last_seen, d.expires, d.level, d.source,
-                      d.score, d.reason)
-
-
 class Scorer:
     def __init__(self, engine: Engine, scoring: ScoringConfig, blocklist: BlocklistConfig,
                  protection: Protection, node: str):
@@ -84,7 +79,7 @@ class Scorer:
         self._log(decisions)
         decided = {d.network for d in decisions}
         active = [b for k, b in existing.items() if b.expires > now and k not in decided]
-        return decisions, [*active, *map(as_state, decisions)], stale
+        return decisions, [*active, *(d.state() for d in decisions)], stale
 
     def _decide(self, offences: list[Offences], existing: dict[str, BlockState],
                 now: datetime) -> list[BlockDecision]:

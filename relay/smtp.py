@@ -27,7 +27,7 @@ from filters.base import Action, Context, Stage, Verdict
 from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay import replies
 from relay.addresses import control_problem, is_postmaster, routing_problem, size_problem
-from relay.data import Body, DataScanner, Problem, read_data, shared_budget
+from relay.data import Body, Budget, DataScanner, Problem, read_data
 from relay.events import EventRecord, EventWriter
 from relay.hardening_config import LimitsConfig
 from relay.hops import hop_count
@@ -418,7 +418,7 @@ class FloodgateSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         limits = self.relay.limits
         body = Body(self.relay.spool.tmp, limits.data_memory_per_message,
-                    shared_budget(limits.data_memory_total))
+                    self.relay.data_budget)
         try:  # the body's memory and spill file go on every path out (refusal, hang-up)
             await self._read_and_handle(session, DataScanner(
                 limit=self.data_size_limit, bare_newline=limits.bare_newline, body=body))
@@ -534,6 +534,8 @@ class RelayHandler:
         self.postmaster = postmaster
         self.hopcount_limit = hopcount_limit
         self.limiter = ConnectionLimiter(self.limits, ipv6_prefix)
+        # DATA held in memory by all sessions together; past it every message spills
+        self.data_budget = Budget(self.limits.data_memory_total)
         self.connections: set[FloodgateSMTP] = set()
         # Why new mail must wait (spool or disk full), or None; set by the delivery service.
         self.queue_full: Callable[[], str | None] = lambda: None
@@ -717,9 +719,8 @@ class RelayHandler:
             return refused.reply
         hops = hop_count(data, self.hopcount_limit + 1)
         if hops > self.hopcount_limit:  # a loop: Postfix's hopcount_limit
-            self.record(session, envelope, Stage.DATA, Verdict.reject(
-                554, "5.4.6", TOO_MANY_HOPS.reason, TOO_MANY_HOPS.text,
-                detail=f"over {self.hopcount_limit} Received: lines"),
+            self.record(session, envelope, Stage.DATA, dataclasses.replace(
+                TOO_MANY_HOPS, detail=f"over {self.hopcount_limit} Received: lines"),
                 recipient=rcpts, size=len(data))
             return TOO_MANY_HOPS.reply
         ctx = Context(client=session.client, helo=session.helo,
