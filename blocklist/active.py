@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from blocklist.export import Entry, utc
-from relay.models import Allow, Block
+from blocklist.export import Entry, Settings, utc
+from relay.config import Config
+from relay.store.tables import Allow, Block
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 
@@ -80,3 +81,20 @@ def fingerprint(entries: Iterable[Entry], protect: Iterable[str]) -> str:
     for p in sorted(protect):
         h.update(p.encode() + b"\n")
     return h.hexdigest()
+
+
+def settings(config: Config, now: datetime) -> Settings:
+    fw = config.firewall
+    return Settings(now=now, table=fw.table, set4=fw.set_v4, set6=fw.set_v6,
+                    priority=fw.priority, ipset4=fw.ipset_v4, ipset6=fw.ipset_v6,
+                    ipset_maxelem=fw.ipset_maxelem, chain=fw.chain, hook=fw.hook,
+                    ports=tuple(fw.ports), max_timeout=int(fw.max_timeout))
+
+
+def snapshot(config: Config, engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
+    """Active blocks, and everything protected: store + config allowlists, own addresses."""
+    entries, allow = load(engine, now)
+    listen = [host for host, _ in config.relay.endpoints()]
+    protect = protected([*allow, *config.blocklist.allow], listen,
+                               config.blocklist.protect_loopback, config.firewall.never_block)
+    return entries, protect

@@ -13,9 +13,9 @@ from sqlalchemy.orm import aliased
 
 from blocklist.export import utc
 from blocklist.scoring import BlockDecision, BlockState, Offences
-from relay.models import SUMMARY_HOST, Allow, Block, Event, events_counted
-from relay.sqltypes import as_event_time
-from relay.store import bump_generation
+from relay.store.database import bump_generation
+from relay.store.sqltypes import as_event_time
+from relay.store.tables import SUMMARY_HOST, Allow, Block, Event, events_counted
 
 GENERATION_KEY = "blocks_generation"
 
@@ -65,7 +65,7 @@ def load_offences(engine: Engine, *, since: datetime, now: datetime,
     (scoring.cutoff). Not offences at all: `blocked` refusals made after the refusing
     block had ended (a relay refuses from its snapshot for up to refresh_interval after
     an unblock), `accepted` mail from the null sender (the cheapest mail to send), and
-    the accepted events summarised across hosts in a flood (relay/events.py).
+    the accepted events summarised across hosts in a flood (relay/events/writer.py).
     """
     net = aliased(Block)
     refusing = aliased(Block)

@@ -1,6 +1,6 @@
 """Reports: who did what (per host), when (timeline) and the day at a glance (summary).
 
-The queries read the rollups the event writer keeps (relay/rollup_models.py), so they cost
+The queries read the rollups the event writer keeps (relay/store/rollups.py), so they cost
 the same on ten million events as on ten thousand; only the part of the window before the
 first whole bucket is counted from raw events, which keeps the answers exact. Turning rows
 into reports and reports into CSV/JSON is pure, and tested on known data.
@@ -23,8 +23,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 
 from blocklist.blocks import utc
 from blocklist.scoring import BlockState
-from relay.models import Event, events_counted
-from relay.rollup_models import (
+from relay.store.rollups import (
     DELIVERY,
     HOUR,
     MINUTE,
@@ -33,6 +32,7 @@ from relay.rollup_models import (
     TimelineRollup,
     floor,
 )
+from relay.store.tables import Event, events_counted
 
 # Refusals worth a column of their own; any other refusal is "other".
 REJECTS = ("unknown_rcpt", "trap", "relay_denied", "virus", "spam", "dnsbl", "blocked",

@@ -45,13 +45,13 @@ catch_all = true
 
 DEBUG_DRIVER = """
 import asyncio, sys
-import relay.server as server
+import relay.service.server as server
 plain = server.run
 async def run(config, worker=None):
     asyncio.get_running_loop().slow_callback_duration = %r
     await plain(config, worker)
 server.run = run
-from relay.cli import main
+from relay.cli.main import main
 sys.argv[0] = "floodgate"
 main()
 """

@@ -25,8 +25,8 @@ from sqlalchemy import insert
 
 from blocklist import active
 from blocklist.export import Entry, Settings, render
-from relay.models import Block
-from relay.store import make_engine, upgrade
+from relay.store.database import make_engine, upgrade
+from relay.store.tables import Block
 
 
 def make_rows(n: int, now: datetime) -> list[dict[str, object]]:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from blocklist import reports as rp  # noqa: E402
-from relay.events import FIELDS, EventRecord, as_row, write_rows  # noqa: E402
-from relay.models import Event  # noqa: E402
-from relay.sqltypes import to_micros  # noqa: E402
-from relay.store import make_engine, upgrade  # noqa: E402
+from relay.events.writer import FIELDS, EventRecord, as_row, write_rows  # noqa: E402
+from relay.store.database import make_engine, upgrade  # noqa: E402
+from relay.store.sqltypes import to_micros  # noqa: E402
+from relay.store.tables import Event  # noqa: E402
 
 INDEXES = {
     "ix_events_ts": "events (ts)",
@@ -185,7 +185,7 @@ def main() -> None:
     since = now - timedelta(hours=24)
 
     con = sqlite3.connect(db)
-    since_s = to_micros(since)  # events.ts on SQLite (relay/sqltypes.py)
+    since_s = to_micros(since)  # events.ts on SQLite (relay/store/sqltypes.py)
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("host_rollups", "timeline_rollups")}
     in_window = con.execute("SELECT count(*) FROM events WHERE ts >= ?", (since_s,)).fetchone()[0]

@@ -18,7 +18,9 @@ import sys
 from typing import Any
 
 from filters.base import Stage
-from relay import pipeline, smtp, spool
+from relay.delivery import spool
+from relay.smtp import handler as smtp
+from relay.smtp import pipeline
 
 
 def install() -> None:
@@ -65,7 +67,7 @@ def install() -> None:
 
 if __name__ == "__main__":
     install()
-    from relay.cli import main
+    from relay.cli.main import main
 
     sys.argv[0] = "floodgate"
     main()

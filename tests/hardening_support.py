@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from relay.models import Event
-from relay.store import make_engine
+from relay.store.database import make_engine
+from relay.store.tables import Event
 from tests.support import FLOODGATE, RelayProcess, floodgate, free_port, wait_until, write_config
 
 ALIASES = "alice@example.org\nbob@example.org\n"

@@ -36,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def event_count(engine: Engine) -> int:
     """Events in the store, as every report counts them (a row may stand for many: the
     relay folds a flood); the relay writes them a batch at a time: wait_until on it."""
-    from relay.models import events_counted
+    from relay.store.tables import events_counted
 
     with engine.connect() as conn:
         return conn.execute(select(func.coalesce(events_counted(), 0))).scalar_one()
@@ -205,8 +205,8 @@ class RelayProcess:
             return self.log()[-4000:]
         before = len(self.log())
         self.proc.send_signal(signal.SIGUSR1)
-        # the dump is written thread by thread; the main thread's ends in relay/cli.py
-        wait_until(lambda: "relay/cli.py" in self.log()[before:], 10, "stack dump")
+        # the dump is written thread by thread; the main thread's ends in relay/cli/main.py
+        wait_until(lambda: "relay/cli/main.py" in self.log()[before:], 10, "stack dump")
         return self.log()[before:]
 
     def signal(self, sig: int) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.aliases import AliasBook, Entry, Problem, parse
+from relay.store.aliases import AliasBook, Entry, Problem, parse
 from tests.support import floodgate, free_port, write_config
 
 POSTFIX = """\

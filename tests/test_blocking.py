@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from blocklist import blocks
-from relay.store import make_engine
+from relay.store.database import make_engine
 from tests.support import floodgate, wait_until
 from tests.test_smtp import ALIASES, MESSAGE
 
@@ -226,7 +226,7 @@ def test_manual_unblock_sticks_while_relays_still_refuse(start_relay, sqlite_url
     """Relays refuse from their snapshot for up to refresh_interval after an unblock; the
     host knocking meanwhile must not be blocked again by those refusals."""
     from relay.config import load_config
-    from relay.scorer import Scorer
+    from relay.hosts.scorer import Scorer
     from tests.support import event_count
 
     relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "1h",
@@ -259,7 +259,7 @@ def test_a_bulk_sender_sending_the_rest_later_is_not_blocked(start_relay, sqlite
     """max_recipients is 5: 30 recipients get 25 x 452 4.5.3 in the first transaction, and
     the sender sends them on in later ones, as RFC 5321 asks."""
     from relay.config import load_config
-    from relay.scorer import Scorer
+    from relay.hosts.scorer import Scorer
     from tests.support import event_count
 
     relay = start_relay(sqlite_url, aliases=ALIASES, extra=SCORING % "1h")

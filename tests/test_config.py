@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import ConfigError, load_config
-from relay.config_types import parse_duration
+from relay.config.types import parse_duration
 from tests.support import FLOODGATE, ROOT
 
 EXAMPLE = '''

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import read_file
+from relay.delivery.spool import read_file
 from tests.make_fixtures import SIG_CLAMEXE, SIG_EICAR, SIG_WORM, WORM_PAYLOAD, with_attachment
 from tests.services import FakeService
 from tests.support import FLOODGATE, ROOT, wait_until

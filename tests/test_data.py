@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from relay.data import BLOCK, BulkTurns, DataScanner, read_data
+from relay.smtp.body import BLOCK, BulkTurns, DataScanner, read_data
 
 
 def test_bulk_turns_grant_at_most_per_turn_blocks_each_turn_of_the_loop() -> None:

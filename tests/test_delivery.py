@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import queue
 from relay.config import load_config
-from relay.delivery import DeliveryService
-from relay.delivery_config import parse_size
-from relay.dsn import status_of
-from relay.events import EventWriter
-from relay.models import Event
-from relay.queue import backoff
-from relay.spool import MAGIC, Envelope, Spool, new_queue_id
-from relay.store import make_engine
+from relay.config.delivery import parse_size
+from relay.delivery.dsn import status_of
+from relay.delivery.queue import backoff
+from relay.delivery.service import DeliveryService, queue
+from relay.delivery.spool import MAGIC, Envelope, Spool, new_queue_id
+from relay.events.writer import EventWriter
+from relay.store.database import make_engine
+from relay.store.tables import Event
 from tests.sink import Sink
 from tests.support import RelayProcess, floodgate, port_open, wait_until, write_config
 

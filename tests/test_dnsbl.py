@@ -27,8 +27,8 @@ from filters.dnsbl import (
     reversed_name,
 )
 from filters.verdict_cache import VerdictCache
-from relay.dnsbl_config import DnsblConfig, build_dnsbl
-from relay.pipeline import Pipeline
+from relay.config.dnsbl import DnsblConfig, build_dnsbl
+from relay.smtp.pipeline import Pipeline
 from tests.dnsbl_fixtures import Rbldnsd, run_rbldnsd, silent_nameserver
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.spool import read_file
+from relay.delivery.spool import read_file
 from tests.hardening_support import Raw, events, spooled
 from tests.sink import Sink
 from tests.support import wait_until

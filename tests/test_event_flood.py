@@ -1,5 +1,5 @@
 """A flood must not blind the scorer: the event writer folds what it cannot keep one row
-per event into one row per host, reason and minute (relay/events.py), and every query
+per event into one row per host, reason and minute (relay/events/writer.py), and every query
 counts the events those rows stand for. Real writer children, real stores."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from blocklist import blocks
 from blocklist.reports import window_counts
 from blocklist.scoring import Protection, score_hosts
-from relay.events import EventRecord, EventWriter
-from relay.hosts_config import BlocklistConfig, ScoringConfig
-from relay.models import SUMMARY_HOST, Event, events_counted
-from relay.rollup_models import HOUR, HostRollup, TimelineRollup, floor
-from relay.scorer import Scorer
-from relay.store import make_engine, upgrade
+from relay.config.scoring import BlocklistConfig, ScoringConfig
+from relay.events.writer import EventRecord, EventWriter
+from relay.hosts.scorer import Scorer
+from relay.store.database import make_engine, upgrade
+from relay.store.rollups import HOUR, HostRollup, TimelineRollup, floor
+from relay.store.tables import SUMMARY_HOST, Event, events_counted
 from tests.support import event_count, wait_until
 from tests.test_blocking import SCORING, dictionary_attack, refused_at_connect
 from tests.test_smtp import ALIASES

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.event_proc import EventProcess, WriterDown
-from relay.events import EventRecord, EventWriter, as_row
-from relay.store import make_engine, upgrade
+from relay.events.process import EventProcess, WriterDown
+from relay.events.writer import EventRecord, EventWriter, as_row
+from relay.store.database import make_engine, upgrade
 from tests.support import event_count
 
 
@@ -174,7 +174,7 @@ def test_cancelled_write_kills_the_child_and_the_next_write_gets_a_new_one(
         with pytest.raises(asyncio.CancelledError):
             await task
         status = await asyncio.wait_for(proc.wait(), 10)
-        writer.argv = [sys.executable, "-m", "relay.event_proc"]  # a real one from now on
+        writer.argv = [sys.executable, "-m", "relay.events.process"]  # a real one from now on
         await writer.write(ROWS)
         await writer.close()
         return status

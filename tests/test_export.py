@@ -28,8 +28,8 @@ from blocklist.export import (
     prepare,
     render,
 )
-from relay.models import Allow, Block
-from relay.store import make_engine, upgrade
+from relay.store.database import make_engine, upgrade
+from relay.store.tables import Allow, Block
 from tests.netns import Netns
 from tests.support import floodgate, write_config
 

@@ -21,8 +21,8 @@ from filters.address import normalise_domain, split_address
 from filters.base import Action
 from filters.mime import split_parts
 from filters.recipients import RecipientFilter
-from relay.addresses import routing_problem, size_problem, unquote_local
-from relay.data import MAX_LINE, BareNewline, DataScanner, Problem
+from relay.smtp.addresses import routing_problem, size_problem, unquote_local
+from relay.smtp.body import MAX_LINE, BareNewline, DataScanner, Problem
 from tests.hardening_support import ALIASES, Raw
 
 settings.register_profile("ci", max_examples=200, deadline=None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import read_file
+from relay.delivery.spool import read_file
 from tests.hardening_support import ALIASES, MESSAGE, Raw, events, spooled, start_faulty
 from tests.support import ROOT, RelayProcess
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import smtplib
 
-from relay.hardening_config import LimitsConfig
+from relay.config.limits import LimitsConfig
 from tests.test_smtp import ALIASES, client, spooled
 
 HEAD = b"From: a@sender.test\r\nTo: bob@example.org\r\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.hardening_config import LimitsConfig
-from relay.limits import ConnectionLimiter
+from relay.config.limits import LimitsConfig
+from relay.hosts.limits import ConnectionLimiter
 from tests.hardening_support import Raw, events
 from tests.support import wait_until
 

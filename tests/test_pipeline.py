@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from filters.base import Action, Context, Stage, Verdict
-from relay.pipeline import Pipeline
+from relay.smtp.pipeline import Pipeline
 
 
 @dataclass

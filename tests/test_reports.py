@@ -23,9 +23,9 @@ from sqlalchemy import Column, DateTime, Engine, MetaData, Table, func, insert, 
 from blocklist import blocks
 from blocklist import reports as rp
 from relay.config import ConfigError, load_config
-from relay.events import EventRecord, as_row, write_rows
-from relay.models import Base, Event
-from relay.rollup_models import (
+from relay.events.writer import EventRecord, as_row, write_rows
+from relay.store.database import _alembic_config, head_revision, make_engine, upgrade
+from relay.store.rollups import (
     HOUR,
     MINUTE,
     HostRollup,
@@ -34,7 +34,7 @@ from relay.rollup_models import (
     floor,
     prune,
 )
-from relay.store import _alembic_config, head_revision, make_engine, upgrade
+from relay.store.tables import Base, Event
 from tests.support import floodgate, free_port, wait_until, write_config
 
 pytest_plugins = ["tests.scanner_fixtures"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import read_file
+from relay.delivery.spool import read_file
 from tests.make_fixtures import EICAR, SIG_EICAR, TESTFILES, with_attachment
 from tests.services import SIGNATURES, Clamd, free_port, run_clamd
 from tests.test_content import scanners, send

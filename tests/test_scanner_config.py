@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from filters.base import Action, Stage
 from filters.clamav import ClamAVFilter
 from filters.spamassassin import SpamAssassinFilter, Thresholds
-from relay.scanner_config import ClamAVConfig, SpamAssassinConfig, build_scanners
+from relay.config.scanners import ClamAVConfig, SpamAssassinConfig, build_scanners
 
 TOML = """
 [clamav]

@@ -9,7 +9,7 @@ import pytest
 
 from filters.clamav import ClamAVFilter, ClamdClient, ClamdError, ClamdPool
 from filters.spamassassin import SpamAssassinFilter
-from relay.scanner_config import ClamAVConfig, SpamAssassinConfig, build_clamav
+from relay.config.scanners import ClamAVConfig, SpamAssassinConfig, build_clamav
 from tests.make_fixtures import EICAR
 from tests.services import Clamd, Spamd, free_port
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState, Offences, Protection, cutoff, decide, score_hosts
-from relay.hosts_config import DEFAULT_WEIGHTS, BlocklistConfig
+from relay.config.scoring import DEFAULT_WEIGHTS, BlocklistConfig
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 W = dict(DEFAULT_WEIGHTS)
@@ -95,7 +95,7 @@ def test_an_unblock_between_read_and_write_beats_the_extension(store_url: str) -
     """The scorer reads a block, an operator ends it, then the scorer writes its extension:
     the unblock stands (compare-and-set on the expiry read), on both store backends."""
     from blocklist import blocks
-    from relay.store import make_engine, upgrade
+    from relay.store.database import make_engine, upgrade
 
     engine = make_engine(store_url)
     upgrade(engine)
@@ -141,7 +141,7 @@ def test_too_many_recipients_is_no_offence() -> None:
 
 
 def _store(store_url: str):  # type: ignore[no-untyped-def]
-    from relay.store import make_engine, upgrade
+    from relay.store.database import make_engine, upgrade
 
     engine = make_engine(store_url)
     upgrade(engine)
@@ -150,7 +150,7 @@ def _store(store_url: str):  # type: ignore[no-untyped-def]
 
 def _events(engine, rows: list[tuple[str, str, datetime, str, str]]) -> None:  # type: ignore[no-untyped-def]
     """(client, reason, ts, sender, detail) as the relay records them."""
-    from relay.events import EventRecord, as_row, write_rows
+    from relay.events.writer import EventRecord, as_row, write_rows
 
     with engine.begin() as conn:
         write_rows(conn, [as_row(EventRecord(
@@ -160,8 +160,8 @@ def _events(engine, rows: list[tuple[str, str, datetime, str, str]]) -> None:  #
 
 
 def _scorer(engine, **scoring: object):  # type: ignore[no-untyped-def]
-    from relay.hosts_config import ScoringConfig
-    from relay.scorer import Scorer
+    from relay.config.scoring import ScoringConfig
+    from relay.hosts.scorer import Scorer
 
     return Scorer(engine, ScoringConfig(threshold=10, window="1h", **scoring),  # type: ignore[arg-type]
                   BlocklistConfig(), NOBODY, "t")

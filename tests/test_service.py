@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from relay.models import Event
-from relay.spool import read_file
-from relay.store import make_engine
+from relay.delivery.spool import read_file
+from relay.store.database import make_engine
+from relay.store.tables import Event
 from tests.support import event_count, floodgate, free_port, wait_until
 from tests.test_smtp import ALIASES, MESSAGE, client, spooled
 
@@ -100,7 +100,7 @@ def test_sigusr1_prints_every_threads_stack_and_keeps_serving(start_relay, sqlit
     relay = start_relay(sqlite_url, aliases=ALIASES)
     dump = relay.stacks()
     assert "Current thread" in dump or "Thread 0x" in dump
-    assert "relay/server.py" in dump  # the event loop's own frames
+    assert "relay/service/server.py" in dump  # the event loop's own frames
     with client(relay) as smtp:
         assert smtp.noop()[0] == 250
 

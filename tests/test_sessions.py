@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from filters.recipients import RecipientFilter
-from relay.events import EventWriter
-from relay.hardening_config import LimitsConfig
-from relay.pipeline import Pipeline
-from relay.smtp import FloodgateSMTP, RelayHandler
-from relay.spool import Spool
-from relay.store import make_engine
+from relay.config.limits import LimitsConfig
+from relay.delivery.spool import Spool
+from relay.events.writer import EventWriter
+from relay.smtp.handler import FloodgateSMTP, RelayHandler
+from relay.smtp.pipeline import Pipeline
+from relay.store.database import make_engine
 from tests.hardening_support import Raw, events
 
 # -- pipelining: the command loop yields between commands -------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import read_file
+from relay.delivery.spool import read_file
 from tests.support import wait_until
 
 ALIASES = "alice@example.org\nbob@example.org\nCarol@Example.NET\n"
@@ -41,7 +41,7 @@ def test_ehlo_advertises_extensions(relay) -> None:  # type: ignore[no-untyped-d
 
 
 def test_help_lists_the_commands_and_their_syntax(relay) -> None:  # type: ignore[no-untyped-def]
-    """aiosmtpd's command table is bound lazily (relay/fastsmtp.py); HELP still sees all."""
+    """aiosmtpd's command table is bound lazily (relay/smtp/fast.py); HELP still sees all."""
     with client(relay) as smtp:
         listed = smtp.help().decode()
         assert listed.startswith("2.0.0 Supported commands: ")
@@ -172,8 +172,8 @@ def test_swaks_against_the_relay(relay) -> None:  # type: ignore[no-untyped-def]
 def test_every_decision_is_an_event(relay, store_url) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from relay.models import Event
-    from relay.store import make_engine
+    from relay.store.database import make_engine
+    from relay.store.tables import Event
 
     with client(relay) as smtp:
         smtp.sendmail("s@sender.test", ["alice@example.org", "ghost@example.org",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import read_file
+from relay.delivery.spool import read_file
 from tests.hardening_support import ALIASES, Raw, events, spooled
 from tests.support import wait_until
 

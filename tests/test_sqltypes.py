@@ -1,4 +1,4 @@
-"""Event times as integer microseconds on SQLite (relay/sqltypes.py)."""
+"""Event times as integer microseconds on SQLite (relay/store/sqltypes.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Column, DateTime, MetaData, Table, insert, select
 
-from relay.models import Event
-from relay.sqltypes import as_event_time, from_micros, to_micros
-from relay.store import make_engine, upgrade
+from relay.store.database import make_engine, upgrade
+from relay.store.sqltypes import as_event_time, from_micros, to_micros
+from relay.store.tables import Event
 
 instants = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
                         timezones=st.just(UTC))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from relay.store import PAGE_SIZE, WAL_CHECKPOINT_BYTES, make_engine, upgrade
+from relay.store.database import PAGE_SIZE, WAL_CHECKPOINT_BYTES, make_engine, upgrade
 
 
 def _pragma(engine, name: str) -> object:  # type: ignore[no-untyped-def]

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from blocklist import blocks
-from relay.hosts_config import DEFAULT_WEIGHTS
-from relay.store import make_engine
-from relay.web_config import WebConfig
-from relay.web_models import ApiToken, AuditEntry
+from relay.config.scoring import DEFAULT_WEIGHTS
+from relay.config.web import WebConfig
+from relay.store.database import make_engine
+from relay.store.web_tables import ApiToken, AuditEntry
 from tests.support import floodgate, free_port, wait_until, write_config
 from tests.test_blocking import dictionary_attack, refused_at_connect
 from tests.test_smtp import ALIASES

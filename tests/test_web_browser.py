@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from blocklist import blocks
-from relay.store import make_engine
+from relay.store.database import make_engine
 from tests.support import ROOT, wait_until
 from tests.test_blocking import dictionary_attack, refused_at_connect
 from tests.test_smtp import ALIASES, MESSAGE

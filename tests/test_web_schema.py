@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from relay.models import Base
-from relay.store import _alembic_config, head_revision, make_engine, upgrade
+from relay.store.database import _alembic_config, head_revision, make_engine, upgrade
+from relay.store.schema import metadata
 from tests.web_support import ADMIN, relay_extra, web_starter
 
 EXAMPLES = 25  # per operation and mode: 14 operations, well under a minute in all
@@ -34,7 +34,7 @@ def test_migration_0004_adds_the_web_tables_and_goes_back(store_url: str) -> Non
         command.upgrade(cfg, "0003")
     assert upgrade(engine) == ("0003", head_revision())
     with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0003")

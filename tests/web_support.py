@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from blocklist.blocks import GENERATION_KEY
-from relay.store import make_engine, read_generation
+from relay.store.database import make_engine, read_generation
 from tests.support import FLOODGATE, ROOT, free_port, wait_until
 
 ADMIN = "example-admin-token"

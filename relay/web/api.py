@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from blocklist import blocks
 from blocklist import reports as rp
 from relay.config import Config
-from relay.config_types import parse_duration
+from relay.config.types import parse_duration
 from relay.web import data
 from relay.web.auth import Authenticator, Principal
 from relay.web.schemas import (

@@ -22,15 +22,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay.config import Config
 from relay.logs import kv
-from relay.store import StoreError, current_revision, describe, head_revision, make_engine
-from relay.store import upgrade as upgrade_schema
+from relay.store.database import StoreError, current_revision, describe, head_revision, make_engine
+from relay.store.database import upgrade as upgrade_schema
 from relay.web import feeds
 from relay.web.api import BEARER, principal, router
 from relay.web.auth import Authenticator
 from relay.web.body_limit import BodyLimit
 
 log = logging.getLogger("floodgate.web")
-STATIC = Path(__file__).resolve().parent.parent / "web_static"
+STATIC = Path(__file__).resolve().parent / "static"
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, select
 
-from relay.web_config import Scope, WebConfig
-from relay.web_models import ApiToken
+from relay.config.web import Scope, WebConfig
+from relay.store.web_tables import ApiToken
 
 TOKEN_PREFIX = "fg_"
 

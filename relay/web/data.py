@@ -18,11 +18,11 @@ from blocklist import blocks
 from blocklist import reports as rp
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState, Protection, score_hosts
-from relay import queue as q
 from relay.config import Config
-from relay.models import Block, Event
-from relay.spool import Spool
-from relay.web_models import AuditEntry
+from relay.delivery import queue as q
+from relay.delivery.spool import Spool
+from relay.store.tables import Block, Event
+from relay.store.web_tables import AuditEntry
 
 
 def iso(dt: datetime | None) -> str | None:

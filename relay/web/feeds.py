@@ -16,11 +16,11 @@ from email.utils import format_datetime, parsedate_to_datetime
 from sqlalchemy import Engine
 
 from blocklist import active
+from blocklist.active import settings, snapshot
 from blocklist.blocks import GENERATION_KEY
 from blocklist.export import Entry, render
-from relay.blocklist_cli import settings, snapshot
 from relay.config import Config
-from relay.store import read_generation
+from relay.store.database import read_generation
 
 MEDIA = {"plain": "text/plain; charset=utf-8", "nft": "text/plain; charset=utf-8",
          "json": "application/json"}

@@ -603,7 +603,7 @@ def scenario_6(s: Settings) -> list[Row]:
 # -- scenario 7: the store --------------------------------------------------------------------
 
 def _event_rows(n: int) -> list:  # type: ignore[type-arg]
-    from relay.events import EventRecord
+    from relay.events.writer import EventRecord
 
     now = datetime.now(UTC)
     return [EventRecord(ts=now - timedelta(microseconds=i), node="bench",
@@ -618,8 +618,8 @@ BATCH = StoreConfig().event_batch  # [store] event_batch's default
 
 def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     """Events/s through EventWriter: emit all, then let its task write them in batches."""
-    from relay.events import EventWriter
-    from relay.store import make_engine, upgrade
+    from relay.events.writer import EventWriter
+    from relay.store.database import make_engine, upgrade
 
     engine = make_engine(url)
     upgrade(engine)
@@ -651,8 +651,8 @@ def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
 
 def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     """Baseline: the driver's executemany of the same rows, same batches, no SQLAlchemy."""
-    from relay.events import as_row, insert_sql
-    from relay.store import make_engine, upgrade
+    from relay.events.writer import as_row, insert_sql
+    from relay.store.database import make_engine, upgrade
 
     engine = make_engine(url)
     upgrade(engine)

@@ -1,0 +1,67 @@
+"""`[scoring]` and `[blocklist]`: how offences add up, and what a block costs the host."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relay.config.types import Duration, check_networks
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
+    "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 0, "accepted": -1,
+    "rate_limit": 1, "pregreet": 3,
+    # a session cut off at smtpd_hard_error_limit (or by its junk commands): on top of the
+    # errors themselves, for not stopping at the soft limit's delays
+    "error_limit": 3, "junk_limit": 3,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoringConfig(_Strict):
+    enabled: bool = True
+    weights: dict[str, float] = Field(default_factory=dict)
+    window: Duration = 86_400.0
+    threshold: float = Field(default=10.0, gt=0)
+    interval: Duration = 15.0
+    network_threshold: float = Field(default=30.0, ge=0)
+    bonus_floor: float = Field(default=-5.0, le=0)
+    traps: list[str] = Field(default_factory=list)
+
+    @field_validator("traps")
+    @classmethod
+    def _traps(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if "@" not in t:
+                raise ValueError(f"{t!r}: a trap is a full address, user@domain")
+        return v
+
+    def all_weights(self) -> dict[str, float]:
+        """The defaults with the configured weights on top: naming one keeps the others."""
+        return {**DEFAULT_WEIGHTS, **self.weights}
+
+    def offences(self) -> frozenset[str]:
+        """The reasons that add to a score (an event writer in a flood keeps these per host
+        before anything else)."""
+        return frozenset(r for r, w in self.all_weights().items() if w > 0)
+
+
+class BlocklistConfig(_Strict):
+    block_time: Duration = 86_400.0
+    max_block_time: Duration = 30 * 86_400.0
+    escalation: float = Field(default=2.0, ge=1.0)
+    recidive_window: Duration = 7 * 86_400.0
+    history: Duration = 30 * 86_400.0
+    allow: list[str] = Field(default_factory=list)
+    protect_loopback: bool = True
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        return check_networks(v)
+
+    def duration(self, level: int) -> float:
+        """Block time at escalation `level` (1 = first offence), capped at max_block_time."""
+        return min(self.block_time * self.escalation ** max(0, level - 1), self.max_block_time)

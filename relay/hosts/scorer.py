@@ -1,0 +1,124 @@
+"""Continuous scoring inside `serve`: offences in, blocks out.
+
+Every relay sharing a store may run it: writes are upserts keyed by network, so two relays
+deciding the same block converge on one row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from blocklist import blocks
+from blocklist.scoring import (
+    BlockDecision,
+    BlockState,
+    Offences,
+    Protection,
+    cutoff,
+    decide,
+    network_key,
+    score_hosts,
+    score_networks,
+)
+from relay.config.scoring import BlocklistConfig, ScoringConfig
+from relay.hosts.tally import Tally
+from relay.logs import kv
+from relay.store.database import describe, in_store_thread
+
+log = logging.getLogger("floodgate.scoring")
+
+
+class Scorer:
+    def __init__(self, engine: Engine, scoring: ScoringConfig, blocklist: BlocklistConfig,
+                 protection: Protection, node: str):
+        self.engine = engine
+        self.scoring = scoring
+        self.blocklist = blocklist
+        self.protection = protection
+        self.node = node
+        self.weights = scoring.all_weights()
+        self._failing = False
+
+    def run_once(self, now: datetime | None = None) -> list[BlockDecision]:
+        now = now or datetime.now(UTC)
+        reasons = [r for r, w in self.weights.items() if w != 0]
+        offences = blocks.load_offences(
+            self.engine, since=now - timedelta(seconds=self.scoring.window), now=now,
+            reasons=reasons)
+        existing = blocks.load_blocks(self.engine)
+        decisions = self._decide(offences, existing, now)
+        blocks.write_decisions(self.engine, decisions, self.node, now)
+        self._log(decisions)
+        blocks.prune(self.engine, now - timedelta(seconds=self.blocklist.history))
+        return decisions
+
+    def run_hosts(self, tallies: list[Tally], now: datetime | None = None
+                  ) -> tuple[list[BlockDecision], list[BlockState], set[str]]:
+        """Score hosts from what this relay has just recorded (not yet in the store), the
+        moment one of them or its /24 crosses its threshold. Returns the decisions written,
+        the blocks now active for these hosts (for the gate) and the hosts whose tally is
+        no longer good (a block since ended after the tally began: the periodic run over
+        the store decides for them)."""
+        now = now or datetime.now(UTC)
+        keys = {t.host for t in tallies}
+        keys |= {n for n in map(network_key, keys) if n is not None}
+        existing = blocks.load_blocks(self.engine, keys)
+        stale = set()
+        for t in tallies:
+            for key in (t.host, network_key(t.host)):
+                cut = cutoff(existing.get(key) if key else None, now)
+                if cut is not None and cut >= t.started:
+                    stale.add(t.host)
+        rows = [row for t in tallies if t.host not in stale for row in t.rows()]
+        decisions = self._decide(rows, existing, now)
+        blocks.write_decisions(self.engine, decisions, self.node, now)
+        self._log(decisions)
+        decided = {d.network for d in decisions}
+        active = [b for k, b in existing.items() if b.expires > now and k not in decided]
+        return decisions, [*active, *(d.state() for d in decisions)], stale
+
+    def _decide(self, offences: list[Offences], existing: dict[str, BlockState],
+                now: datetime) -> list[BlockDecision]:
+        """Hosts over `threshold`, then /24 networks over `network_threshold` counting
+        only hosts that are neither blocked nor being blocked now."""
+        scores = score_hosts(offences, self.weights, self.scoring.bonus_floor)
+        protection = self.protection.with_allow(n for n, _, _ in blocks.allow_list(self.engine))
+        common = dict(duration=self.blocklist.duration,
+                      recidive_window=self.blocklist.recidive_window,
+                      protected=protection.why, weights=self.weights, now=now)
+        decisions = decide(scores, existing, threshold=self.scoring.threshold, **common)
+        if not self.scoring.network_threshold:
+            return decisions
+        decided = {d.network for d in decisions}
+
+        def paid(host: str) -> bool:
+            block = existing.get(host)
+            return host in decided or (block is not None and block.expires > now)
+
+        nets = score_networks(scores, paid)
+        return decisions + decide(nets, existing, threshold=self.scoring.network_threshold,
+                                  **common)
+
+    @staticmethod
+    def _log(decisions: list[BlockDecision]) -> None:
+        for d in decisions:
+            log.info("%s %s", "block" if d.new else "block extended", kv(
+                network=d.network, score=f"{d.score:g}", level=d.level,
+                until=d.expires.isoformat(timespec="seconds"), reason=d.reason))
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.scoring.interval)
+            try:
+                await in_store_thread(self.run_once)
+                if self._failing:
+                    log.warning("scoring running again")
+                self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error("scoring failed, will retry %s", kv(error=describe(e)))
+                    self._failing = True

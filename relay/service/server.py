@@ -1,0 +1,332 @@
+"""`floodgate serve`: wires config, store, snapshots, filters and listeners together, and
+shuts down without cutting a transaction in half."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import faulthandler
+import logging
+import os
+import signal
+import ssl
+import time
+
+from sqlalchemy import Engine, inspect
+
+from blocklist.scoring import Protection
+from filters.base import Filter
+from filters.offload import start_worker
+from filters.recipients import RecipientFilter
+from relay.config import Config
+from relay.config.dnsbl import build_dnsbl
+from relay.config.scanners import build_scanners
+from relay.delivery.service import DeliveryService
+from relay.delivery.spool import Spool
+from relay.events.writer import EventWriter, prune_loop
+from relay.hosts.gate import BlockGate
+from relay.hosts.scorer import Scorer
+from relay.hosts.tally import RunningScore
+from relay.logs import kv
+from relay.service.metrics import Metrics
+from relay.smtp.fast import fast_protocol
+from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
+from relay.smtp.pipeline import Pipeline
+from relay.store import aliases
+from relay.store.database import (
+    StoreError,
+    current_revision,
+    describe,
+    head_revision,
+    in_store_thread,
+    make_engine,
+    read_generation,
+)
+from relay.store.database import upgrade as upgrade_schema
+
+log = logging.getLogger("floodgate.serve")
+
+
+class StartupError(Exception):
+    """The relay cannot start; the message tells the operator what to fix."""
+
+
+class AliasSnapshot:
+    """Holds the current AliasBook and swaps in a new one when the store says it changed."""
+
+    def __init__(self, engine: Engine, config: Config):
+        self.engine = engine
+        self.case_sensitive = config.relay.local_part_case == "sensitive"
+        self.delimiter = config.relay.recipient_delimiter
+        self.traps = list(config.scoring.traps)
+        self.book = aliases.AliasBook(frozenset(), frozenset(), self.case_sensitive,
+                                      self.delimiter, -1)
+        self._failing = False
+
+    def load(self) -> None:
+        started = time.monotonic()
+        generation = aliases_generation(self.engine)
+        self.book = aliases.load_book(self.engine, generation,
+                                      case_sensitive=self.case_sensitive,
+                                      delimiter=self.delimiter, extra_traps=self.traps)
+        log.info("aliases loaded %s", kv(count=len(self.book), generation=generation,
+                                        seconds=f"{time.monotonic() - started:.2f}"))
+
+    async def watch(self, interval: float) -> None:
+        """Poll the change counter; reload in a thread so RCPT never waits."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                generation = await in_store_thread(aliases_generation, self.engine)
+                if generation != self.book.generation:
+                    await in_store_thread(self.load)
+                if self._failing:
+                    log.warning("store reachable again, alias snapshot current")
+                    self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error("cannot refresh aliases, answering from the last snapshot "
+                              "%s", kv(count=len(self.book), error=describe(e)))
+                    self._failing = True
+
+    def known(self, local: str, domain: str) -> bool:
+        return self.book.known(local, domain)
+
+    def trap(self, local: str, domain: str) -> bool:
+        return self.book.trap(local, domain)
+
+
+def aliases_generation(engine: Engine) -> int:
+    return read_generation(engine, aliases.GENERATION_KEY)
+
+
+def prepare_store(engine: Engine) -> None:
+    """Create the schema in an empty database; refuse an outdated one (an operator step)."""
+    try:
+        tables = inspect(engine).get_table_names()
+        current = current_revision(engine)
+    except Exception as e:
+        raise StartupError(f"cannot open the store: {describe(e)}") from e
+    head = head_revision()
+    if not tables:
+        log.info("empty database, creating schema %s", kv(revision=head))
+        try:
+            upgrade_schema(engine)
+        except StoreError as e:
+            raise StartupError(str(e)) from e
+    elif current != head:
+        raise StartupError(
+            f"database schema is at revision {current}, this Floodgate needs {head}: "
+            "run `floodgate db upgrade`"
+        )
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.relay.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as e:
+        raise StartupError(f"relay.tls: cannot load certificate {tls.cert} / key {tls.key}: "
+                           f"{e}") from e
+    return ctx
+
+
+class Relay:
+    def __init__(self, config: Config, worker: int | None = None):
+        """`worker`: this process's number under `serve --workers N` (None: the only one).
+        Workers share the listening sockets (SO_REUSEPORT) and the spool; the supervisor
+        prepares the spool, and only worker 0 serves metrics and runs delivery."""
+        self.config = config
+        self.worker = worker
+        self.engine = make_engine(config.store.url)
+        self.hosted = config.hosted()
+        self.snapshot = AliasSnapshot(self.engine, config)
+        self.spool = Spool(config.relay.spool_dir)
+        store = config.store
+        self.events = EventWriter(self.engine, batch=store.event_batch,
+                                  interval=store.event_flush_interval,
+                                  capacity=store.event_buffer,
+                                  offences=config.scoring.offences())
+        recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known,
+                                     trap=self.snapshot.trap)
+        own = [host for host, _ in config.relay.endpoints()]
+        protection = Protection.build(config.blocklist.allow, own,
+                                      config.blocklist.protect_loopback)
+        self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
+        self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
+                             config.relay.node)
+        self.metrics = Metrics()
+        chain = self.metrics.timed(self.filters(recipients))
+        self.handler = RelayHandler(
+            node=config.relay.node, hostname=config.relay.hostname,
+            pipeline=Pipeline(chain), spool=self.spool, events=self.events,
+            max_recipients=config.relay.max_recipients, ipv6_prefix=store.ipv6_prefix,
+            gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
+            limits=config.limits, postmaster=config.postmaster(),
+            hopcount_limit=config.relay.hopcount_limit,
+        )
+        self.delivery = DeliveryService(config, self.spool, self.events)
+        self.handler.queue_full = self.delivery.queue_full
+        self.handler.null_sender_full = self.delivery.null_sender_full
+        self.handler.on_decision = self.metrics.decision
+        if config.scoring.enabled:
+            self.running = RunningScore(
+                config.scoring, protected=lambda c: self.gate.protection.why(c),
+                blocked=self.gate.lookup, on_blocks=self.gate.apply,
+                score_now=lambda tallies: in_store_thread(self.scorer.run_hosts, tallies))
+            self.handler.on_event = self.running.record
+        self.metrics.watch(self, chain)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = asyncio.Event()
+
+    def filters(self, recipients: RecipientFilter) -> list[Filter]:
+        """Every check, grouped by stage by the pipeline, cheapest first within a stage."""
+        chain: list[Filter] = [recipients]
+        dnsbl = build_dnsbl(self.config.dnsbl)
+        if dnsbl is not None:
+            chain.append(dnsbl)
+        chain.extend(build_scanners(self.config.clamav, self.config.spamassassin))
+        return chain
+
+    def known(self, local: str, domain: str) -> bool:
+        domain_config = self.hosted.get(domain)
+        if domain_config is not None and domain_config.catch_all:
+            return True
+        return self.snapshot.known(local, domain)
+
+    async def start(self) -> None:
+        prepare_store(self.engine)
+        try:
+            if self.worker is None:  # workers: done once by the supervisor (it clears tmp/)
+                self.spool.prepare()
+        except OSError as e:
+            raise StartupError(f"relay.spool_dir {self.spool.root}: {e.strerror}") from e
+        try:
+            await in_store_thread(self.snapshot.load)
+            await in_store_thread(self.gate.load)
+        except Exception as e:
+            raise StartupError(f"cannot load the alias table or blocks: {describe(e)}") from e
+        clamav = self.config.clamav
+        if clamav is not None and clamav.cache.enabled:  # its big-message splits run there
+            await start_worker()
+        ctx = tls_context(self.config)
+        metrics = self.config.metrics.endpoint()
+        if metrics is not None and not self.worker:
+            try:
+                self.metrics.serve(*metrics)
+            except OSError as e:
+                raise StartupError(f"metrics.listen {self.config.metrics.listen}: "
+                                   f"{e.strerror or e}") from e
+        relay = self.config.relay
+
+        protocol = fast_protocol(FloodgateSMTP)  # aiosmtpd's set-up cost, once per class
+
+        def smtp() -> FloodgateSMTP:
+            return protocol(
+                self.handler, hostname=relay.hostname, ident="ESMTP Floodgate",
+                data_size_limit=relay.max_message_size, tls_context=ctx,
+                require_starttls=bool(ctx and relay.tls and relay.tls.required),
+                timeout=relay.idle_timeout, enable_SMTPUTF8=False,
+            )
+
+        def doorman() -> Doorman:
+            return Doorman(self.handler.door, smtp)
+
+        loop = asyncio.get_running_loop()
+        for host, port in relay.endpoints():
+            bind = None if host == "*" else host
+            try:
+                # backlog: asyncio's default of 100 overflows in a connection flood (5,000
+                # clients at once): the kernel then drops handshakes and clients wait
+                # seconds for SYN-ACK retransmits. The kernel caps it at net.core.somaxconn.
+                server = await loop.create_server(doorman, bind, port, reuse_address=True,
+                                                  reuse_port=self.worker is not None,
+                                                  backlog=4096)
+            except OSError as e:
+                await self.close_servers()
+                why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+                raise StartupError(f"cannot listen on {host}:{port}: {why}") from e
+            self.servers.append(server)
+        self.tasks.append(asyncio.create_task(self.events.run(), name="events"))
+        refresh = self.config.store.refresh_interval
+        self.tasks.append(asyncio.create_task(self.snapshot.watch(refresh), name="aliases"))
+        self.tasks.append(asyncio.create_task(self.gate.watch(refresh), name="gate"))
+        if self.config.scoring.enabled:
+            self.tasks.append(asyncio.create_task(self.scorer.loop(), name="scoring"))
+        keep = self.config.retention
+        self.tasks.append(asyncio.create_task(
+            prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
+        if not self.worker:
+            await self.delivery.start()
+        log.info("ready %s", kv(node=relay.node, worker=self.worker,
+                               listen=",".join(relay.listen),
+                               domains=",".join(sorted(self.hosted)),
+                               aliases=len(self.snapshot.book)))
+
+    async def close_servers(self) -> None:
+        """Stop accepting; connections already open carry on."""
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    async def stop(self) -> None:
+        """Stop listening, let transactions in flight finish within the grace period,
+        then say 421 to whoever is left and flush the events."""
+        await self.close_servers()
+        grace = self.config.relay.shutdown_grace
+        deadline = time.monotonic() + grace
+        busy = [c for c in self.handler.connections if c.in_transaction]
+        log.info("shutting down %s", kv(connections=len(self.handler.connections),
+                                       in_transaction=len(busy), grace=f"{grace:.0f}s"))
+        while self.handler.connections:
+            expired = time.monotonic() >= deadline
+            for conn in list(self.handler.connections):
+                if expired or not conn.in_transaction:
+                    conn.close_with(SHUTTING_DOWN)
+            if expired:
+                break
+            await asyncio.sleep(0.05)
+        await self.delivery.stop(max(1.0, deadline - time.monotonic()))
+        watcher = [t for t in self.tasks if t.get_name() != "events"]
+        for t in watcher:
+            t.cancel()
+        events = [t for t in self.tasks if t.get_name() == "events"]
+        if events:
+            await self.events.close(events[0])
+        log.info("stopped %s", kv(events_written=self.events.written,
+                                  events_aggregated=self.events.aggregated,
+                                  events_dropped=self.events.dropped))
+        self.metrics.close()
+        self.engine.dispose()
+
+
+async def run(config: Config, worker: int | None = None) -> None:
+    relay = Relay(config, worker)
+    await relay.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await relay.stop()
+
+
+def serve(config: Config, worker: int | None = None) -> None:
+    """Run on uvloop; FLOODGATE_EVENT_LOOP=asyncio picks asyncio's own loop (benchmarks).
+
+    `kill -USR1 <pid>` prints every thread's stack to stderr (the log), even with the event
+    loop stuck: what to look at when a relay stops answering at 3 a.m.
+    """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but optional in spirit
+        uvloop = None
+    if uvloop is None or os.environ.get("FLOODGATE_EVENT_LOOP", "uvloop") == "asyncio":
+        asyncio.run(run(config, worker))
+    else:
+        uvloop.run(run(config, worker))
