@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from blocklist import reports as rp  # noqa: E402
-from relay.events.writer import FIELDS, EventRecord, as_row, write_rows  # noqa: E402
+from relay.events.record import FIELDS, EventRecord, as_row, write_rows  # noqa: E402
 from relay.store.database import make_engine, upgrade  # noqa: E402
 from relay.store.sqltypes import to_micros  # noqa: E402
 from relay.store.tables import Event  # noqa: E402

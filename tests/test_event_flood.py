@@ -16,7 +16,8 @@ from blocklist import blocks
 from blocklist.reports import window_counts
 from blocklist.scoring import Protection, score_hosts
 from relay.config.scoring import BlocklistConfig, ScoringConfig
-from relay.events.writer import EventRecord, EventWriter
+from relay.events.record import EventRecord
+from relay.events.writer import EventWriter
 from relay.hosts.scorer import Scorer
 from relay.store.database import make_engine, upgrade
 from relay.store.rollups import HOUR, HostRollup, TimelineRollup, floor

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from relay.events.process import EventProcess, WriterDown
-from relay.events.writer import EventRecord, EventWriter, as_row
+from relay.events.record import EventRecord, as_row
+from relay.events.writer import EventWriter
 from relay.store.database import make_engine, upgrade
 from tests.support import event_count
 

@@ -23,7 +23,7 @@ from sqlalchemy import Column, DateTime, Engine, MetaData, Table, func, insert, 
 from blocklist import blocks
 from blocklist import reports as rp
 from relay.config import ConfigError, load_config
-from relay.events.writer import EventRecord, as_row, write_rows
+from relay.events.record import EventRecord, as_row, write_rows
 from relay.store.database import _alembic_config, head_revision, make_engine, upgrade
 from relay.store.rollups import (
     HOUR,

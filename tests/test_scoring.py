@@ -150,7 +150,7 @@ def _store(store_url: str):  # type: ignore[no-untyped-def]
 
 def _events(engine, rows: list[tuple[str, str, datetime, str, str]]) -> None:  # type: ignore[no-untyped-def]
     """(client, reason, ts, sender, detail) as the relay records them."""
-    from relay.events.writer import EventRecord, as_row, write_rows
+    from relay.events.record import EventRecord, as_row, write_rows
 
     with engine.begin() as conn:
         write_rows(conn, [as_row(EventRecord(

@@ -39,7 +39,8 @@ from relay.delivery.spool import (
     MessageState,
     Spool,
 )
-from relay.events.writer import EventRecord, EventWriter
+from relay.events.record import EventRecord
+from relay.events.writer import EventWriter
 from relay.logs import kv
 
 log = logging.getLogger("floodgate.delivery")

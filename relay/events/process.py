@@ -162,7 +162,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relay.events.writer import write_rows
+    from relay.events.record import write_rows
     from relay.logs import setup
     from relay.store.database import describe, make_engine
 

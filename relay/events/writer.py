@@ -22,86 +22,22 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import operator
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.config.scoring import ScoringConfig
 from relay.events.process import EventProcess, WriterDown
+from relay.events.record import COUNTS, EventRecord, as_row
 from relay.store.database import describe, in_store_thread
-from relay.store.dbapi import executemany, markers
-from relay.store.rollups import add_to_rollups, prune
-from relay.store.sqltypes import from_micros, to_micros
-from relay.store.tables import SUMMARY_HOST, Event
+from relay.store.rollups import prune
+from relay.store.tables import SUMMARY_HOST
 
 log = logging.getLogger("floodgate.events")
-
-
-@dataclass(slots=True)
-class EventRecord:
-    ts: datetime
-    node: str
-    client: str
-    host: str
-    stage: str
-    action: str
-    reason: str
-    count: int = 1  # events this record stands for (relay/store/tables.py Event.count)
-    code: int = 0
-    helo: str = ""
-    sender: str = ""
-    recipient: str = ""
-    detail: str = ""
-    size: int | None = None
-    queue_id: str = ""
-
-    @staticmethod
-    def now() -> datetime:
-        return datetime.now(UTC)
-
-
-FIELDS = tuple(f.name for f in fields(EventRecord))
-assert FIELDS[0] == "ts"
-_REST = operator.attrgetter(*FIELDS[1:])
-HOST, STAGE, ACTION, REASON, COUNT = (
-    FIELDS.index(c) for c in ("host", "stage", "action", "reason", "count"))
-_BY_HOST = operator.itemgetter(HOST)
-_COUNTS = operator.attrgetter("count")
-
-
-def as_row(record: EventRecord) -> tuple[Any, ...]:
-    """A record as the tuple the pipe carries and SQLite stores: FIELDS order, the time as
-    integer microseconds (relay/store/sqltypes.py). marshal carries no datetimes, and pickling
-    them had cost more than this."""
-    return (to_micros(record.ts), *_REST(record))
-
-
-def insert_sql(dialect: Dialect) -> str:
-    """The driver-level INSERT of one `as_row` tuple into events."""
-    return (f"INSERT INTO {Event.__tablename__} ({', '.join(FIELDS)}) "
-            f"VALUES ({markers(dialect, len(FIELDS))})")
-
-
-def write_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert `as_row` tuples and count them into the rollups, in the caller's transaction
-    (reports never disagree with the events). Through the driver's executemany:
-    SQLAlchemy's per-row parameter processing cost more than the SQL."""
-    if not rows:
-        return
-    sql = insert_sql(conn.dialect)
-    if conn.dialect.name == "sqlite":
-        # in host order, the (host, ts) index takes them page by page: 1.1x the rate
-        executemany(conn, sql, sorted(rows, key=_BY_HOST))
-    else:
-        executemany(conn, sql, [(from_micros(r[0]), *r[1:]) for r in rows])
-    add_to_rollups(conn, *(list(map(operator.itemgetter(i), rows))
-                           for i in (0, HOST, STAGE, ACTION, REASON, COUNT)))
 
 
 Minute = datetime
@@ -160,7 +96,7 @@ class EventWriter:
         return len(self.buffer) + len(self.folded) + len(self.summary)
 
     def events_waiting(self) -> int:
-        return sum(map(_COUNTS, itertools.chain(
+        return sum(map(COUNTS, itertools.chain(
             self.buffer, self.folded.values(), self.summary.values())))
 
     def _fold(self, record: EventRecord) -> None:
@@ -272,7 +208,7 @@ class EventWriter:
             unwritten = []
             for rows, task in inflight:
                 if task.done() and not task.cancelled() and task.exception() is None:
-                    self.written += sum(map(_COUNTS, rows))
+                    self.written += sum(map(COUNTS, rows))
                 else:
                     task.cancel()
                     unwritten.append((rows, None))
@@ -300,7 +236,7 @@ class EventWriter:
             except WriterDown as e:
                 failed.append((rows, e))
             else:
-                self.written += sum(map(_COUNTS, rows))
+                self.written += sum(map(COUNTS, rows))
             inflight.popleft()
             if not failed:
                 break

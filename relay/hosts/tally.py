@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from blocklist.scoring import BlockDecision, BlockState, Offences, network_key
 from relay.config.scoring import ScoringConfig
-from relay.events.writer import EventRecord
+from relay.events.record import EventRecord
 from relay.logs import kv
 from relay.store.database import describe
 

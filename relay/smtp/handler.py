@@ -28,7 +28,8 @@ from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay.config.limits import LimitsConfig
 from relay.delivery.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.delivery.spool import Envelope as SpoolEnvelope
-from relay.events.writer import EventRecord, EventWriter
+from relay.events.record import EventRecord
+from relay.events.writer import EventWriter
 from relay.hosts.limits import ConnectionLimiter
 from relay.logs import kv, printable
 from relay.smtp import replies

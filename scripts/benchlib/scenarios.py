@@ -603,7 +603,7 @@ def scenario_6(s: Settings) -> list[Row]:
 # -- scenario 7: the store --------------------------------------------------------------------
 
 def _event_rows(n: int) -> list:  # type: ignore[type-arg]
-    from relay.events.writer import EventRecord
+    from relay.events.record import EventRecord
 
     now = datetime.now(UTC)
     return [EventRecord(ts=now - timedelta(microseconds=i), node="bench",
@@ -651,7 +651,7 @@ def _writer_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
 
 def _raw_rate(url: str, rows: list) -> float:  # type: ignore[type-arg]
     """Baseline: the driver's executemany of the same rows, same batches, no SQLAlchemy."""
-    from relay.events.writer import as_row, insert_sql
+    from relay.events.record import as_row, insert_sql
     from relay.store.database import make_engine, upgrade
 
     engine = make_engine(url)
