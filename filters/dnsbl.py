@@ -25,6 +25,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from filters.address import normalise_domain
 from filters.base import Action, Context, Stage, Verdict
 from filters.verdict_cache import VerdictCache
 
@@ -106,7 +107,7 @@ def parse_site(spec: str) -> tuple[str, tuple[str, ...], int]:
 
 
 def normalize_zone(name: str) -> str:
-    name = name.strip().rstrip(".").lower()
+    name = normalise_domain(name)
     try:
         dns.name.from_text(name)
     except dns.exception.DNSException as e:

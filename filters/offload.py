@@ -14,9 +14,9 @@ Small messages come here too when their structure would cost the loop more than 
 budget (filters.mime.INLINE_STEPS: thousands of parts or header lines, or a fallback to the
 email package); those come back with their payloads, for the attribution scans.
 
-Frames both ways: a 4-byte big-endian length, then the bytes (one byte saying what to
-compute, DIGESTS or PARTS, and the message one way; a pickle of the result the other). The
-child trusts its parent only.
+Frames both ways (filters.childproc's, which also starts and reaps the child): one byte
+saying what to compute, DIGESTS or PARTS, and the message one way; a pickle of the result
+the other. The child trusts its parent only.
 """
 
 from __future__ import annotations
@@ -25,18 +25,26 @@ import asyncio
 import logging
 import os
 import pickle
-import signal
-import struct
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from filters.childproc import (
+    LENGTH,
+    child_signals,
+    module_argv,
+    read_frame,
+    read_frame_async,
+    reap,
+    spawn,
+    write_frame,
+)
 
 if TYPE_CHECKING:
     from filters.mime import Parts
 
 log = logging.getLogger("floodgate.offload")
 
-LENGTH = struct.Struct(">I")
 DIGESTS = b"D"  # filters.mime.split_digests: no payloads (a big message)
 PARTS = b"P"  # filters.mime.split_parts: with payloads (a small, complex message)
 
@@ -51,9 +59,7 @@ class SplitProcess:
     async def start(self) -> asyncio.subprocess.Process:
         proc = self._proc
         if proc is None or proc.returncode is not None:
-            proc = self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "filters.offload",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            proc = self._proc = await spawn(module_argv("filters.offload"))
         return proc
 
     async def split_digests(self, message: bytes) -> Parts:
@@ -72,12 +78,9 @@ class SplitProcess:
                 proc = await self.start()
                 assert proc.stdin is not None and proc.stdout is not None
                 try:
-                    proc.stdin.write(LENGTH.pack(1 + len(message)))
-                    proc.stdin.write(what)
-                    proc.stdin.write(message)
+                    write_frame(proc.stdin, what, message)
                     await proc.stdin.drain()
-                    (size,) = LENGTH.unpack(await proc.stdout.readexactly(LENGTH.size))
-                    return pickle.loads(await proc.stdout.readexactly(size))  # type: ignore[no-any-return]
+                    return pickle.loads(await read_frame_async(proc.stdout))  # type: ignore[no-any-return]
                 except asyncio.CancelledError:  # mid-exchange: the pipe is out of step now
                     self._proc = None
                     proc.kill()
@@ -94,32 +97,6 @@ class SplitProcess:
         if proc is not None and proc.returncode is None and proc.stdin is not None:
             proc.stdin.close()
             await reap(proc)
-
-
-async def reap(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:
-    """The exit status of a child told to stop (its stdin closed), killed if it lingers."""
-    try:
-        return await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()
-
-
-def read_frame(fd: int) -> bytes:
-    """One length-prefixed frame from `fd` (a child's stdin); EOFError at end of input."""
-    (size,) = LENGTH.unpack(read_exact(fd, LENGTH.size))
-    return read_exact(fd, size)
-
-
-def read_exact(fd: int, n: int) -> bytes:
-    """`n` bytes from `fd`; EOFError at end of input."""
-    out = bytearray()
-    while len(out) < n:
-        chunk = os.read(fd, min(n - len(out), 1 << 20))
-        if not chunk:
-            raise EOFError
-        out += chunk
-    return bytes(out)
 
 
 _SPLITTER = SplitProcess()
@@ -154,8 +131,7 @@ async def split_parts_in_process(message: bytes) -> Parts:
 
 def main() -> None:
     """Child side: split each message that arrives on stdin, answer on stdout, until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us by closing stdin
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_signals()
     os.nice(10)
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     while True:

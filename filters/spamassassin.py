@@ -42,6 +42,7 @@ from aiospamc.connections import (
 from aiospamc.exceptions import AIOSpamcConnectionFailed, TimeoutException
 from aiospamc.requests import Request
 
+from filters.address import normalise_domain
 from filters.base import Action, Context, Stage, Verdict
 from filters.clamav import UNSCANNED_HEADER, parse_address
 from filters.headers import strip_headers_async
@@ -80,7 +81,9 @@ def connection_manager(address: str, timeout: float) -> ConnectionManager:
 
 
 def _domain(address: str) -> str:
-    return address.rpartition("@")[2].strip().strip(">").rstrip(".").lower()
+    """The recipient's domain as the rules are keyed (A-label: `bücher.example` and
+    `xn--bcher-kva.example` are one domain, whichever the rule or the client wrote)."""
+    return normalise_domain(address.rpartition("@")[2].strip().strip(">"))
 
 
 class SpamAssassinFilter:
@@ -144,6 +147,8 @@ class SpamAssassinFilter:
 
     def thresholds(self, rcpts: Sequence[str]) -> Thresholds:
         """The strictest thresholds among the recipients' domains (see module docstring)."""
+        if self.domains is None:
+            return self.defaults
         rules = [self._rule(_domain(r)) or self.defaults for r in rcpts] or [self.defaults]
         return Thresholds(min(r.tag for r in rules), min(r.reject for r in rules))
 

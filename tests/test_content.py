@@ -184,3 +184,22 @@ def test_scan_command(tmp_path: Path, clamd, spamd) -> None:  # type: ignore[no-
                         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert ok.returncode == 0
     assert "spamassassin: accept 250 2.0.0" in ok.stdout
+
+
+@pytest.mark.parametrize(("hosted", "rule", "rcpt"), [
+    ("bücher.example", "bücher.example", "user@xn--bcher-kva.example"),
+    ("bücher.example", "xn--bcher-kva.example", "User@XN--BCHER-KVA.example"),
+])
+def test_spam_rule_for_a_domain_applies_in_either_form_of_its_name(  # type: ignore[no-untyped-def]
+        start_relay, sqlite_url, clamd, spamd, hosted: str, rule: str, rcpt: str) -> None:
+    """The recipient check, the aliases and delivery's routing take `bücher.example` and
+    `xn--bcher-kva.example` as one domain (filters.address.normalise_domain, IDNA). The spam
+    thresholds per domain only lower-cased theirs: a rule written with the U-label never
+    applied, as clients send the A-label (the relay takes ASCII envelopes only)."""
+    strict = f'[spamassassin.domains."{rule}"]\ntag_score = -1000\nreject_score = -1000\n'
+    relay = start_relay(sqlite_url, aliases="user@bücher.example\n",
+                        extra=f'[domains."{hosted}"]\nnext_hop = "127.0.0.1:2600"\n'
+                        + scanners(clamd.unix_address, spamd.address, spam_extra=strict))
+    code, reply = send(relay, eml("clean.eml"), rcpts=(rcpt,))
+    assert (code, reply[:5]) == (550, "5.7.1"), reply
+    assert spooled(relay) == []

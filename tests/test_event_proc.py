@@ -119,7 +119,7 @@ def test_child_dying_mid_batch_is_writer_down_and_a_new_child_is_started(
 # deadlock here), answers each with the next of `answers`, and logs what it got to `log`.
 TWO_FIRST = """
 import marshal, sys
-from filters.offload import read_frame
+from filters.childproc import read_frame
 answers, log = sys.argv[1].split(","), open(sys.argv[2], "a")
 frames = [read_frame(0) for _ in range(2)]
 while True:

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from filters.address import normalise_domain
 from filters.base import Action, Context, Filter, Verdict
 from filters.clamav import (
     MAX_FILE_SIZE,
@@ -155,7 +156,7 @@ class SpamAssassinConfig(SpamThresholds):
     @field_validator("domains")
     @classmethod
     def _domains(cls, v: dict[str, SpamThresholds]) -> dict[str, SpamThresholds]:
-        return {k.strip().rstrip(".").lower(): t for k, t in v.items()}
+        return {normalise_domain(k): t for k, t in v.items()}  # as filters.spamassassin looks
 
 
 def _action(on_error: OnError) -> Action:

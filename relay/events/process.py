@@ -10,12 +10,12 @@ and answers one line per batch, `ok` or `err <why>`. The parent keeps the batch 
 answer comes, so a failed write, a dead child or a store that is down loses nothing that
 was buffered; the child is started again when needed.
 
-Frames parent -> child (filters.offload's framing): a 4-byte big-endian length, then a
-`marshal` of a list of `relay.events.writer.as_row` tuples (FIELDS order, times in
-microseconds: only ints, strings and None). marshal, not pickle: dumping a batch of
-20,000 events held the SMTP loop 36 ms with pickle, 9 ms with marshal, and loading costs
-the same. Both ends are the same interpreter (the child is started with sys.executable),
-and the child trusts its parent only (its stdin is a pipe).
+Frames parent -> child (filters.childproc's framing, which also starts and reaps the
+child): a 4-byte big-endian length, then a `marshal` of a list of
+`relay.events.writer.as_row` tuples (FIELDS order, times in microseconds: only ints,
+strings and None). marshal, not pickle: dumping a batch of 20,000 events held the SMTP
+loop 36 ms with pickle, 9 ms with marshal, and loading costs the same; marshal is safe here
+because both ends are the same interpreter and the child trusts its parent only.
 """
 
 from __future__ import annotations
@@ -25,13 +25,20 @@ import logging
 import marshal
 import os
 import queue
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from filters.offload import LENGTH, read_frame, reap
+from filters.childproc import (
+    child_signals,
+    how,
+    module_argv,
+    read_frame,
+    reap,
+    spawn,
+    write_frame,
+)
 
 log = logging.getLogger("floodgate.events")
 
@@ -47,17 +54,16 @@ class EventProcess:
 
     def __init__(self, url: str, argv: Sequence[str] = ()):
         self.url = url
-        self.argv = list(argv) or [sys.executable, "-m", "relay.events.process"]
+        self.argv = list(argv) or module_argv("relay.events.process")
         self._proc: asyncio.subprocess.Process | None = None
         self._starting = asyncio.Lock()  # two callers at once must not start two children
         # settled when the latest caller has read its answer: the next one reads after it
         self._turn: asyncio.Future[None] | None = None
 
     async def _start(self) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "FLOODGATE_STORE_URL": self.url})  # never on a command line
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        proc = await spawn([*self.argv, level], env={
+            **os.environ, "FLOODGATE_STORE_URL": self.url})  # never on a command line
         log.info("event writer started pid=%d", proc.pid)
         return proc
 
@@ -66,7 +72,7 @@ class EventProcess:
         async with self._starting:
             proc = self._proc
             if proc is not None and proc.returncode is not None:  # died between batches
-                log.error("event writer process %s, starting another", _how(proc.returncode))
+                log.error("event writer process %s, starting another", how(proc.returncode))
                 proc = None
             if proc is None:
                 proc = self._proc = await self._start()
@@ -83,7 +89,7 @@ class EventProcess:
         before, mine = self._turn, asyncio.get_running_loop().create_future()
         self._turn = mine
         try:
-            proc.stdin.write(LENGTH.pack(len(frame)) + frame)
+            write_frame(proc.stdin, frame)
             await proc.stdin.drain()
             if before is not None:
                 await asyncio.shield(before)  # the answers before ours are read first
@@ -103,7 +109,7 @@ class EventProcess:
         if not answer:  # say how it ended; a new one is started for the next try
             if self._proc is proc:
                 self._proc = None
-            raise WriterDown(f"event writer process {_how(await reap(proc))}")
+            raise WriterDown(f"event writer process {how(await reap(proc))}")
         text = answer.decode("utf-8", "replace").rstrip("\n")
         if text != "ok":
             raise WriterDown(text.removeprefix("err "))
@@ -135,10 +141,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _how(status: int) -> str:
-    return f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-
-
 def _read_batches(fd: int, batches: queue.SimpleQueue[list[tuple[Any, ...]] | None]
                   ) -> None:
     """Reader thread: take each batch off the pipe as soon as the parent sends it, so the
@@ -156,10 +158,7 @@ def _read_batches(fd: int, batches: queue.SimpleQueue[list[tuple[Any, ...]] | No
 
 def main() -> None:
     """Child side: read batches from stdin until it closes, write each, answer each."""
-    # The parent decides when this process ends (it closes stdin after its last batch);
-    # Ctrl-C and the supervisor's SIGTERM reach the whole process group.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_signals()  # the parent closes stdin after its last batch
     from sqlalchemy.exc import SQLAlchemyError
 
     from relay.events.record import write_rows

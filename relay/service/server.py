@@ -29,7 +29,7 @@ from relay.hosts.scorer import Scorer
 from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
-from relay.smtp.fast import fast_protocol
+from relay.smtp.fast import protocol_for
 from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
 from relay.smtp.pipeline import Pipeline
 from relay.store import aliases
@@ -223,15 +223,18 @@ class Relay:
                                    f"{e.strerror or e}") from e
         relay = self.config.relay
 
-        protocol = fast_protocol(FloodgateSMTP)  # aiosmtpd's set-up cost, once per class
+        options = {"hostname": relay.hostname, "ident": "ESMTP Floodgate",
+                   "data_size_limit": relay.max_message_size, "tls_context": ctx,
+                   "require_starttls": bool(ctx and relay.tls and relay.tls.required),
+                   "timeout": relay.idle_timeout, "enable_SMTPUTF8": False}
+        # aiosmtpd's set-up cost, once per class (relay/smtp/fast.py) where it applies
+        protocol, slow = protocol_for(FloodgateSMTP, **options)
+        if slow is not None:
+            log.warning("aiosmtpd fast set-up off, every session costs more %s",
+                        kv(reason=slow))
 
         def smtp() -> FloodgateSMTP:
-            return protocol(
-                self.handler, hostname=relay.hostname, ident="ESMTP Floodgate",
-                data_size_limit=relay.max_message_size, tls_context=ctx,
-                require_starttls=bool(ctx and relay.tls and relay.tls.required),
-                timeout=relay.idle_timeout, enable_SMTPUTF8=False,
-            )
+            return protocol(self.handler, **options)
 
         def doorman() -> Doorman:
             return Doorman(self.handler.door, smtp)
@@ -265,7 +268,8 @@ class Relay:
         log.info("ready %s", kv(node=relay.node, worker=self.worker,
                                listen=",".join(relay.listen),
                                domains=",".join(sorted(self.hosted)),
-                               aliases=len(self.snapshot.book)))
+                               aliases=len(self.snapshot.book),
+                               smtp_setup="aiosmtpd" if slow else "fast"))
 
     async def close_servers(self) -> None:
         """Stop accepting; connections already open carry on."""

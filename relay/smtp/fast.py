@@ -8,7 +8,14 @@ returns a subclass of `cls` whose `__init__` does the same work from per-class c
 whose `_getaddr` answers the common `<local@domain>` form without the RFC 5322 parser (any
 other form still goes through aiosmtpd's own code). Behaviour is aiosmtpd's; only the cost
 differs. Other aiosmtpd versions, and options the relay does not use, take aiosmtpd's own
-`__init__`.
+`__init__`: `protocol_for` says which one the relay serves with, and why (the relay logs it
+at start-up and warns when the fast set-up is off).
+
+Everything here copies or replaces aiosmtpd 1.4.6's private state (the attributes
+`SMTP.__init__` sets, `_AuthMechAttr`, `_smtp_methods`, `_handle_hooks`, `_auth_methods`,
+`_ehlo_hook_ver`, `_enforce_call_limit`, `_getaddr`): pyproject.toml pins aiosmtpd to
+WRITTEN_FOR for that reason, and a new version is taken only after reading its
+`SMTP.__init__` against this file.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import asyncio
 import inspect
 import re
 import ssl
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiosmtpd
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, _AuthMechAttr, login_always_fail
 from aiosmtpd.smtp import __ident__ as AIOSMTPD_IDENT
 
-SUPPORTED = aiosmtpd.__version__ == "1.4.6"
+WRITTEN_FOR = "1.4.6"  # the aiosmtpd whose SMTP.__init__ and _getaddr this file copies
+SUPPORTED = aiosmtpd.__version__ == WRITTEN_FOR
 
 # `<local@domain>` with a dot-atom local part and a plain domain: the form nearly every
 # client sends, and one where aiosmtpd's parser is known to return exactly this address.
@@ -34,6 +42,29 @@ _SIMPLE_ADDR = re.compile(
 
 _class_tables: dict[type, tuple[frozenset[str], list[tuple[str, str]]]] = {}
 _handler_tables: dict[int, tuple[Any, dict[str, Any], list[tuple[str, str]], str | None]] = {}
+
+
+def _declined(hostname: str | None, auth_required: bool, auth_require_tls: bool,
+              command_call_limit: Any, authenticator: Any, proxy_protocol_timeout: Any,
+              auth_exclude_mechanism: Any, loop: Any) -> str | None:
+    """Why the fast set-up does not apply (another aiosmtpd, or an option it does not
+    copy), or None. Asked per connection and, by `protocol_for`, once at start-up."""
+    if (SUPPORTED and hostname and not auth_required and auth_require_tls
+            and command_call_limit is None and authenticator is None
+            and proxy_protocol_timeout is None and not auth_exclude_mechanism
+            and loop is None):
+        return None  # the relay's case, per connection: no list built
+    if not SUPPORTED:
+        return f"aiosmtpd {aiosmtpd.__version__}, fast set-up written for {WRITTEN_FOR}"
+    odd = [name for name, off in (
+        ("hostname", not hostname), ("auth_required", auth_required),
+        ("auth_require_tls", not auth_require_tls),
+        ("command_call_limit", command_call_limit is not None),
+        ("authenticator", authenticator is not None),
+        ("proxy_protocol_timeout", proxy_protocol_timeout is not None),
+        ("auth_exclude_mechanism", bool(auth_exclude_mechanism)),
+        ("loop", loop is not None)) if off]
+    return f"options it does not copy: {','.join(odd)}" if odd else None
 
 
 def _auth_names(obj: Any) -> list[tuple[str, str]]:
@@ -52,10 +83,8 @@ class FastSMTPBase(SMTP):
                  auth_callback: Any = None, command_call_limit: Any = None,
                  authenticator: Any = None, proxy_protocol_timeout: Any = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-        if (not SUPPORTED or not hostname or auth_required or not auth_require_tls
-                or command_call_limit is not None or authenticator is not None
-                or proxy_protocol_timeout is not None or auth_exclude_mechanism
-                or loop is not None):
+        if _declined(hostname, auth_required, auth_require_tls, command_call_limit,
+                     authenticator, proxy_protocol_timeout, auth_exclude_mechanism, loop):
             SMTP.__init__(
                 self, handler, data_size_limit=data_size_limit,
                 enable_SMTPUTF8=enable_SMTPUTF8, decode_data=decode_data, hostname=hostname,
@@ -158,6 +187,19 @@ class _Methods:
 
 
 _fast: dict[type, type] = {}
+
+
+S = TypeVar("S", bound=SMTP)
+
+
+def protocol_for(cls: type[S], **options: Any) -> tuple[type[S], str | None]:
+    """The class to serve connections made with `cls(handler, **options)`: the fast one, or
+    `cls` itself with the reason the fast set-up is off (for the start-up warning)."""
+    why = _declined(options.get("hostname"), options.get("auth_required", False),
+                    options.get("auth_require_tls", True), options.get("command_call_limit"),
+                    options.get("authenticator"), options.get("proxy_protocol_timeout"),
+                    options.get("auth_exclude_mechanism"), options.get("loop"))
+    return (cls, why) if why is not None else (cast(type[S], fast_protocol(cls)), None)
 
 
 def fast_protocol(cls: type[SMTP]) -> type[SMTP]:

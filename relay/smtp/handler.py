@@ -3,6 +3,14 @@
 `FloodgateSMTP` adjusts aiosmtpd where an MX needs it (enhanced status codes on every
 reply, EHLO in one write, no AUTH, "no valid recipients"); `RelayHandler` makes the
 decisions: it runs the filter pipeline, records every decision and spools accepted mail.
+
+aiosmtpd's private members used here (pyproject.toml pins aiosmtpd for them; each has a
+comment saying why): overridden `_create_session`, `_cb_client_connected`,
+`_handle_client`, `_timeout_cb`, `_set_rset_state`; called or read `_writer`, `_reader`,
+`_reset_timeout`, `_timeout_handle`, `_call_handler_hook`, `_set_post_data_state`; the
+class-level `command_size_limits` replaced per connection; `smtp_DATA` rewritten whole; and
+asyncio's `StreamReader._buffer` (here and in body.py). relay/smtp/fast.py copies
+`SMTP.__init__`'s private state and overrides `_getaddr`.
 """
 
 from __future__ import annotations
@@ -122,8 +130,8 @@ class FloodgateSMTP(SMTP):
         self.relay = handler
         self._greeted = False
         self._collect: list[bytes] | None = None
-        # aiosmtpd keeps these in one dict shared by every connection (and adds 26 to MAIL
-        # on each EHLO): each connection gets its own, at the RFC's size.
+        # aiosmtpd keeps these in one class-level dict shared by every connection (and adds
+        # 26 to MAIL on each EHLO): each connection gets its own, at the RFC's size.
         self.command_size_limit = COMMAND_LIMIT
         self.command_size_limits = collections.defaultdict(lambda: COMMAND_LIMIT)
         self._refusal: Verdict | None = None  # from the connection limits
@@ -134,6 +142,7 @@ class FloodgateSMTP(SMTP):
         self._processing = False  # a message is being scanned/queued: do not cut it off
         self._session_timer: asyncio.TimerHandle | None = None
 
+    # private override: aiosmtpd has no session factory option; ours carries the client state
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop, self.relay.limits)
 
@@ -148,6 +157,8 @@ class FloodgateSMTP(SMTP):
             self._refusal = self.relay.admit(session)
             self._admitted = self._refusal is None
 
+    # private override: aiosmtpd's command reader takes a bare LF as a line end (smuggling)
+    # and runs a pipelined batch without yielding; the only place to wrap its reader
     def _cb_client_connected(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
         """Command lines must end in CRLF, with no CR or LF inside: aiosmtpd splits them
@@ -187,6 +198,7 @@ class FloodgateSMTP(SMTP):
             self._talked.set()
         super().data_received(data)
 
+    # private override: aiosmtpd has no hook between connect and its 220 greeting
     async def _handle_client(self) -> None:
         """Connect-time checks run before the greeting: a refused host sees only its 4xx or
         5xx. Then postscreen's pregreet test, then aiosmtpd's command loop."""
@@ -223,9 +235,11 @@ class FloodgateSMTP(SMTP):
     def _hang_up(self, reply: str) -> None:
         self._greeted = True
         if self.transport is not None and not self.transport.is_closing():
+            # private read: aiosmtpd's push() would count and classify this last reply
             self._writer.write(reply.encode() + b"\r\n")
             self.transport.close()
 
+    # private override: aiosmtpd closes silently on timeout; RFC 5321 3.8 wants a 421
     def _timeout_cb(self) -> None:
         """Idle (or DATA) timeout: say 421 before hanging up, as RFC 5321 3.8 asks."""
         session = self.session
@@ -266,9 +280,7 @@ class FloodgateSMTP(SMTP):
     def close_with(self, reply: str) -> None:
         """Say `reply` (a 421) and hang up; used at shutdown."""
         self.relay.disconnected(self)
-        if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(reply.encode() + b"\r\n")
-            self.transport.close()
+        self._hang_up(reply)
 
     async def push(self, status: Any) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
@@ -341,6 +353,7 @@ class FloodgateSMTP(SMTP):
             lines, self._collect = self._collect, None
         if lines:
             await self._count_reply(lines[-1].decode("utf-8", "replace"))
+            # private read: aiosmtpd's push() writes and drains each EHLO line on its own
             self._writer.write(b"".join(lines))
             await self._writer.drain()
             self._check_errors()
@@ -400,6 +413,8 @@ class FloodgateSMTP(SMTP):
         await super().smtp_HELP(arg)
         self._junk()
 
+    # aiosmtpd's smtp_DATA, rewritten whole: it reads line by line into memory, takes a
+    # bare LF as a line end, and offers no hook on the data; this one streams (body.py)
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         session = self.session
@@ -430,6 +445,9 @@ class FloodgateSMTP(SMTP):
         """The rest of DATA: read to the final dot, refuse or run the DATA hook, reply."""
         assert self.envelope is not None
         limits = self.relay.limits
+        # private calls from here on, as aiosmtpd's own smtp_DATA makes them: its timer
+        # (one for the whole transfer, none while the message is scanned), its reader, its
+        # hook caller and its post-DATA reset
         self._reset_timeout(limits.data_timeout or None)  # the whole transfer, not per line
         try:
             await read_data(self._reader, scanner)
@@ -478,6 +496,7 @@ class FloodgateSMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("502 5.5.1 AUTH not available on this MX")
 
+    # private override: aiosmtpd's reset of a transaction, the one place to reset ours too
     def _set_rset_state(self) -> None:
         super()._set_rset_state()
         if isinstance(self.session, RelaySession):

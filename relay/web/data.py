@@ -18,6 +18,7 @@ from blocklist import blocks
 from blocklist import reports as rp
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState, Protection, score_hosts
+from filters.address import normalise_domain
 from relay.config import Config
 from relay.delivery import queue as q
 from relay.delivery.spool import Spool
@@ -146,7 +147,7 @@ def queue_summary(config: Config, limit: int) -> dict[str, Any]:
     hops: Counter[str] = Counter()
     for m in messages:
         for r in m.pending:
-            hops[m.state.recipients[r].hop or r.rpartition("@")[2].lower()] += 1
+            hops[m.state.recipients[r].hop or normalise_domain(r.rpartition("@")[2])] += 1
     now = time.time()
     oldest = min((m.envelope.received for m in messages), default=None)
     return {
