@@ -6,30 +6,11 @@ maximal_backoff_time 4000s, maximal_queue_lifetime 5d), so operators find famili
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relay.config.types import Duration, parse_endpoint
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(value: object) -> int:
-    """Bytes from `1048576`, `"512k"`, `"100MB"`, `"2GiB"` (binary multiples either way)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 1048576, \"100MB\" or \"2GB\"")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(float(m.group(1)) * _FACTORS[m.group(2).lower()])
-    raise ValueError(f"expected a size such as 1048576, \"100MB\" or \"2GB\", got {value!r}")
+from relay.config.types import Duration, parse_endpoint, parse_size
 
 
 class DeliveryConfig(BaseModel):

@@ -1,4 +1,4 @@
-"""`[dnsbl]` configuration, and building the DNSBL filter from it.
+"""`[dnsbl]`: the DNS blocklists asked about each connecting client.
 
 Zones are written either as tables or postscreen style, whichever the operator has at hand:
 
@@ -16,16 +16,11 @@ Zones are written either as tables or postscreen style, whichever the operator h
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from filters.base import Action
-from filters.verdict_cache import VerdictCache
 from relay.config.types import Duration
-
-if TYPE_CHECKING:
-    from filters.dnsbl import DnsblFilter
 
 
 def _dns() -> ModuleType:
@@ -124,19 +119,3 @@ class DnsblConfig(_Strict):
     @classmethod
     def _ns(cls, v: str | None) -> str | None:
         return _nameserver(v)
-
-
-def build_dnsbl(cfg: DnsblConfig) -> DnsblFilter | None:
-    """The CONNECT-stage filter, or None when disabled or no zone is configured."""
-    if not cfg.enabled or not cfg.zones:
-        return None
-    c = cfg.cache
-    dns = _dns()
-    return dns.DnsblFilter(
-        [dns.Zone(name, z.weight, z.codes, z.nameserver, z.timeout)
-         for name, z in cfg.zones.items()],
-        reject_score=cfg.reject_score, nameserver=cfg.nameserver, timeout=cfg.timeout,
-        on_error=Action.ACCEPT if cfg.on_error == "accept" else Action.TEMPFAIL,
-        cache=VerdictCache[dns.ZoneAnswer](c.max_entries) if c.enabled else None,
-        min_ttl=c.min_ttl, max_ttl=c.max_ttl, negative_ttl=c.negative_ttl,
-    )

@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from relay.config.delivery import parse_size
-from relay.config.types import Duration, check_networks
+from relay.config.types import Duration, check_networks, parse_size
 
 
 class LimitsConfig(BaseModel):

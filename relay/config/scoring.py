@@ -1,10 +1,10 @@
-"""`[scoring]` and `[blocklist]`: how offences add up, and what a block costs the host."""
+"""`[scoring]`: how offences add up to a score, and the score that blocks a host."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.config.types import Duration, check_networks
+from relay.config.types import Duration
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
@@ -46,22 +46,3 @@ class ScoringConfig(_Strict):
         """The reasons that add to a score (an event writer in a flood keeps these per host
         before anything else)."""
         return frozenset(r for r, w in self.all_weights().items() if w > 0)
-
-
-class BlocklistConfig(_Strict):
-    block_time: Duration = 86_400.0
-    max_block_time: Duration = 30 * 86_400.0
-    escalation: float = Field(default=2.0, ge=1.0)
-    recidive_window: Duration = 7 * 86_400.0
-    history: Duration = 30 * 86_400.0
-    allow: list[str] = Field(default_factory=list)
-    protect_loopback: bool = True
-
-    @field_validator("allow")
-    @classmethod
-    def _allow(cls, v: list[str]) -> list[str]:
-        return check_networks(v)
-
-    def duration(self, level: int) -> float:
-        """Block time at escalation `level` (1 = first offence), capped at max_block_time."""
-        return min(self.block_time * self.escalation ** max(0, level - 1), self.max_block_time)
