@@ -10,7 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from filters.address import normalise_domain
 from relay.config.blocklist import BlocklistConfig
@@ -26,16 +26,13 @@ from relay.config.retention import RetentionConfig
 from relay.config.scoring import ScoringConfig
 from relay.config.spamassassin import SpamAssassinConfig
 from relay.config.store import StoreConfig
+from relay.config.types import Strict
 from relay.config.web import WebConfig
 
 __all__ = ["Config", "ConfigError", "config_path", "load_config"]
 
 DEFAULT_CONFIG = "floodgate.toml"
 CONFIG_ENV = "FLOODGATE_CONFIG"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Config(Strict):

@@ -3,16 +3,12 @@ blocked."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from relay.config.types import Duration, check_networks
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relay.config.types import Duration, Strict, check_networks
 
 
-class BlocklistConfig(_Strict):
+class BlocklistConfig(Strict):
     block_time: Duration = 86_400.0
     max_block_time: Duration = 30 * 86_400.0
     escalation: float = Field(default=2.0, ge=1.0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from filters.clamav import MAX_FILE_SIZE, MAX_SCAN_SIZE
-from relay.config.types import Duration, OnError, OnOversize, scanner_address
+from relay.config.types import Duration, OnError, OnOversize, Strict, scanner_address
 
 _CLAMD_SIZE = re.compile(r"(\d+)([KkMm]?)")
 
@@ -29,11 +29,7 @@ def parse_clamd_size(value: object) -> object:
 ClamdSize = Annotated[int, BeforeValidator(parse_clamd_size), Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ClamAVCacheConfig(_Strict):
+class ClamAVCacheConfig(Strict):
     """Outbreak mode: verdicts by digest of each decoded MIME leaf."""
 
     enabled: bool = True
@@ -44,7 +40,7 @@ class ClamAVCacheConfig(_Strict):
     version_interval: Duration = 30.0
 
 
-class ClamAVConfig(_Strict):
+class ClamAVConfig(Strict):
     enabled: bool = True
     # "host:port", "[v6]:port", a unix socket path, or a list of them (used in turn)
     address: str | list[str] = "127.0.0.1:3310"

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from relay.config.types import Duration, parse_endpoint, parse_size
+from relay.config.types import Duration, Strict, parse_endpoint, parse_size
 
 
-class DeliveryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DeliveryConfig(Strict):
     enabled: bool = True
     # Connections open at once, over all destinations, and to any one destination.
     workers: int = Field(default=20, gt=0)

@@ -18,9 +18,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from relay.config.types import Duration
+from relay.config.types import Duration, Strict
 
 
 def _dns() -> ModuleType:
@@ -36,11 +36,7 @@ def _nameserver(v: str | None) -> str | None:
     return v
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DnsblZoneConfig(_Strict):
+class DnsblZoneConfig(Strict):
     weight: int = 1
     # "127.0.0.2", "127.0.0.2-127.0.0.11", "127.0.0.0/24", "127.0.0.[2..11]"; empty = any
     # answer in 127/8 that is not an error code.
@@ -61,7 +57,7 @@ class DnsblZoneConfig(_Strict):
         return _nameserver(v)
 
 
-class DnsblCacheConfig(_Strict):
+class DnsblCacheConfig(Strict):
     """Answers per zone and address, kept for their TTL clamped to [min_ttl, max_ttl];
     NXDOMAIN for the SOA minimum, at most negative_ttl."""
 
@@ -78,7 +74,7 @@ class DnsblCacheConfig(_Strict):
         return self
 
 
-class DnsblConfig(_Strict):
+class DnsblConfig(Strict):
     enabled: bool = True
     zones: dict[str, DnsblZoneConfig] = Field(default_factory=dict)
     reject_score: int = 1

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import field_validator
 
-from relay.config.types import parse_endpoint
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relay.config.types import Strict, parse_endpoint
 
 
-class DomainConfig(_Strict):
+class DomainConfig(Strict):
     next_hop: str
     catch_all: bool = False
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from relay.config.types import Duration, check_networks, parse_size
+from relay.config.types import Duration, Strict, check_networks, parse_size
 
 
-class LimitsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LimitsConfig(Strict):
     # Connections open at once, over all clients (0: no cap): `421 4.3.2` beyond.
     max_connections: int = Field(default=10_000, ge=0)
     # Per client address (IPv6: per store.ipv6_prefix network): `421 4.7.0` beyond.

@@ -6,23 +6,19 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from filters.address import split_address
-from relay.config.types import Duration, parse_endpoint
+from relay.config.types import Duration, Strict, parse_endpoint
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TLSConfig(_Strict):
+class TLSConfig(Strict):
     cert: Path
     key: Path
     required: bool = False
 
 
-class RelayConfig(_Strict):
+class RelayConfig(Strict):
     node: str = "relay1"
     hostname: str = "localhost"
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:2525"], min_length=1)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 
-from relay.config.types import Duration
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relay.config.types import Duration, Strict
 
 
-class RetentionConfig(_Strict):
+class RetentionConfig(Strict):
     """Raw events are big and only needed for recent detail; rollups answer the long
     reports. 0 keeps forever."""
 

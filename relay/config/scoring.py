@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from relay.config.types import Duration
+from relay.config.types import Duration, Strict
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
@@ -16,11 +16,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScoringConfig(_Strict):
+class ScoringConfig(Strict):
     enabled: bool = True
     weights: dict[str, float] = Field(default_factory=dict)
     window: Duration = 86_400.0

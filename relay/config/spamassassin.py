@@ -3,16 +3,12 @@ domain) that tag or refuse, and what a failure gets."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from relay.config.types import Duration, OnError, OnOversize, scanner_address
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relay.config.types import Duration, OnError, OnOversize, Strict, scanner_address
 
 
-class SpamThresholds(_Strict):
+class SpamThresholds(Strict):
     tag_score: float
     reject_score: float
 
@@ -23,7 +19,7 @@ class SpamThresholds(_Strict):
         return self
 
 
-class SpamCacheConfig(_Strict):
+class SpamCacheConfig(Strict):
     """Scores by digest of the whole message as spamd sees it (headers too: they score)."""
 
     enabled: bool = True

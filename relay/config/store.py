@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from relay.config.types import Duration
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relay.config.types import Duration, Strict
 
 
-class StoreConfig(_Strict):
+class StoreConfig(Strict):
     url: str = "sqlite:///var/floodgate.db"
     refresh_interval: Duration = 2.0
     event_batch: int = Field(default=20_000, gt=0)  # SQLite: 5000 -> 20000 is +15% events/s

@@ -1,17 +1,26 @@
-"""Value parsers shared by the configuration sections."""
+"""The base model and value parsers shared by the configuration sections."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from filters.clamav import parse_address
 
 # What a scanner's failure, or a message past its size, gets ([clamav] and [spamassassin]).
 OnError = Literal["tempfail", "accept"]
 OnOversize = Literal["tempfail", "accept", "reject"]
+
+
+class Strict(BaseModel):
+    """The base of every section: an unknown key is a mistake to report, not to ignore
+    (a misspelt key would otherwise keep its default in silence), and a loaded config is
+    never changed in place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
