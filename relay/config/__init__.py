@@ -84,6 +84,8 @@ class ConfigError(Exception):
 def _loc(loc: tuple[object, ...]) -> str:
     parts: list[str] = []
     for item in loc:
+        if item == "[key]":  # pydantic's mark of a dict key that failed: the key names it
+            continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif isinstance(item, str) and re.fullmatch(r"[A-Za-z0-9_-]+", item):

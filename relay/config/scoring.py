@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import difflib
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, field_validator
 
 from relay.config.types import Duration, Strict
+from relay.reasons import Reason
+
+_REASONS = [r.value for r in Reason]
+
+
+def event_reason(key: str) -> str:
+    """A `[scoring.weights]` key must be an event reason: a misspelt one would weigh nothing
+    in silence."""
+    if key in _REASONS:
+        return key
+    close = difflib.get_close_matches(key, _REASONS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "one of " + ", ".join(_REASONS)
+    raise ValueError(f"unknown key: not an event reason ({hint})")
+
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
@@ -14,11 +31,14 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     # errors themselves, for not stopping at the soft limit's delays
     "error_limit": 3, "junk_limit": 3,
 }
+for _reason in DEFAULT_WEIGHTS:
+    event_reason(_reason)
 
 
 class ScoringConfig(Strict):
     enabled: bool = True
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[Annotated[str, AfterValidator(event_reason)], float] = Field(
+        default_factory=dict)
     window: Duration = 86_400.0
     threshold: float = Field(default=10.0, gt=0)
     interval: Duration = 15.0
