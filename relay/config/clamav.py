@@ -33,15 +33,24 @@ class ClamAVCacheConfig(Strict):
     """Outbreak mode: verdicts by digest of each decoded MIME leaf."""
 
     enabled: bool = True
-    max_entries: int = Field(default=100_000, gt=0)
-    infected_ttl: Duration = 3600.0
+    max_entries: int = Field(
+        default=100_000, gt=0,
+        description=(
+            "most verdicts kept; the least recently used go first"
+        ))
+    infected_ttl: Duration = Field(default=3600.0,
+                                   description="how long an infected verdict is kept")
     clean_ttl: Duration = 600.0
     # How often clamd's VERSION (signature database) is asked; a change drops clean entries.
     version_interval: Duration = 30.0
 
 
 class ClamAVConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "scan DATA with clamd; `false` keeps the section but scans nothing"
+        ))
     # "host:port", "[v6]:port", a unix socket path, or a list of them (used in turn)
     address: str | list[str] = "127.0.0.1:3310"
     timeout: Duration = 30.0

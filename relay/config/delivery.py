@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 
 from relay.config.types import Duration, Strict, parse_endpoint, parse_size
 
+TIMEOUTS = "for the next hop: to connect, and to answer each command"
+
 
 class DeliveryConfig(Strict):
     enabled: bool = True
@@ -26,8 +28,8 @@ class DeliveryConfig(Strict):
     tls: Literal["opportunistic", "required", "none"] = "opportunistic"
     # Opportunistic TLS between MTAs does not verify certificates (RFC 7435); `true` does.
     tls_verify: bool = False
-    connect_timeout: Duration = 30.0
-    command_timeout: Duration = 120.0
+    connect_timeout: Duration = Field(default=30.0, description=TIMEOUTS)
+    command_timeout: Duration = Field(default=120.0, description=TIMEOUTS)
     # How often the spool directory is re-read (new files, CLI deletions, held messages).
     scan_interval: Duration = 1.0
     # Where DSNs for senders in domains that are not hosted go ("host:port" or "mx:domain");

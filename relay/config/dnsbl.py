@@ -57,15 +57,23 @@ class DnsblZoneConfig(Strict):
         return _nameserver(v)
 
 
+TTLS = ("`min_ttl`, `max_ttl`: the range an answer's TTL is clamped to; "
+        "`negative_ttl`: longest an NXDOMAIN is kept")
+
+
 class DnsblCacheConfig(Strict):
     """Answers per zone and address, kept for their TTL clamped to [min_ttl, max_ttl];
     NXDOMAIN for the SOA minimum, at most negative_ttl."""
 
     enabled: bool = True
-    max_entries: int = Field(default=100_000, gt=0)
-    min_ttl: Duration = 0.0
-    max_ttl: Duration = 3600.0
-    negative_ttl: Duration = 300.0
+    max_entries: int = Field(
+        default=100_000, gt=0,
+        description=(
+            "most verdicts kept; the least recently used go first"
+        ))
+    min_ttl: Duration = Field(default=0.0, description=TTLS)
+    max_ttl: Duration = Field(default=3600.0, description=TTLS)
+    negative_ttl: Duration = Field(default=300.0, description=TTLS)
 
     @model_validator(mode="after")
     def _order(self) -> DnsblCacheConfig:

@@ -36,7 +36,12 @@ for _reason in DEFAULT_WEIGHTS:
 
 
 class ScoringConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "`serve` scores hosts and blocks those at `threshold`; `false`: events "
+            "are still recorded, nobody is blocked for their score"
+        ))
     weights: dict[Annotated[str, AfterValidator(event_reason)], float] = Field(
         default_factory=dict)
     window: Duration = 86_400.0

@@ -30,9 +30,13 @@ class SpamCacheConfig(Strict):
 class SpamAssassinConfig(SpamThresholds):
     """The global thresholds (checked in order by SpamThresholds) and everything else."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "score DATA with spamd; `false` keeps the section but scores nothing"
+        ))
     address: str | list[str] = "127.0.0.1:783"  # or a list: used in turn
-    timeout: Duration = 30.0
+    timeout: Duration = Field(default=30.0, description="for connect, send and score together")
     on_error: OnError = "tempfail"
     tag_score: float = 5.0
     reject_score: float = 10.0
@@ -40,7 +44,10 @@ class SpamAssassinConfig(SpamThresholds):
     # Most specific domain rule wins per recipient; the strictest across recipients.
     domains: dict[str, SpamThresholds] = Field(default_factory=dict)
     max_size: int = Field(default=524_288, ge=0)  # bytes; 0 = no limit
-    on_oversize: OnOversize = "accept"
+    on_oversize: OnOversize = Field(
+        default="accept",
+        description='`"accept"` (marked `X-Floodgate-Unscanned`), `"reject"` (`552 5.3.4`) '
+                    'or `"tempfail"`')
     concurrency: int = Field(default=5, gt=0)  # keep at or below spamd's --max-children
     cache: SpamCacheConfig = SpamCacheConfig()
 
