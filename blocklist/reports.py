@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 
 from blocklist.blocks import utc
 from blocklist.scoring import BlockState
+from relay.reasons import Reason
 from relay.store.rollups import (
     DELIVERY,
     HOUR,
@@ -35,8 +36,9 @@ from relay.store.rollups import (
 from relay.store.tables import Event, events_counted
 
 # Refusals worth a column of their own; any other refusal is "other".
-REJECTS = ("unknown_rcpt", "trap", "relay_denied", "virus", "spam", "dnsbl", "blocked",
-           "protocol")
+REJECTS: tuple[str, ...] = tuple(r.value for r in (
+    Reason.UNKNOWN_RCPT, Reason.TRAP, Reason.RELAY_DENIED, Reason.VIRUS, Reason.SPAM,
+    Reason.DNSBL, Reason.BLOCKED, Reason.PROTOCOL))
 OUTCOMES = ("accepted", *REJECTS, "other", "tempfail")
 HOST_FIELDS = ("host", "connections", "accepted", "rejected", *REJECTS, "other", "tempfail",
                "score", "blocked_until")

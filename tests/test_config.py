@@ -74,6 +74,10 @@ def test_issue_example_works_as_written(tmp_path: Path) -> None:
      "relay.listen: port 99999 is out of range"),
     (('url = "sqlite:///var/floodgate.db"', 'url = "mysql://x"'), "store.url: expected sqlite"),
     (("[store]", "[stroe]"), "stroe: unknown key"),
+    # a misspelt weight would weigh nothing: weights are keyed by event reason
+    (("catch_all = false", "catch_all = false\n[scoring.weights]\nunknwn_rcpt = 3"),
+     "scoring.weights.unknwn_rcpt: unknown key: not an event reason (did you mean "
+     "'unknown_rcpt'?)"),
 ])
 def test_mistakes_name_their_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
     path = tmp_path / "floodgate.toml"

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from relay.config import load_config
-from relay.config.delivery import parse_size
+from relay.config.types import parse_size
 from relay.delivery.dsn import status_of
 from relay.delivery.queue import backoff
 from relay.delivery.service import DeliveryService, queue

@@ -27,7 +27,8 @@ from filters.dnsbl import (
     reversed_name,
 )
 from filters.verdict_cache import VerdictCache
-from relay.config.dnsbl import DnsblConfig, build_dnsbl
+from relay.config.dnsbl import DnsblConfig
+from relay.service.scanners import build_dnsbl
 from relay.smtp.pipeline import Pipeline
 from tests.dnsbl_fixtures import Rbldnsd, run_rbldnsd, silent_nameserver
 

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from blocklist import blocks
 from blocklist.reports import window_counts
 from blocklist.scoring import Protection, score_hosts
-from relay.config.scoring import BlocklistConfig, ScoringConfig
+from relay.config.blocklist import BlocklistConfig
+from relay.config.scoring import ScoringConfig
 from relay.events.record import EventRecord
 from relay.events.writer import EventWriter
 from relay.hosts.scorer import Scorer

@@ -177,6 +177,14 @@ def test_hosts_top_reason_and_window(config: Path) -> None:
     assert unknown[1]["score"] == 0
 
 
+def test_hosts_by_any_event_reason(config: Path, known: Store) -> None:
+    """`--reason` takes every event reason (relay/reasons.py), rate_limit too."""
+    write(known.engine, records([("203.0.113.9", "203.0.113.9", "connect", "tempfail",
+                                  "rate_limit", 2, "", "")], known.now, timedelta(seconds=1)))
+    rows = json.loads(report(config, "hosts", "--reason", "rate_limit", "--format", "json"))
+    assert [r["host"] for r in rows] == ["203.0.113.9"]
+
+
 def test_hosts_show_when_blocked(config: Path, known: Store) -> None:
     state = blocks.add_manual(known.engine, "192.0.2.0/24", 3600, "test")
     rows = json.loads(report(config, "hosts", "--format", "json"))

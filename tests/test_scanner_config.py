@@ -10,7 +10,9 @@ from pydantic import ValidationError
 from filters.base import Action, Stage
 from filters.clamav import ClamAVFilter
 from filters.spamassassin import SpamAssassinFilter, Thresholds
-from relay.config.scanners import ClamAVConfig, SpamAssassinConfig, build_scanners
+from relay.config.clamav import ClamAVConfig
+from relay.config.spamassassin import SpamAssassinConfig
+from relay.service.scanners import build_scanners
 
 TOML = """
 [clamav]

@@ -9,7 +9,9 @@ import pytest
 
 from filters.clamav import ClamAVFilter, ClamdClient, ClamdError, ClamdPool
 from filters.spamassassin import SpamAssassinFilter
-from relay.config.scanners import ClamAVConfig, SpamAssassinConfig, build_clamav
+from relay.config.clamav import ClamAVConfig
+from relay.config.spamassassin import SpamAssassinConfig
+from relay.service.scanners import build_clamav
 from tests.make_fixtures import EICAR
 from tests.services import Clamd, Spamd, free_port
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState, Offences, Protection, cutoff, decide, score_hosts
-from relay.config.scoring import DEFAULT_WEIGHTS, BlocklistConfig
+from relay.config.blocklist import BlocklistConfig
+from relay.config.scoring import DEFAULT_WEIGHTS
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 W = dict(DEFAULT_WEIGHTS)

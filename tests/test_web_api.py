@@ -242,6 +242,9 @@ def test_report_endpoints_give_the_cli_numbers(stack) -> None:  # type: ignore[n
         queue = reader.get("/api/queue").json()
         assert queue["queued"] == 0 and queue["messages"] == []
         assert reader.get("/api/reports/timeline?since=30d&bucket=1m").status_code == 422
+        # the reason filter takes every event reason (relay/reasons.py), and only those
+        assert reader.get("/api/reports/hosts?reason=rate_limit").json() == []
+        assert reader.get("/api/reports/hosts?reason=rate_limt").status_code == 422
 
 
 def test_the_issue_example_config_is_valid_and_mistakes_are_named(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -206,7 +206,7 @@ def dnsbl_report(config: Config, address: str) -> None:
     """Ask the configured DNSBLs now (bypassing nothing: the same filter the relay runs)."""
     import asyncio
 
-    from relay.config.dnsbl import build_dnsbl
+    from relay.service.scanners import build_dnsbl
 
     dnsbl = build_dnsbl(config.dnsbl)
     if dnsbl is None:

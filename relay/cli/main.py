@@ -230,7 +230,7 @@ def scan(ctx: click.Context, files: tuple[str, ...], rcpts: tuple[str, ...]) -> 
     """
     import asyncio
 
-    from relay.config.scanners import build_scanners, scan_message
+    from relay.service.scanners import build_scanners, scan_message
 
     config = load(ctx)
     filters = build_scanners(config.clamav, config.spamassassin)

@@ -15,11 +15,9 @@ from blocklist import reports as rp
 from relay.cli import common as cli
 from relay.config.types import parse_duration
 from relay.delivery.spool import Spool
+from relay.reasons import Reason
 
 BUCKETS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "1h": timedelta(hours=1)}
-REASONS = ("connect", "blocked", "dnsbl", "known_rcpt", "unknown_rcpt", "trap", "relay_denied",
-           "too_many_rcpts", "size", "protocol", "virus", "spam", "clamav_error",
-           "spamassassin_error", "accepted", "spool", "queue_full")
 SHORT = {"connections": "conn", "accepted": "acc", "rejected": "rej", "unknown_rcpt": "unknown",
          "relay_denied": "relay", "protocol": "proto", "tempfail": "tempf"}
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
@@ -62,8 +60,8 @@ def report() -> None:
 @report.command("hosts")
 @click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
 @click.option("--top", default=20, show_default=True, help="Rows to show (0: all).")
-@click.option("--reason", type=click.Choice(REASONS), help="Only hosts with this reason, "
-              "most of it first.")
+@click.option("--reason", type=click.Choice([r.value for r in Reason]),
+              help="Only hosts with this reason, most of it first.")
 @FORMAT
 @click.pass_context
 def hosts(ctx: click.Context, since: str, top: int, reason: str | None, fmt: str) -> None:

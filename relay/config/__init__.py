@@ -1,122 +1,38 @@
-"""Configuration: one TOML file, validated by pydantic so a mistake names its key."""
+"""Configuration: one TOML file, validated by pydantic so a mistake names its key.
+
+Each TOML section has its own module named after it (`[limits]` in limits.py); this one
+composes them into Config and loads the file."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, model_validator
 
-from filters.address import normalise_domain, split_address
+from filters.address import normalise_domain
+from relay.config.blocklist import BlocklistConfig
+from relay.config.clamav import ClamAVConfig
 from relay.config.delivery import DeliveryConfig
 from relay.config.dnsbl import DnsblConfig
+from relay.config.domains import DomainConfig
 from relay.config.firewall import FirewallConfig
 from relay.config.limits import LimitsConfig
-from relay.config.metrics import MetricsConfig, RetentionConfig
-from relay.config.scanners import ClamAVConfig, SpamAssassinConfig
-from relay.config.scoring import BlocklistConfig, ScoringConfig
-from relay.config.types import Duration, parse_endpoint
+from relay.config.metrics import MetricsConfig
+from relay.config.relay import RelayConfig
+from relay.config.retention import RetentionConfig
+from relay.config.scoring import ScoringConfig
+from relay.config.spamassassin import SpamAssassinConfig
+from relay.config.store import StoreConfig
+from relay.config.types import Strict
 from relay.config.web import WebConfig
+
+__all__ = ["Config", "ConfigError", "config_path", "load_config"]
 
 DEFAULT_CONFIG = "floodgate.toml"
 CONFIG_ENV = "FLOODGATE_CONFIG"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TLSConfig(Strict):
-    cert: Path
-    key: Path
-    required: bool = False
-
-
-class RelayConfig(Strict):
-    node: str = "relay1"
-    hostname: str = "localhost"
-    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:2525"], min_length=1)
-    max_message_size: int = Field(default=26_214_400, gt=0)
-    max_recipients: int = Field(default=100, gt=0)
-    spool_dir: Path = Path("var/spool")
-    idle_timeout: Duration = 300.0
-    shutdown_grace: Duration = 30.0
-    recipient_delimiter: str = ""
-    local_part_case: Literal["insensitive", "sensitive"] = "insensitive"
-    tls: TLSConfig | None = None
-    # Where mail for <postmaster> (RFC 5321 4.5.1: accepted without a domain) and for an
-    # unknown postmaster@<hosted domain> goes; "" means postmaster@ the first hosted domain.
-    postmaster: str = ""
-    # Postfix's hopcount_limit: more Received: lines than this is a mail loop, 554 5.4.6.
-    hopcount_limit: int = Field(default=50, ge=1)
-
-    @field_validator("postmaster")
-    @classmethod
-    def _postmaster(cls, v: str) -> str:
-        if v and (split_address(v) is None or any(c <= " " or c == "\x7f" for c in v)):
-            raise ValueError(f"{v!r}: a full address, user@domain")
-        return v
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: list[str]) -> list[str]:
-        for item in v:
-            host, _ = parse_endpoint(item)
-            if host not in ("localhost", "*"):
-                try:
-                    ipaddress.ip_address(host)
-                except ValueError as e:
-                    raise ValueError(f"{item!r}: listen on an IP address, not {host!r}") from e
-        return v
-
-    @field_validator("recipient_delimiter")
-    @classmethod
-    def _delim(cls, v: str) -> str:
-        if len(v) > 1 or v in ("@", " "):
-            raise ValueError("a single character such as \"+\" or \"-\", or \"\" to turn it off")
-        return v
-
-    def endpoints(self) -> list[tuple[str, int]]:
-        return [parse_endpoint(x) for x in self.listen]
-
-
-class StoreConfig(Strict):
-    url: str = "sqlite:///var/floodgate.db"
-    refresh_interval: Duration = 2.0
-    event_batch: int = Field(default=20_000, gt=0)  # SQLite: 5000 -> 20000 is +15% events/s
-    event_flush_interval: Duration = 0.5
-    event_buffer: int = Field(default=100_000, gt=0)
-    ipv6_prefix: int = Field(default=64, ge=8, le=128)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
-            raise ValueError("expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
-        return v
-
-
-class DomainConfig(Strict):
-    next_hop: str
-    catch_all: bool = False
-
-    @field_validator("next_hop")
-    @classmethod
-    def _hop(cls, v: str) -> str:
-        if not v.startswith("mx:"):
-            parse_endpoint(v)
-        return v
 
 
 class Config(Strict):
@@ -168,6 +84,8 @@ class ConfigError(Exception):
 def _loc(loc: tuple[object, ...]) -> str:
     parts: list[str] = []
     for item in loc:
+        if item == "[key]":  # pydantic's mark of a dict key that failed: the key names it
+            continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif isinstance(item, str) and re.fullmatch(r"[A-Za-z0-9_-]+", item):

@@ -6,35 +6,16 @@ maximal_backoff_time 4000s, maximal_queue_lifetime 5d), so operators find famili
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from relay.config.types import Duration, parse_endpoint
+from relay.config.types import Duration, Strict, parse_endpoint, parse_size
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(value: object) -> int:
-    """Bytes from `1048576`, `"512k"`, `"100MB"`, `"2GiB"` (binary multiples either way)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 1048576, \"100MB\" or \"2GB\"")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(float(m.group(1)) * _FACTORS[m.group(2).lower()])
-    raise ValueError(f"expected a size such as 1048576, \"100MB\" or \"2GB\", got {value!r}")
+TIMEOUTS = "for the next hop: to connect, and to answer each command"
 
 
-class DeliveryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DeliveryConfig(Strict):
     enabled: bool = True
     # Connections open at once, over all destinations, and to any one destination.
     workers: int = Field(default=20, gt=0)
@@ -47,8 +28,8 @@ class DeliveryConfig(BaseModel):
     tls: Literal["opportunistic", "required", "none"] = "opportunistic"
     # Opportunistic TLS between MTAs does not verify certificates (RFC 7435); `true` does.
     tls_verify: bool = False
-    connect_timeout: Duration = 30.0
-    command_timeout: Duration = 120.0
+    connect_timeout: Duration = Field(default=30.0, description=TIMEOUTS)
+    command_timeout: Duration = Field(default=120.0, description=TIMEOUTS)
     # How often the spool directory is re-read (new files, CLI deletions, held messages).
     scan_interval: Duration = 1.0
     # Where DSNs for senders in domains that are not hosted go ("host:port" or "mx:domain");

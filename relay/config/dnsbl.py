@@ -1,4 +1,4 @@
-"""`[dnsbl]` configuration, and building the DNSBL filter from it.
+"""`[dnsbl]`: the DNS blocklists asked about each connecting client.
 
 Zones are written either as tables or postscreen style, whichever the operator has at hand:
 
@@ -16,16 +16,11 @@ Zones are written either as tables or postscreen style, whichever the operator h
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from filters.base import Action
-from filters.verdict_cache import VerdictCache
-from relay.config.types import Duration
-
-if TYPE_CHECKING:
-    from filters.dnsbl import DnsblFilter
+from relay.config.types import Duration, Strict
 
 
 def _dns() -> ModuleType:
@@ -41,11 +36,7 @@ def _nameserver(v: str | None) -> str | None:
     return v
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DnsblZoneConfig(_Strict):
+class DnsblZoneConfig(Strict):
     weight: int = 1
     # "127.0.0.2", "127.0.0.2-127.0.0.11", "127.0.0.0/24", "127.0.0.[2..11]"; empty = any
     # answer in 127/8 that is not an error code.
@@ -66,15 +57,23 @@ class DnsblZoneConfig(_Strict):
         return _nameserver(v)
 
 
-class DnsblCacheConfig(_Strict):
+TTLS = ("`min_ttl`, `max_ttl`: the range an answer's TTL is clamped to; "
+        "`negative_ttl`: longest an NXDOMAIN is kept")
+
+
+class DnsblCacheConfig(Strict):
     """Answers per zone and address, kept for their TTL clamped to [min_ttl, max_ttl];
     NXDOMAIN for the SOA minimum, at most negative_ttl."""
 
     enabled: bool = True
-    max_entries: int = Field(default=100_000, gt=0)
-    min_ttl: Duration = 0.0
-    max_ttl: Duration = 3600.0
-    negative_ttl: Duration = 300.0
+    max_entries: int = Field(
+        default=100_000, gt=0,
+        description=(
+            "most verdicts kept; the least recently used go first"
+        ))
+    min_ttl: Duration = Field(default=0.0, description=TTLS)
+    max_ttl: Duration = Field(default=3600.0, description=TTLS)
+    negative_ttl: Duration = Field(default=300.0, description=TTLS)
 
     @model_validator(mode="after")
     def _order(self) -> DnsblCacheConfig:
@@ -83,7 +82,7 @@ class DnsblCacheConfig(_Strict):
         return self
 
 
-class DnsblConfig(_Strict):
+class DnsblConfig(Strict):
     enabled: bool = True
     zones: dict[str, DnsblZoneConfig] = Field(default_factory=dict)
     reject_score: int = 1
@@ -124,19 +123,3 @@ class DnsblConfig(_Strict):
     @classmethod
     def _ns(cls, v: str | None) -> str | None:
         return _nameserver(v)
-
-
-def build_dnsbl(cfg: DnsblConfig) -> DnsblFilter | None:
-    """The CONNECT-stage filter, or None when disabled or no zone is configured."""
-    if not cfg.enabled or not cfg.zones:
-        return None
-    c = cfg.cache
-    dns = _dns()
-    return dns.DnsblFilter(
-        [dns.Zone(name, z.weight, z.codes, z.nameserver, z.timeout)
-         for name, z in cfg.zones.items()],
-        reject_score=cfg.reject_score, nameserver=cfg.nameserver, timeout=cfg.timeout,
-        on_error=Action.ACCEPT if cfg.on_error == "accept" else Action.TEMPFAIL,
-        cache=VerdictCache[dns.ZoneAnswer](c.max_entries) if c.enabled else None,
-        min_ttl=c.min_ttl, max_ttl=c.max_ttl, negative_ttl=c.negative_ttl,
-    )

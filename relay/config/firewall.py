@@ -6,18 +6,16 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from relay.config.types import Duration, check_networks
+from relay.config.types import Duration, Strict, check_networks
 
 _NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 _CHAIN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,27}$")
 _IPSET = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,26}$")  # room for the "-new" swap suffix
 
 
-class FirewallConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FirewallConfig(Strict):
     format: Literal["nft", "ipset", "iptables"] = "nft"
     ports: list[int] = Field(default_factory=lambda: [25, 465, 587], min_length=1,
                              max_length=15)

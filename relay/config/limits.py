@@ -9,22 +9,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from relay.config.delivery import parse_size
-from relay.config.types import Duration, check_networks
+from relay.config.types import Duration, Strict, check_networks, parse_size
 
 
-class LimitsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LimitsConfig(Strict):
     # Connections open at once, over all clients (0: no cap): `421 4.3.2` beyond.
     max_connections: int = Field(default=10_000, ge=0)
     # Per client address (IPv6: per store.ipv6_prefix network): `421 4.7.0` beyond.
     max_per_client: int = Field(default=50, ge=0)
     # New connections per client within rate_window (0: no limit).
     connection_rate: int = Field(default=0, ge=0)
-    rate_window: Duration = 60.0
+    rate_window: Duration = Field(
+        default=60.0,
+        description=(
+            "the window `connection_rate` counts new connections in"
+        ))
     # Networks the per-client limits do not apply to (the global cap still does).
     exempt: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # postscreen's greet_wait: hold the banner this long, watching for early talkers.
@@ -47,7 +48,8 @@ class LimitsConfig(BaseModel):
     # limit the session gets 421 and is closed. Past the junk command limit each NOOP,
     # RSET, VRFY, ETRN or HELP counts as an error.
     smtpd_soft_error_limit: int = Field(default=10, ge=1)
-    smtpd_error_sleep_time: Duration = 1.0
+    smtpd_error_sleep_time: Duration = Field(
+        default=1.0, description="the wait before each reply once past `smtpd_soft_error_limit`")
     smtpd_hard_error_limit: int = Field(default=20, ge=1)
     smtpd_junk_command_limit: int = Field(default=100, ge=1)
     # Bytes of one header field of the message, folded lines included (Postfix's

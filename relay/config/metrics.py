@@ -1,17 +1,13 @@
-"""`[metrics]` and `[retention]`: where Prometheus scrapes, and how long history is kept."""
+"""`[metrics]`: where Prometheus scrapes the relay."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator
 
-from relay.config.types import Duration, parse_endpoint
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relay.config.types import Strict, parse_endpoint
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     listen: str | None = None  # "127.0.0.1:9125"; None: no metrics endpoint
 
     @field_validator("listen")
@@ -23,21 +19,3 @@ class MetricsConfig(_Strict):
 
     def endpoint(self) -> tuple[str, int] | None:
         return parse_endpoint(self.listen) if self.listen else None
-
-
-class RetentionConfig(_Strict):
-    """Raw events are big and only needed for recent detail; rollups answer the long
-    reports. 0 keeps forever."""
-
-    events: Duration = 30 * 86_400.0
-    rollups: Duration = 400 * 86_400.0
-    interval: Duration = 3_600.0
-
-    @model_validator(mode="after")
-    def _order(self) -> RetentionConfig:
-        if self.rollups and (not self.events or self.rollups < self.events):
-            raise ValueError("retention.rollups: must be at least retention.events "
-                             "(reports read rollups)")
-        if self.interval <= 0:
-            raise ValueError("retention.interval: must be more than 0")
-        return self

@@ -1,10 +1,27 @@
-"""`[scoring]` and `[blocklist]`: how offences add up, and what a block costs the host."""
+"""`[scoring]`: how offences add up to a score, and the score that blocks a host."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import difflib
+from typing import Annotated
 
-from relay.config.types import Duration, check_networks
+from pydantic import AfterValidator, Field, field_validator
+
+from relay.config.types import Duration, Strict
+from relay.reasons import Reason
+
+_REASONS = [r.value for r in Reason]
+
+
+def event_reason(key: str) -> str:
+    """A `[scoring.weights]` key must be an event reason: a misspelt one would weigh nothing
+    in silence."""
+    if key in _REASONS:
+        return key
+    close = difflib.get_close_matches(key, _REASONS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "one of " + ", ".join(_REASONS)
+    raise ValueError(f"unknown key: not an event reason ({hint})")
+
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
@@ -14,15 +31,19 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     # errors themselves, for not stopping at the soft limit's delays
     "error_limit": 3, "junk_limit": 3,
 }
+for _reason in DEFAULT_WEIGHTS:
+    event_reason(_reason)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScoringConfig(_Strict):
-    enabled: bool = True
-    weights: dict[str, float] = Field(default_factory=dict)
+class ScoringConfig(Strict):
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "`serve` scores hosts and blocks those at `threshold`; `false`: events "
+            "are still recorded, nobody is blocked for their score"
+        ))
+    weights: dict[Annotated[str, AfterValidator(event_reason)], float] = Field(
+        default_factory=dict)
     window: Duration = 86_400.0
     threshold: float = Field(default=10.0, gt=0)
     interval: Duration = 15.0
@@ -46,22 +67,3 @@ class ScoringConfig(_Strict):
         """The reasons that add to a score (an event writer in a flood keeps these per host
         before anything else)."""
         return frozenset(r for r, w in self.all_weights().items() if w > 0)
-
-
-class BlocklistConfig(_Strict):
-    block_time: Duration = 86_400.0
-    max_block_time: Duration = 30 * 86_400.0
-    escalation: float = Field(default=2.0, ge=1.0)
-    recidive_window: Duration = 7 * 86_400.0
-    history: Duration = 30 * 86_400.0
-    allow: list[str] = Field(default_factory=list)
-    protect_loopback: bool = True
-
-    @field_validator("allow")
-    @classmethod
-    def _allow(cls, v: list[str]) -> list[str]:
-        return check_networks(v)
-
-    def duration(self, level: int) -> float:
-        """Block time at escalation `level` (1 = first offence), capped at max_block_time."""
-        return min(self.block_time * self.escalation ** max(0, level - 1), self.max_block_time)

@@ -1,11 +1,26 @@
-"""Value parsers shared by the configuration sections."""
+"""The base model and value parsers shared by the configuration sections."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from filters.clamav import parse_address
+
+# What a scanner's failure, or a message past its size, gets ([clamav] and [spamassassin]).
+OnError = Literal["tempfail", "accept"]
+OnOversize = Literal["tempfail", "accept", "reject"]
+
+
+class Strict(BaseModel):
+    """The base of every section: an unknown key is a mistake to report, not to ignore
+    (a misspelt key would otherwise keep its default in silence), and a loaded config is
+    never changed in place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -24,6 +39,25 @@ def parse_duration(value: object) -> float:
         if m:
             return float(m.group(1)) * _UNITS[m.group(2)]
     raise ValueError(f"expected a duration such as 30, \"30s\", \"5m\" or \"24h\", got {value!r}")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from `1048576`, `"512k"`, `"100MB"`, `"2GiB"` (binary multiples either way)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 1048576, \"100MB\" or \"2GB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _FACTORS[m.group(2).lower()])
+    raise ValueError(f"expected a size such as 1048576, \"100MB\" or \"2GB\", got {value!r}")
 
 
 def parse_endpoint(value: str) -> tuple[str, int]:
@@ -49,6 +83,19 @@ def check_networks(values: list[str]) -> list[str]:
         except ValueError as e:
             raise ValueError(f"{net!r} is not an address or network") from e
     return values
+
+
+def scanner_address(v: str | list[str]) -> str | list[str]:
+    """One address, or a list of them: scanners used in turn, skipped while down."""
+    items = [v] if isinstance(v, str) else v
+    if not items:
+        raise ValueError("at least one address")
+    for item in items:
+        try:
+            parse_address(item)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+    return v
 
 
 # Seconds, written as 30, "30s", "5m", "24h" or "7d"; never negative. One type for every

@@ -5,19 +5,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from relay.config.types import parse_endpoint
+from relay.config.types import Strict, parse_endpoint
 
 Scope = Literal["read", "admin"]
 MIN_TOKEN = 16  # a token is a password typed into a header: short ones are guessable
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TokenSpec(_Strict):
+class TokenSpec(Strict):
     """`"secret" = "admin"`, or `"secret" = { scope = "admin", name = "alice" }` to give
     it a name for the audit trail (else `config:` + the start of the token's SHA-256)."""
 
@@ -25,7 +21,7 @@ class TokenSpec(_Strict):
     name: str | None = Field(default=None, min_length=1, max_length=64)
 
 
-class WebConfig(_Strict):
+class WebConfig(Strict):
     listen: str = "127.0.0.1:8025"
     public_feeds: bool = False
     tokens: dict[str, TokenSpec] = Field(default_factory=dict)

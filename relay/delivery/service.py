@@ -27,7 +27,8 @@ import dns.resolver
 
 from blocklist.hosts import host_key
 from filters.address import normalise_domain
-from relay.config import Config, DomainConfig
+from relay.config import Config
+from relay.config.domains import DomainConfig
 from relay.config.types import parse_endpoint
 from relay.delivery import dsn, queue
 from relay.delivery.spool import (

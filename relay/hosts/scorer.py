@@ -24,7 +24,8 @@ from blocklist.scoring import (
     score_hosts,
     score_networks,
 )
-from relay.config.scoring import BlocklistConfig, ScoringConfig
+from relay.config.blocklist import BlocklistConfig
+from relay.config.scoring import ScoringConfig
 from relay.hosts.tally import Tally
 from relay.logs import kv
 from relay.store.database import describe, in_store_thread

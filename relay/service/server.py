@@ -19,8 +19,6 @@ from filters.base import Filter
 from filters.offload import start_worker
 from filters.recipients import RecipientFilter
 from relay.config import Config
-from relay.config.dnsbl import build_dnsbl
-from relay.config.scanners import build_scanners
 from relay.delivery.service import DeliveryService
 from relay.delivery.spool import Spool
 from relay.events.writer import EventWriter, prune_loop
@@ -29,6 +27,7 @@ from relay.hosts.scorer import Scorer
 from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
+from relay.service.scanners import build_dnsbl, build_scanners
 from relay.smtp.fast import protocol_for
 from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
 from relay.smtp.pipeline import Pipeline

@@ -14,6 +14,7 @@ from blocklist import blocks
 from blocklist import reports as rp
 from relay.config import Config
 from relay.config.types import parse_duration
+from relay.reasons import Reason
 from relay.web import data
 from relay.web.auth import Authenticator, Principal
 from relay.web.schemas import (
@@ -37,9 +38,6 @@ BUCKETS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
 MAX_SINCE = 400 * 86_400.0
 MAX_BLOCK = 3650 * 86_400.0
 MAX_BUCKETS = 5_000
-Reason = Literal["connect", "blocked", "dnsbl", "known_rcpt", "unknown_rcpt", "trap",
-                 "relay_denied", "too_many_rcpts", "size", "protocol", "virus", "spam",
-                 "clamav_error", "spamassassin_error", "accepted", "spool", "queue_full"]
 Bucket = Literal["1m", "5m", "15m", "1h"]
 assert set(get_args(Bucket)) == set(BUCKETS)
 
@@ -128,7 +126,8 @@ def report_hosts(request: Request, _: Reader, since: str = "24h",
     start, now = rp.since_now(window)
     score_since = start if cfg.scoring.window == window else \
         now - timedelta(seconds=cfg.scoring.window)
-    rows = rp.hosts_report(engine, since=start, top=top, reason=reason,
+    rows = rp.hosts_report(engine, since=start, top=top,
+                           reason=reason.value if reason is not None else None,
                            weights=cfg.scoring.all_weights(), score_since=score_since,
                            active=blocks.active_blocks(engine, now))
     return [h.row() for h in rows]

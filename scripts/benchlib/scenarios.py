@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from relay.config import StoreConfig
+from relay.config.store import StoreConfig
 from scripts.benchlib import loadgen as lg
 from scripts.benchlib.cpuquota import CpuQuota
 from scripts.benchlib.procstat import cpu_seconds, rss_bytes, tree_cpu_seconds, tree_rss_bytes
