@@ -20,9 +20,10 @@ from sqlalchemy import select
 
 from relay.config import load_config
 from relay.config.delivery import parse_size
+from relay.delivery import queue_admin
 from relay.delivery.dsn import status_of
-from relay.delivery.queue import backoff
-from relay.delivery.service import DeliveryService, queue
+from relay.delivery.queue_admin import backoff
+from relay.delivery.service import DeliveryService
 from relay.delivery.spool import MAGIC, Envelope, Spool, new_queue_id
 from relay.events.writer import EventWriter
 from relay.store.database import make_engine
@@ -504,7 +505,7 @@ def test_scan_claims_operator_removal_only_for_known_messages(tmp_path, caplog) 
         assert "unreadable" not in caplog.text
         partial.unlink()
         # what the operator really removes is reported, and only that
-        assert queue.delete(spool, old)
+        assert queue_admin.delete(spool, old)
         await service._scan()
         assert set(service.entries) == set(arrived)
         assert caplog.text.count(claims) == 1

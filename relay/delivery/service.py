@@ -29,7 +29,7 @@ from blocklist.hosts import host_key
 from filters.address import normalise_domain
 from relay.config import Config, DomainConfig
 from relay.config.types import parse_endpoint
-from relay.delivery import dsn, queue
+from relay.delivery import dsn, queue_admin
 from relay.delivery.spool import (
     BOUNCED,
     DELIVERED,
@@ -286,7 +286,7 @@ class DeliveryService:
                 self._schedule(entry, now)
 
     def _flush(self, requests: set[str]) -> None:
-        ids = list(self.entries) if queue.FLUSH_ALL in requests else requests
+        ids = list(self.entries) if queue_admin.FLUSH_ALL in requests else requests
         for d in self.destinations.values():
             d.dead_until = 0.0
         now = time.time()
@@ -303,7 +303,7 @@ class DeliveryService:
                 requests: set[str] = set()
                 if time.monotonic() - self._flush_checked >= FLUSH_CHECK_INTERVAL:
                     self._flush_checked = time.monotonic()
-                    requests = await asyncio.to_thread(queue.take_flush_requests, self.spool)
+                    requests = await asyncio.to_thread(queue_admin.take_flush_requests, self.spool)
                 if time.monotonic() - last_scan >= self.settings.scan_interval:
                     last_scan = time.monotonic()
                     await self._scan()
@@ -600,8 +600,8 @@ class DeliveryService:
         state = entry.state
         state.attempts += 1
         state.last_attempt = now
-        delay = queue.backoff(state.attempts, self.settings.min_backoff,
-                              self.settings.max_backoff)
+        delay = queue_admin.backoff(state.attempts, self.settings.min_backoff,
+                                    self.settings.max_backoff)
         self._schedule(entry, now + delay)
         try:
             await asyncio.to_thread(self.spool.save_state, queue_id, state)

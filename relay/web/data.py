@@ -19,7 +19,7 @@ from blocklist import reports as rp
 from blocklist.hosts import host_key
 from blocklist.scoring import BlockState, Protection, score_hosts
 from relay.config import Config
-from relay.delivery import queue as q
+from relay.delivery import queue_admin as q
 from relay.delivery.spool import Spool
 from relay.store.tables import Block, Event
 from relay.store.web_tables import AuditEntry
