@@ -19,11 +19,6 @@ from relay.delivery.spool import Envelope, MessageState, Spool
 FLUSH_ALL = "ALL"
 
 
-def backoff(attempts: int, minimum: float, maximum: float) -> float:
-    """Postfix-like: the wait doubles with each failed attempt, between the two bounds."""
-    return min(maximum, minimum * 2 ** max(0, min(attempts - 1, 40)))
-
-
 @dataclass(slots=True)
 class QueuedMessage:
     envelope: Envelope
