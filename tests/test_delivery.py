@@ -20,9 +20,10 @@ from sqlalchemy import select
 
 from relay.config import load_config
 from relay.config.types import parse_size
+from relay.delivery import queue_admin
 from relay.delivery.dsn import status_of
-from relay.delivery.queue import backoff
-from relay.delivery.service import DeliveryService, queue
+from relay.delivery.scheduler import backoff
+from relay.delivery.service import DeliveryService
 from relay.delivery.spool import MAGIC, Envelope, Spool, new_queue_id
 from relay.events.writer import EventWriter
 from relay.store.database import make_engine
@@ -450,7 +451,8 @@ def test_backoff_doubles_between_bounds() -> None:
 
 
 def _scan_service(tmp_path: Path) -> tuple[DeliveryService, Spool]:
-    """A delivery service on a real spool, not started: the test drives its scan."""
+    """A delivery service on a real spool, not started: the test drives its scheduler's
+    scan."""
     url = f"sqlite:///{tmp_path}/floodgate.db"
     config = load_config(str(write_config(tmp_path / "relay.toml", store_url=url, port=2525)))
     spool = Spool(config.relay.spool_dir)
@@ -476,11 +478,11 @@ def test_scan_claims_operator_removal_only_for_known_messages(tmp_path, caplog) 
     claims = "removed from the queue by the operator"
 
     async def scenario() -> None:
-        service.loop = asyncio.get_running_loop()
+        service.scheduler.loop = asyncio.get_running_loop()
         old = _spool_message(spool, "old")
-        await service._scan()
-        assert set(service.entries) == {old}
-        spool.listeners.append(service._spooled)
+        await service.scheduler.scan()
+        assert set(service.scheduler.entries) == {old}
+        spool.listeners.append(service.scheduler.spooled)
         listed = spool.ids
         arrived: list[str] = []
 
@@ -490,23 +492,23 @@ def test_scan_claims_operator_removal_only_for_known_messages(tmp_path, caplog) 
             return ids
 
         spool.ids = listing_then_arrival  # type: ignore[method-assign]
-        await service._scan()
+        await service.scheduler.scan()
         spool.ids = listed  # type: ignore[method-assign]
-        assert set(service.entries) == {old, *arrived}
+        assert set(service.scheduler.entries) == {old, *arrived}
         assert claims not in caplog.text
         # a file whose envelope line is not complete yet is not a message: neither added
         # nor reported as unreadable, and picked up once it is whole
         partial = spool.path("0PARTIAL")
         head = MAGIC + json.dumps({"queue_id": "0PARTIAL", "mail_from": ""}).encode()
         partial.write_bytes(head[:-10])
-        await service._scan()
-        assert "0PARTIAL" not in service.entries
+        await service.scheduler.scan()
+        assert "0PARTIAL" not in service.scheduler.entries
         assert "unreadable" not in caplog.text
         partial.unlink()
         # what the operator really removes is reported, and only that
-        assert queue.delete(spool, old)
-        await service._scan()
-        assert set(service.entries) == set(arrived)
+        assert queue_admin.delete(spool, old)
+        await service.scheduler.scan()
+        assert set(service.scheduler.entries) == set(arrived)
         assert caplog.text.count(claims) == 1
         assert f"{claims} queue_id={old}" in caplog.text
 

@@ -88,3 +88,18 @@ def test_metrics_address_in_use_is_a_clear_startup_error(start_relay, sqlite_url
         assert relay.proc is not None
         assert relay.proc.wait(30) == 1
     assert f"metrics.listen 127.0.0.1:{port}: Address already in use" in relay.log()
+
+
+def test_metrics_depend_on_no_relay_module() -> None:
+    """The metrics read the relay through the Watched protocol (each part's public
+    accessors), so metrics.py imports nothing of relay: not the server it is made by, not
+    even for a type (that was an import cycle, and its private reads broke unseen)."""
+    import ast
+    from pathlib import Path
+
+    import relay.service.metrics as metrics
+
+    tree = ast.parse(Path(metrics.__file__).read_text(encoding="utf-8"))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert [m for m in imported if m == "relay" or m.startswith("relay.")] == []

@@ -13,7 +13,7 @@ from datetime import datetime
 import click
 
 from relay.cli.common import fail, load
-from relay.delivery import queue as q
+from relay.delivery import queue_admin as q
 from relay.delivery.spool import Spool
 
 

@@ -81,6 +81,11 @@ class BlockGate:
             return None
         return block
 
+    def active_count(self, now: datetime) -> int:
+        """Blocks (hosts and networks) in force at `now` (read by the metrics)."""
+        loaded = [*self.exact.values(), *(b for _, b in self.networks)]
+        return sum(1 for b in loaded if b.expires > now)
+
     def _covering(self, client: str) -> BlockState | None:
         """The loaded block covering `client` (expired or not), None if none or protected.
         Remembered per client until the next load: a blocked host knocking thousands of

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -16,10 +16,45 @@ from prometheus_client.registry import Collector
 
 from filters.base import Context, Filter, Verdict
 
-if TYPE_CHECKING:
-    from relay.service.server import Relay
-
 SCAN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _Connections(Protocol):
+    @property
+    def open_connections(self) -> int: ...
+
+
+class _Queue(Protocol):
+    @property
+    def queued(self) -> int: ...
+
+
+class _Blocks(Protocol):
+    def active_count(self, now: datetime) -> int: ...
+
+
+class _Events(Protocol):
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def aggregated(self) -> int: ...
+    @property
+    def written(self) -> int: ...
+    def rows_waiting(self) -> int: ...
+
+
+class Watched(Protocol):
+    """What the metrics read from a running relay at scrape time, through each part's own
+    public accessors (the relay's Relay is one; the metrics know nothing else of it)."""
+
+    @property
+    def handler(self) -> _Connections: ...
+    @property
+    def delivery(self) -> _Queue: ...
+    @property
+    def gate(self) -> _Blocks: ...
+    @property
+    def events(self) -> _Events: ...
 
 
 class TimedFilter:
@@ -48,7 +83,7 @@ class TimedFilter:
 class _RelayCollector(Collector):
     """Values the relay already keeps, read at scrape time instead of mirrored."""
 
-    def __init__(self, relay: Relay, filters: Sequence[Filter]):
+    def __init__(self, relay: Watched, filters: Sequence[Filter]):
         self.relay = relay
         self.filters = filters
 
@@ -116,11 +151,11 @@ class Metrics:
         return [f if f.name == "recipients" else TimedFilter(f, self.scan_seconds)
                 for f in filters]
 
-    def watch(self, relay: Relay, filters: Sequence[Filter]) -> None:
+    def watch(self, relay: Watched, filters: Sequence[Filter]) -> None:
         """Gauges that read the relay's own state at scrape time."""
-        self.connections.set_function(lambda: len(relay.handler.connections))
-        self.spool.set_function(lambda: len(relay.delivery.service.entries))
-        self.blocked.set_function(_blocked_now(relay))
+        self.connections.set_function(lambda: relay.handler.open_connections)
+        self.spool.set_function(lambda: relay.delivery.queued)
+        self.blocked.set_function(lambda: relay.gate.active_count(datetime.now(UTC)))
         self.registry.register(_RelayCollector(relay, filters))
 
     def serve(self, host: str, port: int) -> None:
@@ -132,12 +167,3 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def _blocked_now(relay: Relay) -> Callable[[], float]:
-    def count() -> float:
-        gate, now = relay.hosts.gate, datetime.now(UTC)
-        blocks = [*gate.exact.values(), *(b for _, b in gate.networks)]
-        return sum(1 for b in blocks if b.expires > now)
-
-    return count

@@ -566,6 +566,11 @@ class RelayHandler:
         # Sees every event recorded (the running score that blocks at once); set by the server.
         self.on_event: Callable[[EventRecord], None] = lambda event: None
 
+    @property
+    def open_connections(self) -> int:
+        """SMTP connections open now (read by the metrics at scrape time)."""
+        return len(self.connections)
+
     # -- recording ---------------------------------------------------------------------
 
     def record(self, session: RelaySession, envelope: Envelope | None, stage: str,

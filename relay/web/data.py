@@ -20,7 +20,7 @@ from blocklist.hosts import host_key
 from blocklist.scoring import BlockState, Protection, score_hosts
 from filters.address import normalise_domain
 from relay.config import Config
-from relay.delivery import queue as q
+from relay.delivery import queue_admin as q
 from relay.delivery.spool import Spool
 from relay.store.tables import Block, Event
 from relay.store.web_tables import AuditEntry

@@ -1,4 +1,6 @@
-"""Queue operations on the spool directory, safe while `floodgate serve` runs.
+"""The operator's view of the queue and requests on it (list, show, hold, release, flush,
+delete), for the CLI and the web; safe while `floodgate serve` runs. Named for what it is
+rather than `queue`, which is the standard library's.
 
 The running relay owns `queue/` and `state/`; the CLI only reads them, removes whole
 messages, and leaves requests the relay picks up on its next scan: `hold/<id>` markers and
@@ -15,11 +17,6 @@ from pathlib import Path
 from relay.delivery.spool import Envelope, MessageState, Spool
 
 FLUSH_ALL = "ALL"
-
-
-def backoff(attempts: int, minimum: float, maximum: float) -> float:
-    """Postfix-like: the wait doubles with each failed attempt, between the two bounds."""
-    return min(maximum, minimum * 2 ** max(0, min(attempts - 1, 40)))
 
 
 @dataclass(slots=True)

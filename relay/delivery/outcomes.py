@@ -1,0 +1,79 @@
+"""Outcomes: each recipient's reply written into its message's progress and told as an event
+and a log line. Failures are gathered over an attempt and become one DSN; a failure whose DSN
+cannot be spooled stays pending, to fail (and be told) again later."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from blocklist.hosts import host_key
+from relay.config import Config
+from relay.delivery.bounces import Bounces, failure
+from relay.delivery.spool import BOUNCED, DELIVERED, PENDING
+from relay.delivery.work import Entry, Result
+from relay.events.record import EventRecord
+from relay.events.writer import EventWriter
+from relay.logs import kv
+
+log = logging.getLogger("floodgate.delivery")
+
+
+class Outcomes:
+    def __init__(self, config: Config, events: EventWriter, bounces: Bounces):
+        self.max_lifetime = config.delivery.max_lifetime
+        self.ipv6_prefix = config.store.ipv6_prefix
+        self.node = config.relay.node
+        self.events = events
+        self.bounces = bounces
+
+    def apply(self, entry: Entry, results: dict[str, Result], now: float) -> None:
+        """One unit's replies: delivered and deferred recipients are told at once, failed
+        ones (a 5xx, or any reply past max_lifetime) are gathered for `settle_failures`."""
+        envelope = entry.envelope
+        expired = now - envelope.received >= self.max_lifetime
+        for rcpt, result in results.items():
+            rs = entry.state.recipients.get(rcpt)
+            if rs is None or rs.status != PENDING:
+                continue
+            rs.attempts += 1
+            rs.reply = result.reply
+            rs.hop = result.hop
+            if result.status == DELIVERED:
+                rs.status = DELIVERED
+                self._event(entry, rcpt, "accept", "delivered", result)
+            elif result.status == BOUNCED or expired:
+                failed = failure(rcpt, result, now)
+                rs.status = BOUNCED
+                rs.reply = failed.diagnostic
+                entry.failures.append(failed)
+            else:
+                self._event(entry, rcpt, "tempfail", "deferred", result)
+
+    async def settle_failures(self, entry: Entry) -> None:
+        """After a message's attempt: one DSN for its failures, then each is told."""
+        failures, entry.failures = entry.failures, []
+        if failures and not await self.bounces.send(entry.envelope, failures):
+            for f in failures:  # no DSN on disk: keep them pending, to fail again later
+                entry.state.recipients[f.recipient].status = PENDING
+        elif failures:
+            for f in failures:
+                self._event(entry, f.recipient, "reject", "bounced",
+                            Result(BOUNCED, f.diagnostic, f.remote_mta))
+
+    def _event(self, entry: Entry, rcpt: str, action: str, reason: str,
+               result: Result) -> None:
+        envelope = entry.envelope
+        code = int(result.reply[:3]) if result.reply[:3].isdigit() else 0
+        detail = f"hop={result.hop} reply={result.reply}" if result.hop else result.reply
+        self.events.emit(EventRecord(
+            ts=EventRecord.now(), node=self.node, client=envelope.client,
+            host=host_key(envelope.client, self.ipv6_prefix) if envelope.client
+            else "", helo=envelope.helo[:255], stage="delivery",
+            action=action, reason=reason, code=code, sender=envelope.mail_from[:320],
+            recipient=rcpt, detail=detail, size=envelope.size, queue_id=envelope.queue_id,
+        ))
+        log.info("delivery %s", kv(
+            queue_id=envelope.queue_id, status=reason, to=f"<{rcpt}>", hop=result.hop,
+            delay=f"{time.time() - envelope.received:.1f}", reply=result.reply,
+            attempts=entry.state.recipients[rcpt].attempts))
