@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 
 from blocklist import blocks
 from blocklist.hosts import host_key
-from blocklist.scoring import BlockState, Protection
+from blocklist.protection import Protection
+from blocklist.scoring import BlockState
 from relay.logs import kv
 from relay.store.database import describe, in_store_thread, read_generation
 

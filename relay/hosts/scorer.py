@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from blocklist import blocks
+from blocklist.protection import Protection
 from blocklist.scoring import (
     BlockDecision,
     BlockState,
     Offences,
-    Protection,
     cutoff,
     decide,
     network_key,

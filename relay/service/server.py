@@ -14,7 +14,7 @@ import time
 
 from sqlalchemy import Engine, inspect
 
-from blocklist.scoring import Protection
+from blocklist.protection import Protection
 from filters.base import Filter
 from filters.offload import start_worker
 from filters.recipients import RecipientFilter
@@ -152,9 +152,7 @@ class Relay:
                                   offences=config.scoring.offences())
         recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known,
                                      trap=self.snapshot.trap)
-        own = [host for host, _ in config.relay.endpoints()]
-        protection = Protection.build(config.blocklist.allow, own,
-                                      config.blocklist.protect_loopback)
+        protection = Protection.of_config(config)
         self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
         self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
                              config.relay.node)
