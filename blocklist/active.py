@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -11,10 +10,9 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from blocklist.export import Entry, Settings, utc
+from blocklist.protection import Protection
 from relay.config import Config
 from relay.store.tables import Allow, Block
-
-LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def load(engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
@@ -50,28 +48,6 @@ def _load_sqlite(db: Any, now: datetime) -> list[Entry]:
     return [new(Entry, (n, r, float(s), parse(e))) for n, r, s, e in rows]
 
 
-def protected(allow: Iterable[str], listen_hosts: Iterable[str], loopback: bool,
-              extra: Iterable[str] = ()) -> list[str]:
-    """Allowlist + the relay's own listen addresses (+ loopback): never exported, ever.
-
-    Wildcard listeners (`*`, 0.0.0.0, ::) name no single address and add nothing.
-    """
-    out = [*allow, *extra]
-    for host in listen_hosts:
-        if host == "localhost":
-            out += ["127.0.0.1", "::1"]
-            continue
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            continue
-        if not ip.is_unspecified:
-            out.append(str(ip))
-    if loopback:
-        out += LOOPBACK
-    return sorted(set(out))
-
-
 def fingerprint(entries: Iterable[Entry], protect: Iterable[str]) -> str:
     """Changes when a block, its expiry or the protected set changes, not with the clock."""
     h = hashlib.sha256()
@@ -92,9 +68,6 @@ def settings(config: Config, now: datetime) -> Settings:
 
 
 def snapshot(config: Config, engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
-    """Active blocks, and everything protected: store + config allowlists, own addresses."""
+    """Active blocks, and every network never to block (blocklist.protection)."""
     entries, allow = load(engine, now)
-    listen = [host for host, _ in config.relay.endpoints()]
-    protect = protected([*allow, *config.blocklist.allow], listen,
-                               config.blocklist.protect_loopback, config.firewall.never_block)
-    return entries, protect
+    return entries, Protection.of_config(config).with_allow(allow).networks()

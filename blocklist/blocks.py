@@ -68,22 +68,31 @@ def load_offences(engine: Engine, *, since: datetime, now: datetime,
     the accepted events summarised across hosts in a flood (relay/events/writer.py).
     """
     net = aliased(Block)
-    refusing = aliased(Block)
     stmt = (
-        select(Event.host, Event.reason, events_counted(), func.min(Event.ts), func.max(Event.ts))
-        .select_from(Event)
+        _offences()
         .outerjoin(Block, Block.network == Event.host)
         .outerjoin(net, net.network == _network_of(Event.host))
-        .outerjoin(refusing, and_(Event.reason == "blocked", refusing.network == Event.detail))
-        .where(Event.ts >= since, Event.reason.in_(reasons), Event.host != SUMMARY_HOST,
+        .where(Event.ts >= since, Event.reason.in_(reasons),
                or_(Block.id.is_(None), Event.ts > _cut(Block, now)),
-               or_(net.id.is_(None), Event.ts > _cut(net, now)),
-               or_(refusing.id.is_(None), Event.ts < as_event_time(refusing.expires)),
-               not_(and_(Event.reason == "accepted", func.coalesce(Event.sender, "") == "")))
+               or_(net.id.is_(None), Event.ts > _cut(net, now)))
         .group_by(Event.host, Event.reason)
     )
     with engine.connect() as conn:
         return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
+
+
+def _offences():  # type: ignore[no-untyped-def]
+    """Events per host and reason, minus what is no offence at all (load_offences says
+    which); `hosts show` lists these too, so it counts what the scorer counts."""
+    refusing = aliased(Block)
+    return (
+        select(Event.host, Event.reason, events_counted(), func.min(Event.ts), func.max(Event.ts))
+        .select_from(Event)
+        .outerjoin(refusing, and_(Event.reason == "blocked", refusing.network == Event.detail))
+        .where(Event.host != SUMMARY_HOST,
+               or_(refusing.id.is_(None), Event.ts < as_event_time(refusing.expires)),
+               not_(and_(Event.reason == "accepted", func.coalesce(Event.sender, "") == "")))
+    )
 
 
 def _cut(block, now: datetime):  # type: ignore[no-untyped-def]
@@ -93,9 +102,10 @@ def _cut(block, now: datetime):  # type: ignore[no-untyped-def]
 
 
 def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
-    stmt = (select(Event.host, Event.reason, events_counted(), func.min(Event.ts),
-                   func.max(Event.ts))
-            .where(Event.host == host, Event.ts >= since).group_by(Event.host, Event.reason))
+    """One host's offences of every reason since `since`, those a block paid for included
+    (they made the score that blocked it)."""
+    stmt = (_offences().where(Event.host == host, Event.ts >= since)
+            .group_by(Event.host, Event.reason))
     with engine.connect() as conn:
         return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
 

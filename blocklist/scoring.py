@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 NETWORK_PREFIX_V4 = 24
 
@@ -184,47 +183,3 @@ def decide(
             host, hs.score, hs.summary(weights), first, hs.last_offence,
             hs.last_offence + timedelta(seconds=duration(level)), level, "auto", new=True))
     return decisions
-
-
-@dataclass(frozen=True, slots=True)
-class Protection:
-    """Networks that are scored and reported but never blocked, with the reason why."""
-
-    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    own: frozenset[str]
-    loopback: bool
-    _remembered: Callable[[str], str | None] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Asked on every connection: in a flood, parsing the address and matching it each
-        # time was 2% of the event loop's time (scripts/bench scenario 1).
-        object.__setattr__(self, "_remembered", lru_cache(maxsize=65_536)(self._why))
-
-    @classmethod
-    def build(cls, allow: Iterable[str], own_addresses: Iterable[str],
-              loopback: bool) -> Protection:
-        nets = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
-        return cls(nets, frozenset(own_addresses), loopback)
-
-    def why(self, host: str) -> str | None:
-        """None when `host` (an address or network) may be blocked, else the reason."""
-        return self._remembered(host)
-
-    def _why(self, host: str) -> str | None:
-        if host in self.own:
-            return "one of the relay's own listen addresses"
-        try:
-            net = ipaddress.ip_network(host, strict=False)
-        except ValueError:
-            return None
-        if self.loopback and net.network_address.is_loopback:
-            return "loopback"
-        for allowed in self.allow:
-            if net.version == allowed.version and (net.subnet_of(allowed)  # type: ignore[arg-type]
-                                                   or allowed.subnet_of(net)):  # type: ignore[arg-type]
-                return f"allowlisted ({allowed})"
-        return None
-
-    def with_allow(self, extra: Iterable[str]) -> Protection:
-        nets = self.allow + tuple(ipaddress.ip_network(a, strict=False) for a in extra)
-        return Protection(nets, self.own, self.loopback)

@@ -249,10 +249,9 @@ def test_manual_unblock_sticks_while_relays_still_refuse(start_relay, sqlite_url
 
 
 def relay_protection(config):  # type: ignore[no-untyped-def]
-    from blocklist.scoring import Protection
+    from blocklist.protection import Protection
 
-    own = [h for h, _ in config.relay.endpoints()]
-    return Protection.build(config.blocklist.allow, own, config.blocklist.protect_loopback)
+    return Protection.of_config(config)
 
 
 def test_a_bulk_sender_sending_the_rest_later_is_not_blocked(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from blocklist import blocks
+from blocklist.protection import Protection
 from blocklist.reports import window_counts
-from blocklist.scoring import Protection, score_hosts
+from blocklist.scoring import score_hosts
 from relay.config.blocklist import BlocklistConfig
 from relay.config.scoring import ScoringConfig
 from relay.events.record import EventRecord

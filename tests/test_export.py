@@ -28,6 +28,7 @@ from blocklist.export import (
     prepare,
     render,
 )
+from blocklist.protection import Protection
 from relay.store.database import make_engine, upgrade
 from relay.store.tables import Allow, Block
 from tests.netns import Netns
@@ -59,7 +60,8 @@ ENTRIES = [
     Entry("0.0.0.0/0", "everyone", 1.0, at(hours=1)),
     Entry("192.0.2.200", "manual: forever", 0.0, at(days=1000)),
 ]
-PROTECTED = active.protected(["192.0.2.99", "203.0.113.5"], ["127.0.0.1", "*"], loopback=True)
+PROTECTED = Protection.build(["192.0.2.99", "203.0.113.5"], ["127.0.0.1", "*"],
+                             loopback=True).networks()
 GOLDEN_FILES = {"nft": "blocklist.nft", "ipset": "blocklist.ipset",
                 "iptables": "blocklist.iptables", "plain": "blocklist.txt",
                 "json": "blocklist.json"}
@@ -223,11 +225,11 @@ def test_active_load_same_rows_by_scan_or_index(store_url: str, expired: int) ->
 
 
 def test_protected_includes_own_addresses_and_loopback() -> None:
-    got = active.protected(["192.0.2.0/24"], ["192.0.2.1", "0.0.0.0", "localhost", "::"],
-                           loopback=True, extra=["198.51.100.1"])
+    got = Protection.build(["192.0.2.0/24"], ["192.0.2.1", "0.0.0.0", "localhost", "::"],
+                           loopback=True, never_block=["198.51.100.1"]).networks()
     assert got == sorted({"192.0.2.0/24", "192.0.2.1", "127.0.0.1", "::1", "127.0.0.0/8",
-                          "::1/128", "198.51.100.1"})
-    assert "127.0.0.0/8" not in active.protected([], [], loopback=False)
+                          "198.51.100.1"})
+    assert "127.0.0.0/8" not in Protection.build([], [], loopback=False).networks()
 
 
 def test_cli_export_writes_atomically_and_skips_allowlisted(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from blocklist.hosts import host_key
-from blocklist.scoring import BlockState, Offences, Protection, cutoff, decide, score_hosts
+from blocklist.protection import Protection
+from blocklist.scoring import BlockState, Offences, cutoff, decide, score_hosts
 from relay.config.blocklist import BlocklistConfig
 from relay.config.scoring import DEFAULT_WEIGHTS
 
@@ -221,3 +222,13 @@ def test_hosts_of_one_network_add_up(store_url: str) -> None:
     assert blocks.remove(engine, "198.51.100.0/24", now=now)
     assert _scorer(engine, network_threshold=30).run_once(now + timedelta(seconds=1)) == []
     engine.dispose()
+
+
+def test_listening_on_localhost_protects_both_loopback_addresses() -> None:
+    """The scorer and the gate took `localhost` as a literal address, so only the export
+    protected 127.0.0.1 and ::1 of a relay listening on `localhost`."""
+    protection = Protection.build([], ["localhost", "*", "::"], loopback=False)
+    assert protection.why("127.0.0.1") == "one of the relay's own listen addresses"
+    assert protection.why("::1") == "one of the relay's own listen addresses"
+    assert protection.why("127.0.0.2") is None
+    assert protection.networks() == ["127.0.0.1", "::1"]

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
+import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
 
 from blocklist import blocks
-from blocklist.hosts import host_key
-from blocklist.scoring import Protection, score_hosts
+from blocklist import operations as ops
 from relay.cli import common as cli
 from relay.config import Config
 from relay.config.types import parse_duration
-from relay.store.tables import Event
 
 
 def _network(value: str) -> str:
     try:
-        return blocks.canonical_network(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an IP address or network") from None
+        return ops.network(value)
+    except ops.BadNetwork as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _duration(value: str) -> float:
@@ -34,10 +33,12 @@ def _duration(value: str) -> float:
         raise click.BadParameter(str(e)) from None
 
 
-def _protection(config: Config, engine) -> Protection:  # type: ignore[no-untyped-def]
-    own = [h for h, _ in config.relay.endpoints()]
-    base = Protection.build(config.blocklist.allow, own, config.blocklist.protect_loopback)
-    return base.with_allow(n for n, _, _ in blocks.allow_list(engine))
+def actor() -> str:
+    """Who the audit trail names for a change made from this shell."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name, no passwd entry: a container
+        return f"cli:uid {os.getuid()}"
 
 
 def _when(dt: datetime) -> str:
@@ -59,11 +60,11 @@ def block_add(ctx: click.Context, network: str, duration: str, reason: str) -> N
     """Block NETWORK (an address or CIDR) now."""
     config = cli.load(ctx)
     net, seconds = _network(network), _duration(duration)
-    engine = cli.open_store(config)
-    why = _protection(config, engine).why(net)
-    if why:
-        cli.fail(f"{net} is never blocked: {why}")
-    state = blocks.add_manual(engine, net, seconds, reason)
+    try:
+        state = ops.block(config, cli.open_store(config), net, seconds, reason, actor=actor(),
+                          node="cli")
+    except ops.NeverBlocked as e:
+        cli.fail(str(e))
     click.echo(f"blocked {state.network} until {_when(state.expires)} UTC ({reason})")
 
 
@@ -73,8 +74,10 @@ def block_add(ctx: click.Context, network: str, duration: str, reason: str) -> N
 def block_remove(ctx: click.Context, network: str) -> None:
     """Lift the block on NETWORK now (offences before now do not count again)."""
     net = _network(network)
-    if not blocks.remove(cli.open_store(cli.load(ctx)), net):
-        cli.fail(f"{net} is not blocked")
+    try:
+        ops.unblock(cli.open_store(cli.load(ctx)), net, actor=actor())
+    except ops.NotFound as e:
+        cli.fail(str(e))
     click.echo(f"unblocked {net}")
 
 
@@ -109,7 +112,7 @@ def allow() -> None:
 def allow_add(ctx: click.Context, network: str, reason: str) -> None:
     """Never block NETWORK (an existing block on it stops taking effect)."""
     net = _network(network)
-    added = blocks.allow_add(cli.open_store(cli.load(ctx)), net, reason)
+    added = ops.allow_add(cli.open_store(cli.load(ctx)), net, reason, actor=actor())
     click.echo(f"allowed {net}" if added else f"{net} was already allowed")
 
 
@@ -118,8 +121,10 @@ def allow_add(ctx: click.Context, network: str, reason: str) -> None:
 @click.pass_context
 def allow_remove(ctx: click.Context, network: str) -> None:
     net = _network(network)
-    if not blocks.allow_remove(cli.open_store(cli.load(ctx)), net):
-        cli.fail(f"{net} is not in the allowlist")
+    try:
+        ops.allow_remove(cli.open_store(cli.load(ctx)), net, actor=actor())
+    except ops.NotFound as e:
+        cli.fail(str(e))
     click.echo(f"removed {net}")
 
 
@@ -128,10 +133,11 @@ def allow_remove(ctx: click.Context, network: str) -> None:
 def allow_list(ctx: click.Context) -> None:
     """The allowlist: the store's entries and those from the configuration."""
     config = cli.load(ctx)
-    for net in config.blocklist.allow:
-        click.echo(f"{net}\t(configuration)")
-    for net, reason, _ in blocks.allow_list(cli.open_store(config)):
-        click.echo(f"{net}\t{reason}" if reason else net)
+    for a in ops.allow_list(config, cli.open_store(config)):
+        if a.source == "config":
+            click.echo(f"{a.network}\t(configuration)")
+        else:
+            click.echo(f"{a.network}\t{a.reason}" if a.reason else a.network)
 
 
 @click.group()
@@ -151,53 +157,27 @@ def hosts_show(ctx: click.Context, address: str, shown: int) -> None:
         ipaddress.ip_address(address)
     except ValueError:
         cli.fail(f"{address!r} is not an IP address")
-    engine = cli.open_store(config)
-    key = host_key(address, config.store.ipv6_prefix)
-    now = datetime.now(UTC)
-    weights = config.scoring.all_weights()
-    since = now - timedelta(seconds=config.scoring.window)
-    rows = blocks.host_events(engine, key, since)
-    score = score_hosts(rows, weights, config.scoring.bonus_floor).get(key)
+    view = ops.show(config, cli.open_store(config), address, shown)
     out = cli.out
-    out.print(f"[bold]{address}[/] (counted as {key})", highlight=False)
-    window = f"{config.scoring.window / 3600:g}h"
-    out.print(f"score over the last {window}: {score.score if score else 0:g} "
-              f"(threshold {config.scoring.threshold:g})", highlight=False)
+    out.print(f"[bold]{address}[/] (counted as {view.host})", highlight=False)
+    out.print(f"score over the last {view.window / 3600:g}h: {view.score:g} "
+              f"(threshold {view.threshold:g})", highlight=False)
     table = Table("reason", "weight", "events", "first (UTC)", "last (UTC)")
-    for r in sorted(rows, key=lambda r: -r.count):
-        table.add_row(r.reason, f"{weights.get(r.reason, 0):g}", str(r.count), _when(r.first),
-                      _when(r.last))
+    for r in view.reasons:
+        table.add_row(r.reason, f"{r.weight:g}", str(r.count), _when(r.first), _when(r.last))
     out.print(table)
-    with engine.connect() as conn:
-        recent = conn.execute(select(Event.ts, Event.stage, Event.action, Event.reason,
-                                     Event.count, Event.recipient, Event.detail)
-                              .where(Event.host == key)
-                              .order_by(Event.ts.desc()).limit(shown)).all()
-    if recent:
+    if view.events:
         ev = Table("time (UTC)", "stage", "action", "reason", "events", "recipient", "detail",
-                   title=f"last {len(recent)} event rows (a flood folds a minute of one "
+                   title=f"last {len(view.events)} event rows (a flood folds a minute of one "
                          "reason into one row; its recipient is a sample)")
-        for ts, stage, action, reason, n, rcpt, detail in recent:
+        for e in view.events:
             # client-chosen text: never rich markup (a stray "[/]" would crash the report)
-            ev.add_row(_when(blocks.utc(ts)), stage, action, reason, str(n), escape(rcpt),
-                       escape(detail))
+            ev.add_row(_when(e.ts), e.stage, e.action, e.reason, str(e.count),
+                       escape(e.recipient), escape(e.detail))
         out.print(ev)
-    existing = blocks.load_blocks(engine).get(key)
-    why = _protection(config, engine).why(key)
-    if why:
-        out.print(f"never blocked: {why}", highlight=False)
-    elif existing is not None and existing.expires > now:
-        out.print(f"BLOCKED until {_when(existing.expires)} UTC, level {existing.level}, "
-                  f"{existing.source}: {existing.reason}", highlight=False)
-    elif existing is not None:
-        out.print(f"not blocked: the last block (level {existing.level}) ended "
-                  f"{_when(existing.expires)} UTC; offences before it do not count again",
-                  highlight=False)
-    elif score is not None and score.score >= config.scoring.threshold:
-        out.print("not blocked yet: at the threshold, the next scoring run blocks it",
-                  highlight=False)
-    else:
-        out.print("not blocked: score below the threshold", highlight=False)
+    # the one line an operator looks for, in capitals when the host is refused
+    why = "BLOCKED" + view.why.removeprefix("blocked") if view.state == "blocked" else view.why
+    out.print(why, highlight=False)
     dnsbl_report(config, address)
     sys.stdout.flush()
 

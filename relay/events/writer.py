@@ -28,12 +28,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from relay.config.scoring import ScoringConfig
 from relay.events.process import EventProcess, WriterDown
 from relay.events.record import COUNTS, EventRecord, as_row
-from relay.store.database import describe, in_store_thread
+from relay.store.polling import poll_every
 from relay.store.rollups import prune
 from relay.store.tables import SUMMARY_HOST
 
@@ -275,16 +274,17 @@ def _pop_some(rows: dict[Any, EventRecord], n: int) -> list[EventRecord]:
 async def prune_loop(engine: Engine, events_age: float, rollups_age: float,
                      interval: float) -> None:
     """Retention: drop events older than `events_age` and rollups older than `rollups_age`
-    (0 keeps forever), every `interval` seconds. Relays sharing a store may all run it."""
-    while True:
+    (0 keeps forever), at start and every `interval` seconds. Relays sharing a store may
+    all run it."""
+
+    def step() -> None:
         now = datetime.now(UTC)
-        try:
-            events, rollups = await in_store_thread(
-                prune, engine,
-                events_before=now - timedelta(seconds=events_age) if events_age else None,
-                rollups_before=now - timedelta(seconds=rollups_age) if rollups_age else None)
-            if events or rollups:
-                log.info("pruned events=%d rollup_rows=%d", events, rollups)
-        except (SQLAlchemyError, OSError) as e:
-            log.warning("pruning failed, will retry error=%s", describe(e))
-        await asyncio.sleep(interval)
+        events, rollups = prune(
+            engine,
+            events_before=now - timedelta(seconds=events_age) if events_age else None,
+            rollups_before=now - timedelta(seconds=rollups_age) if rollups_age else None)
+        if events or rollups:
+            log.info("pruned events=%d rollup_rows=%d", events, rollups)
+
+    await poll_every(interval, step, logger=log.name, failed="pruning failed, will retry",
+                     recovered="pruning running again", first=True)

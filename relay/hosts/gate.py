@@ -6,7 +6,6 @@ relay sharing the store take effect here within `refresh_interval`.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from datetime import UTC, datetime
@@ -15,9 +14,11 @@ from sqlalchemy import Engine
 
 from blocklist import blocks
 from blocklist.hosts import host_key
-from blocklist.scoring import BlockState, Protection
+from blocklist.protection import Protection
+from blocklist.scoring import BlockState
 from relay.logs import kv
-from relay.store.database import describe, in_store_thread, read_generation
+from relay.store.database import read_generation
+from relay.store.polling import poll_every
 
 log = logging.getLogger("floodgate.gate")
 
@@ -34,7 +35,6 @@ class BlockGate:
         self.networks: list[tuple[IPNetwork, BlockState]] = []
         self._seen: dict[str, BlockState | None] = {}  # client -> _covering(client)
         self.generation = -1
-        self._failing = False
 
     def load(self) -> None:
         generation = read_generation(self.engine, blocks.GENERATION_KEY)
@@ -102,19 +102,14 @@ class BlockGate:
             return None
         return block
 
+    def refresh(self) -> None:
+        """Reload when the store's change counter moved (a store thread runs this)."""
+        if read_generation(self.engine, blocks.GENERATION_KEY) != self.generation:
+            self.load()
+            log.info("blocks loaded %s", kv(active=len(self.exact) + len(self.networks),
+                                           generation=self.generation))
+
     async def watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                generation = await in_store_thread(read_generation, self.engine,
-                                                     blocks.GENERATION_KEY)
-                if generation != self.generation:
-                    await in_store_thread(self.load)
-                    log.info("blocks loaded %s", kv(active=len(self.exact) + len(self.networks),
-                                                   generation=self.generation))
-                self._failing = False
-            except Exception as e:
-                if not self._failing:
-                    log.error("cannot refresh blocks, using the last snapshot %s",
-                              kv(error=describe(e)))
-                    self._failing = True
+        await poll_every(interval, self.refresh, logger=log.name,
+                         failed="cannot refresh blocks, using the last snapshot",
+                         recovered="blocks refreshing again")

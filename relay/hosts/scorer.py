@@ -6,18 +6,17 @@ deciding the same block converge on one row.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
 from blocklist import blocks
+from blocklist.protection import Protection
 from blocklist.scoring import (
     BlockDecision,
     BlockState,
     Offences,
-    Protection,
     cutoff,
     decide,
     network_key,
@@ -28,7 +27,7 @@ from relay.config.blocklist import BlocklistConfig
 from relay.config.scoring import ScoringConfig
 from relay.hosts.tally import Tally
 from relay.logs import kv
-from relay.store.database import describe, in_store_thread
+from relay.store.polling import poll_every
 
 log = logging.getLogger("floodgate.scoring")
 
@@ -42,7 +41,6 @@ class Scorer:
         self.protection = protection
         self.node = node
         self.weights = scoring.all_weights()
-        self._failing = False
 
     def run_once(self, now: datetime | None = None) -> list[BlockDecision]:
         now = now or datetime.now(UTC)
@@ -112,14 +110,5 @@ class Scorer:
                 until=d.expires.isoformat(timespec="seconds"), reason=d.reason))
 
     async def loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.scoring.interval)
-            try:
-                await in_store_thread(self.run_once)
-                if self._failing:
-                    log.warning("scoring running again")
-                self._failing = False
-            except Exception as e:
-                if not self._failing:
-                    log.error("scoring failed, will retry %s", kv(error=describe(e)))
-                    self._failing = True
+        await poll_every(self.scoring.interval, self.run_once, logger=log.name,
+                         failed="scoring failed, will retry", recovered="scoring running again")

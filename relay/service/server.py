@@ -14,7 +14,7 @@ import time
 
 from sqlalchemy import Engine, inspect
 
-from blocklist.scoring import Protection
+from blocklist.protection import Protection
 from filters.base import Filter
 from filters.offload import start_worker
 from filters.recipients import RecipientFilter
@@ -42,6 +42,7 @@ from relay.store.database import (
     read_generation,
 )
 from relay.store.database import upgrade as upgrade_schema
+from relay.store.polling import poll_every
 
 log = logging.getLogger("floodgate.serve")
 
@@ -60,7 +61,6 @@ class AliasSnapshot:
         self.traps = list(config.scoring.traps)
         self.book = aliases.AliasBook(frozenset(), frozenset(), self.case_sensitive,
                                       self.delimiter, -1)
-        self._failing = False
 
     def load(self) -> None:
         started = time.monotonic()
@@ -71,22 +71,17 @@ class AliasSnapshot:
         log.info("aliases loaded %s", kv(count=len(self.book), generation=generation,
                                         seconds=f"{time.monotonic() - started:.2f}"))
 
+    def refresh(self) -> None:
+        """Reload when the store's change counter moved (a store thread runs this, so RCPT
+        never waits)."""
+        if aliases_generation(self.engine) != self.book.generation:
+            self.load()
+
     async def watch(self, interval: float) -> None:
-        """Poll the change counter; reload in a thread so RCPT never waits."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                generation = await in_store_thread(aliases_generation, self.engine)
-                if generation != self.book.generation:
-                    await in_store_thread(self.load)
-                if self._failing:
-                    log.warning("store reachable again, alias snapshot current")
-                    self._failing = False
-            except Exception as e:
-                if not self._failing:
-                    log.error("cannot refresh aliases, answering from the last snapshot "
-                              "%s", kv(count=len(self.book), error=describe(e)))
-                    self._failing = True
+        await poll_every(interval, self.refresh, logger=log.name,
+                         failed="cannot refresh aliases, answering from the last snapshot",
+                         recovered="store reachable again, alias snapshot current",
+                         context=lambda: {"count": len(self.book)})
 
     def known(self, local: str, domain: str) -> bool:
         return self.book.known(local, domain)
@@ -151,9 +146,7 @@ class Relay:
                                   offences=config.scoring.offences())
         recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known,
                                      trap=self.snapshot.trap)
-        own = [host for host, _ in config.relay.endpoints()]
-        protection = Protection.build(config.blocklist.allow, own,
-                                      config.blocklist.protect_loopback)
+        protection = Protection.of_config(config)
         self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
         self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
                              config.relay.node)

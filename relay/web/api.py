@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from blocklist import blocks
+from blocklist import operations as ops
 from blocklist import reports as rp
 from relay.config import Config
 from relay.config.types import parse_duration
@@ -85,12 +86,9 @@ def seconds(value: str | float, name: str, maximum: float) -> float:
 
 def parse_network(value: str) -> str:
     try:
-        net = blocks.canonical_network(value)
-    except ValueError:
-        raise HTTPException(422, f"{value!r} is not an IP address or network") from None
-    if ipaddress.ip_network(net, strict=False).prefixlen == 0:
-        raise HTTPException(422, "a block of every address is refused")
-    return net
+        return ops.network(value)
+    except ops.BadNetwork as e:
+        raise HTTPException(422, str(e)) from None
 
 
 @router.get("/whoami", response_model=WhoAmI, tags=["session"])
@@ -113,7 +111,8 @@ def host(request: Request, _: Reader, address: str,
         ipaddress.ip_address(address)
     except ValueError:
         raise HTTPException(422, f"{address!r} is not an IP address") from None
-    return data.host_detail(config_of(request), engine_of(request), address, events)
+    view = ops.show(config_of(request), engine_of(request), address, events)
+    return data.host_view(view, datetime.now(UTC))
 
 
 @router.get("/reports/hosts", response_model=list[HostRow], tags=["reports"])
@@ -183,11 +182,11 @@ def block_add(request: Request, who: Admin, body: BlockIn) -> dict[str, Any]:
     cfg, engine = config_of(request), engine_of(request)
     net = parse_network(body.network)
     secs = seconds(body.duration, "duration", MAX_BLOCK)
-    never = data.protection(cfg, engine).why(net)
-    if never:
-        raise HTTPException(409, f"{net} is never blocked: {never}")
-    state = blocks.add_manual(engine, net, secs, body.reason, node=f"web:{who.name}"[:64])
-    data.audit(engine, who.name, "block", net, f"for {secs:g}s: {state.reason}")
+    try:
+        state = ops.block(cfg, engine, net, secs, body.reason, actor=who.name,
+                          node=f"web:{who.name}")
+    except ops.NeverBlocked as e:
+        raise HTTPException(409, str(e)) from None
     return data.block_view(state, datetime.now(UTC))
 
 
@@ -197,11 +196,11 @@ def block_add(request: Request, who: Admin, body: BlockIn) -> dict[str, Any]:
 def block_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
     """Lift an active block now. It is kept as history, so the offences that caused it
     do not block the host again at the next scoring run."""
-    engine = engine_of(request)
     net = parse_network(network)
-    if not blocks.remove(engine, net):
-        raise HTTPException(404, f"{net} is not blocked")
-    data.audit(engine, who.name, "unblock", net)
+    try:
+        ops.unblock(engine_of(request), net, actor=who.name)
+    except ops.NotFound as e:
+        raise HTTPException(404, str(e)) from None
     return {"ok": True, "network": net, "detail": f"unblocked {net}"}
 
 
@@ -211,22 +210,17 @@ def block_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
 @router.get("/allow", response_model=list[AllowOut], tags=["allowlist"])
 def allow_list(request: Request, _: Reader) -> list[dict[str, Any]]:
     """Networks never blocked: the configuration's and the store's."""
-    cfg = config_of(request)
-    out: list[dict[str, Any]] = [{"network": n, "reason": "", "source": "config",
-                                  "created_at": None} for n in cfg.blocklist.allow]
-    out += [{"network": n, "reason": r, "source": "store", "created_at": data.iso(c)}
-            for n, r, c in blocks.allow_list(engine_of(request))]
-    return out
+    return [{"network": a.network, "reason": a.reason, "source": a.source,
+             "created_at": data.iso(a.created_at)}
+            for a in ops.allow_list(config_of(request), engine_of(request))]
 
 
 @router.post("/allow", response_model=Changed, status_code=201, tags=["allowlist"],
              responses={403: {"description": "read token"}})
 def allow_add(request: Request, who: Admin, body: AllowIn) -> dict[str, Any]:
     """Never block a network; a block on it stops taking effect (`floodgate allow add`)."""
-    engine = engine_of(request)
     net = parse_network(body.network)
-    added = blocks.allow_add(engine, net, body.reason)
-    data.audit(engine, who.name, "allow", net, body.reason)
+    added = ops.allow_add(engine_of(request), net, body.reason, actor=who.name)
     return {"ok": True, "network": net,
             "detail": f"allowed {net}" if added else f"{net} was already allowed"}
 
@@ -235,16 +229,17 @@ def allow_add(request: Request, who: Admin, body: AllowIn) -> dict[str, Any]:
                responses={403: {"description": "read token"},
                           404: {"description": "not in the allowlist"}})
 def allow_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
-    engine = engine_of(request)
     net = parse_network(network)
-    if not blocks.allow_remove(engine, net):
-        raise HTTPException(404, f"{net} is not in the store's allowlist")
-    data.audit(engine, who.name, "unallow", net)
+    try:
+        ops.allow_remove(engine_of(request), net, actor=who.name)
+    except ops.NotFound as e:
+        raise HTTPException(404, str(e)) from None
     return {"ok": True, "network": net, "detail": f"removed {net} from the allowlist"}
 
 
 @router.get("/audit", response_model=list[AuditRow], tags=["audit"])
 def audit(request: Request, _: Reader,
           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-    """Changes made through the API, newest first: who, when, what."""
-    return data.audit_list(engine_of(request), limit)
+    """Changes to blocks and the allowlist, from the API or the CLI, newest first: who,
+    when, what."""
+    return [data.audit_view(a) for a in ops.audit_list(engine_of(request), limit)]

@@ -1,7 +1,8 @@
-"""What the API reads and writes, over the same store functions the CLI uses.
+"""What the API answers, over the same functions the CLI uses.
 
-Plain functions of (config, engine): the routes stay thin, and each answer carries the same
-numbers as `hosts show`, `block list`, `report ...` and `queue list`.
+Host operations are blocklist.operations' (the CLI calls them too); this renders them as
+JSON, and reads the queue. The routes stay thin, and each answer carries the same numbers
+as `hosts show`, `block list`, `report ...` and `queue list`.
 """
 
 from __future__ import annotations
@@ -9,33 +10,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
-
 from blocklist import blocks
-from blocklist import reports as rp
-from blocklist.hosts import host_key
-from blocklist.scoring import BlockState, Protection, score_hosts
+from blocklist import operations as ops
+from blocklist.scoring import BlockState
 from filters.address import normalise_domain
 from relay.config import Config
 from relay.delivery import queue_admin as q
 from relay.delivery.spool import Spool
-from relay.store.tables import Block, Event
-from relay.store.web_tables import AuditEntry
 
 
 def iso(dt: datetime | None) -> str | None:
     return blocks.utc(dt).isoformat() if dt is not None else None
-
-
-def protection(config: Config, engine: Engine) -> Protection:
-    """Never-block rules as `block add` applies them: config + store allowlist, own
-    addresses, loopback."""
-    own = [h for h, _ in config.relay.endpoints()]
-    base = Protection.build(config.blocklist.allow, own, config.blocklist.protect_loopback)
-    return base.with_allow(n for n, _, _ in blocks.allow_list(engine))
 
 
 def block_view(b: BlockState, now: datetime) -> dict[str, Any]:
@@ -45,78 +33,28 @@ def block_view(b: BlockState, now: datetime) -> dict[str, Any]:
             "seconds_left": max(0, int((b.expires - now).total_seconds()))}
 
 
-# -- audit -------------------------------------------------------------------------------
+# -- audit and hosts: blocklist.operations computes, these render ----------------------
 
 
-def audit(engine: Engine, who: str, action: str, target: str, detail: str = "") -> None:
-    with engine.begin() as conn:
-        conn.execute(insert(AuditEntry).values(ts=datetime.now(UTC), who=who[:80],
-                                               action=action, target=target[:64],
-                                               detail=detail[:2000]))
+def audit_view(a: ops.Audited) -> dict[str, Any]:
+    return {"id": a.id, "ts": iso(a.ts), "who": a.who, "action": a.action,
+            "target": a.target, "detail": a.detail}
 
 
-def audit_list(engine: Engine, limit: int) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
-        return [{"id": r.id, "ts": iso(r.ts), "who": r.who, "action": r.action,
-                 "target": r.target, "detail": r.detail} for r in rows]
-
-
-# -- hosts -------------------------------------------------------------------------------
-
-
-def host_detail(config: Config, engine: Engine, address: str, recent: int) -> dict[str, Any]:
-    """`hosts show` as data: the score, the events that made it, and the block state."""
-    key = host_key(address, config.store.ipv6_prefix)
-    now = datetime.now(UTC)
-    weights = config.scoring.all_weights()
-    since = now - timedelta(seconds=config.scoring.window)
-    rows = blocks.host_events(engine, key, since)
-    scored = score_hosts(rows, weights).get(key)
-    score = scored.score if scored else 0.0
-    reasons = [{"reason": r.reason, "weight": weights.get(r.reason, 0.0), "count": r.count,
-                "points": weights.get(r.reason, 0.0) * r.count, "first": iso(r.first),
-                "last": iso(r.last)} for r in sorted(rows, key=lambda r: (-r.count, r.reason))]
-    with engine.connect() as conn:
-        events = conn.execute(
-            select(Event.ts, Event.stage, Event.action, Event.reason, Event.code,
-                   Event.count, Event.recipient, Event.detail)
-            .where(Event.host == key).order_by(Event.ts.desc()).limit(recent)).all()
-        row = conn.execute(select(Block.__table__).where(Block.network == key)).first()
-    existing = None if row is None else BlockState(
-        row.network, blocks.utc(row.first_seen), blocks.utc(row.last_seen),
-        blocks.utc(row.expires), row.level, row.source, row.score, row.reason)
-    state, why = _state(config, engine, key, existing, score, now)
+def host_view(v: ops.HostView, now: datetime) -> dict[str, Any]:
+    """`hosts show` as data."""
     return {
-        "address": address, "host": key, "score": score,
-        "threshold": config.scoring.threshold, "window_seconds": config.scoring.window,
-        "reasons": reasons, "state": state, "why": why,
-        "block": block_view(existing, now) if existing is not None else None,
-        "events": [{"ts": iso(ts), "stage": st, "action": ac, "reason": re, "code": co,
-                    "count": n, "recipient": rc, "detail": de}
-                   for ts, st, ac, re, co, n, rc, de in events],
+        "address": v.address, "host": v.host, "score": v.score, "threshold": v.threshold,
+        "window_seconds": v.window,
+        "reasons": [{"reason": r.reason, "weight": r.weight, "count": r.count,
+                     "points": r.points, "first": iso(r.first), "last": iso(r.last)}
+                    for r in v.reasons],
+        "state": v.state, "why": v.why,
+        "block": block_view(v.block, now) if v.block is not None else None,
+        "events": [{"ts": iso(e.ts), "stage": e.stage, "action": e.action, "reason": e.reason,
+                    "code": e.code, "count": e.count, "recipient": e.recipient,
+                    "detail": e.detail} for e in v.events],
     }
-
-
-def _state(config: Config, engine: Engine, key: str, existing: BlockState | None,
-           score: float, now: datetime) -> tuple[str, str]:
-    """(state, why): never | blocked | expired | pending | clear, in `hosts show` words."""
-    never = protection(config, engine).why(key)
-    if never:
-        return "never", f"never blocked: {never}"
-    if existing is not None and existing.expires > now:
-        return "blocked", (f"blocked until {existing.expires:%Y-%m-%d %H:%M:%S} UTC, level "
-                           f"{existing.level}, {existing.source}: {existing.reason}")
-    wider = rp.blocked_until(key, blocks.active_blocks(engine, now))
-    if wider is not None:
-        return "blocked", f"inside a blocked network until {wider:%Y-%m-%d %H:%M:%S} UTC"
-    if existing is not None:
-        return "expired", (f"not blocked: the last block (level {existing.level}) ended "
-                           f"{existing.expires:%Y-%m-%d %H:%M:%S} UTC; offences before it "
-                           "do not count again")
-    if score >= config.scoring.threshold:
-        return "pending", "not blocked yet: at the threshold, the next scoring run blocks it"
-    return "clear", "not blocked: score below the threshold"
 
 
 # -- queue -------------------------------------------------------------------------------
