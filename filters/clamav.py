@@ -11,7 +11,8 @@ MaxThreads instead of piling into its queue.
 
 Verdicts: a virus is `554 5.7.1 Virus found: <signature>` (reason `virus`, detail the
 signature). clamd down, refusing, slow or talking nonsense is `451 4.7.1` by default, or an
-ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. A message over
+ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. Several clamd
+addresses are used in turn (filters/endpoints.py, through ClamdPool). A message over
 the stream limit follows `on_oversize`. A message clamd could not look at in full (past its
 MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which clamd says
 only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default (reason
@@ -25,15 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from filters.archive import zip_excess
 from filters.base import Action, Context, Stage, Verdict
+from filters.endpoints import DOWN_FOR, Rotation, parse_address
 from filters.headers import head_end
 from filters.mime import INLINE_STEPS, Parts, TooComplex, split_parts
 from filters.offload import split_in_process, split_parts_in_process
@@ -82,19 +83,6 @@ class ClamdUnavailable(ClamdError):
 
 class ClamdTimeout(ClamdError):
     """clamd (or a free slot for it) did not answer within the timeout."""
-
-
-def parse_address(address: str) -> tuple[str, int] | str:
-    """`host:port` / `[v6]:port` for TCP, anything with a slash (or `unix:` prefix) a socket."""
-    if address.startswith("unix:"):
-        return address[5:]
-    if "/" in address:
-        return address
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", address) or re.fullmatch(
-        r"([^:\[\]/]+):(\d+)", address)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ValueError(f"expected \"host:port\" or a socket path, got {address!r}")
-    return m.group(1), int(m.group(2))
 
 
 class ClamdClient:
@@ -193,67 +181,32 @@ class ClamdClient:
 
 class ClamdPool:
     """Several clamd endpoints behind ClamdClient's interface, for a site that adds scanner
-    hosts when one is not enough: each call goes to the next endpoint in turn; one that
-    cannot be reached or times out is skipped for `down_for` seconds, and a call that could
-    not even connect is tried on the next endpoint at once. ClamdError only when no endpoint
-    could answer."""
+    hosts when one is not enough: used in turn, skipped while down (filters/endpoints.py).
+    ClamdError only when no endpoint could answer."""
 
-    def __init__(self, clients: list[ClamdClient], down_for: float = 10.0,
+    def __init__(self, clients: list[ClamdClient], down_for: float = DOWN_FOR,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not clients:
-            raise ValueError("at least one clamd address")
         self.clients = clients
-        self.down_for = down_for
-        self._clock = clock
-        self._next = 0
-        self._down_until = [0.0] * len(clients)
+        self.rotation = Rotation(clients, service="clamd", unreachable=(ClamdUnavailable,),
+                                 hung=(ClamdTimeout,), down_for=down_for, clock=clock)
         self.timeout = clients[0].timeout
-        self.address = ",".join(c.address for c in clients)
+        self.address = self.rotation.address
 
     @property
     def scans(self) -> int:
         return sum(c.scans for c in self.clients)
 
-    def _order(self) -> list[int]:
-        """Endpoints from the next in turn; those marked down last (tried if all are)."""
-        n = len(self.clients)
-        start, self._next = self._next, (self._next + 1) % n
-        now = self._clock()
-        ring = [(start + i) % n for i in range(n)]
-        return ([i for i in ring if self._down_until[i] <= now]
-                + [i for i in ring if self._down_until[i] > now])
-
-    async def _call(self, method: str, *args: object) -> Any:
-        last: ClamdError | None = None
-        for i in self._order():
-            client = self.clients[i]
-            try:
-                result = await getattr(client, method)(*args)
-            except ClamdSizeLimit:
-                raise
-            except ClamdUnavailable as e:
-                self._mark_down(i, e)
-                last = e
-                continue
-            except ClamdTimeout as e:  # hung: skip it for a while, but do not resend
-                self._mark_down(i, e)
-                raise
-            self._down_until[i] = 0.0
-            return result
-        assert last is not None
-        raise ClamdError(f"no clamd reachable ({self.address}): {last}")
-
-    def _mark_down(self, i: int, why: ClamdError) -> None:
-        if self._down_until[i] <= self._clock():
-            log.warning("clamd down, skipping it address=%s for=%gs error=%s",
-                        self.clients[i].address, self.down_for, why)
-        self._down_until[i] = self._clock() + self.down_for
-
     async def instream(self, data: bytes) -> str | None:
-        return await self._call("instream", data)  # type: ignore[no-any-return]
+        try:
+            return await self.rotation.call(lambda client: client.instream(data))
+        except ClamdUnavailable as e:
+            raise ClamdError(f"no clamd reachable ({self.address}): {e}") from e
 
     async def version(self) -> str:
-        return await self._call("version")  # type: ignore[no-any-return]
+        try:
+            return await self.rotation.call(lambda client: client.version())
+        except ClamdUnavailable as e:
+            raise ClamdError(f"no clamd reachable ({self.address}): {e}") from e
 
     async def ping(self) -> bool:
         """True if any endpoint answers."""

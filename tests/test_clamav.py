@@ -16,9 +16,9 @@ from filters.clamav import (
     ClamdClient,
     ClamdError,
     ClamdSizeLimit,
-    parse_address,
     parse_scan_reply,
 )
+from filters.endpoints import parse_address
 from tests.make_fixtures import (
     EICAR,
     SIG_CLAMEXE,

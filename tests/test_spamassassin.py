@@ -111,7 +111,8 @@ def test_threshold_rules_most_specific_and_callable() -> None:
 def test_one_client_for_all_messages(spamd: Spamd, monkeypatch: pytest.MonkeyPatch) -> None:
     """No per-message connection managers or SSL contexts (the 60 ms-per-message trap)."""
     f = SpamAssassinFilter(spamd.address, timeout=30)
-    client, manager = f.client, f.client.connection_manager
+    (one,) = f.rotation.endpoints
+    client, manager = one.client, one.client.connection_manager
     built: list[str] = []
     for name in ("TcpConnectionManager", "UnixConnectionManager"):
         cls = getattr(aiospamc.connections, name)
@@ -126,7 +127,7 @@ def test_one_client_for_all_messages(spamd: Spamd, monkeypatch: pytest.MonkeyPat
 
     first, second = asyncio.run(go())
     assert first.action == Action.ACCEPT and second.action == Action.REJECT
-    assert built == [] and f.client is client and f.client.connection_manager is manager
+    assert built == [] and one.client is client and one.client.connection_manager is manager
     assert f.requests == 2
 
 
