@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from filters.failure import FailurePolicy
 
 
 class Action(enum.StrEnum):
@@ -77,7 +80,7 @@ class Filter(Protocol):
     name: str
     stage: Stage
     timeout: float
-    on_error: Action
+    on_error: FailurePolicy  # what the pipeline makes of a check that raises or times out
 
     async def check(self, ctx: Context) -> Verdict | None:
         """A verdict ends the stage; None lets the next filter look."""

@@ -10,13 +10,13 @@ cancellation closes the socket, and a semaphore keeps in-flight scans within cla
 MaxThreads instead of piling into its queue.
 
 Verdicts: a virus is `554 5.7.1 Virus found: <signature>` (reason `virus`, detail the
-signature). clamd down, refusing, slow or talking nonsense is `451 4.7.1` by default, or an
-ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. Several clamd
-addresses are used in turn (filters/endpoints.py, through ClamdPool). A message over
-the stream limit follows `on_oversize`. A message clamd could not look at in full (past its
-MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which clamd says
-only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default (reason
-`scan_limits`), never cached, never taken for clean. So does a zip attachment whose own
+signature). clamd down, refusing, slow or talking nonsense goes to `on_error`
+(filters/failure.py): `451 4.3.0` by default, or an ACCEPT carrying an `X-Floodgate-Unscanned`
+header. Several clamd addresses are used in turn (filters/endpoints.py, through ClamdPool).
+A message over the stream limit follows `on_oversize`. A message clamd could not look at in
+full (past its MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which
+clamd says only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default
+(reason `scan_limits`), never cached, never taken for clean. So does a zip attachment whose own
 directory declares more than clamd would look at (a member over `max_file_size`, members
 over `max_scan_size` in all, a zip bomb's ratio), or that cannot be read: clamd cuts such a
 member short without a word (filters/archive.py); these limits must be clamd.conf's.
@@ -35,6 +35,7 @@ from typing import Literal
 from filters.archive import zip_excess
 from filters.base import Action, Context, Stage, Verdict
 from filters.endpoints import DOWN_FOR, Rotation, parse_address
+from filters.failure import FailurePolicy
 from filters.headers import head_end
 from filters.mime import INLINE_STEPS, Parts, TooComplex, split_parts
 from filters.offload import split_in_process, split_parts_in_process
@@ -43,7 +44,6 @@ from filters.verdict_cache import VerdictCache
 log = logging.getLogger("floodgate.clamav")
 
 CHUNK = 64 * 1024
-UNSCANNED_HEADER = "X-Floodgate-Unscanned"
 # Scans spent finding which leaf of an infected message carries the virus, at most (then one
 # of the header blocks and one of the body, see ClamAVFilter._remember).
 MAX_ATTRIBUTION_SCANS = 8
@@ -274,12 +274,10 @@ class ClamAVFilter:
         version_interval: float = 30.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if on_error not in (Action.TEMPFAIL, Action.ACCEPT):
-            raise ValueError("on_error must be TEMPFAIL or ACCEPT")
         self.client = client
-        self.on_error = on_error
-        # Outer limit for the pipeline; the client's own timeout fires first so that the
-        # answer is this filter's 451 4.7.1, not the pipeline's generic 451 4.3.0.
+        self.on_error = FailurePolicy(self.name, on_error, self.stage, "virus scan")
+        # Outer limit for the pipeline (the same on_error either way); the client's own
+        # timeout fires first, so the log says which part of the scan hung.
         self.timeout = client.timeout * (3 + MAX_ATTRIBUTION_SCANS) + 5
         self.max_size = max_size
         self.on_oversize = on_oversize
@@ -303,23 +301,18 @@ class ClamAVFilter:
         return Verdict.reject(554, "5.7.1", "virus", f"Virus found: {sig}", detail=sig)
 
     def failed(self, why: str) -> Verdict:
-        if self.on_error == Action.ACCEPT:
-            return Verdict.accept(
-                250, "2.0.0", "clamav_unscanned", "Accepted without virus scan", detail=why,
-                headers=((UNSCANNED_HEADER, f"clamav ({why})"),))
-        return Verdict.tempfail(451, "4.7.1", "clamav_error",
-                                "Virus scanner unavailable, try again later", detail=why)
+        verdict = self.on_error.failed(why)
+        assert verdict is not None  # a DATA check: never "no opinion"
+        return verdict
 
     def oversize(self, why: str) -> Verdict:
         if self.on_oversize == "reject":
             return Verdict.reject(552, "5.3.4", "scan_oversize",
                                   "Message too large to scan for viruses", detail=why)
         if self.on_oversize == "accept":
-            return Verdict.accept(
-                250, "2.0.0", "clamav_unscanned", "Accepted without virus scan", detail=why,
-                headers=((UNSCANNED_HEADER, f"clamav ({why})"),))
-        return Verdict.tempfail(451, "4.7.1", "scan_oversize",
-                                "Message too large to scan now, try again later", detail=why)
+            return self.on_error.unscanned(why)
+        return self.on_error.tempfail(why, "scan_oversize",
+                                      "Message too large to scan now, try again later")
 
     def limits(self, sig: str) -> Verdict:
         """clamd stopped at one of its limits (nesting, scan size, file size): the message
@@ -330,12 +323,9 @@ class ClamAVFilter:
             return Verdict.reject(554, "5.7.0", "scan_limits",
                                   "Message exceeds virus scanner limits", detail=sig)
         if self.on_limits == "accept":
-            return Verdict.accept(
-                250, "2.0.0", "clamav_unscanned", "Accepted without full virus scan",
-                detail=sig, headers=((UNSCANNED_HEADER, f"clamav ({sig})"),))
-        return Verdict.tempfail(451, "4.7.1", "scan_limits",
-                                "Message exceeds virus scanner limits, try again later",
-                                detail=sig)
+            return self.on_error.unscanned(sig, text="Accepted without full virus scan")
+        return self.on_error.tempfail(sig, "scan_limits",
+                                      "Message exceeds virus scanner limits, try again later")
 
     def found(self, sig: str | None) -> Verdict | None:
         """The verdict for what clamd said about the message."""

@@ -7,8 +7,9 @@ about 60 ms of client CPU per message, which alone would cap the relay near 16 m
 Outcomes: score >= reject threshold: `550 5.7.1` (reason `spam`). Otherwise ACCEPT with
 `X-Spam-Flag` (YES at or over the tag threshold), `X-Spam-Score` and `X-Spam-Status`
 headers for the relay to prepend after stripping any the sender supplied. spamd down, slow
-or garbled: `451 4.7.1`, or ACCEPT with an `X-Floodgate-Unscanned` header when
-`on_error` is ACCEPT. Several spamd addresses are used in turn (filters/endpoints.py).
+or garbled goes to `on_error` (filters/failure.py): `451 4.3.0`, or ACCEPT with an
+`X-Floodgate-Unscanned` header. Several spamd addresses are used in turn
+(filters/endpoints.py).
 
 The score cache is keyed by the digest of the whole message as spamd sees it, headers and
 all: SpamAssassin scores headers (a forged Date, a Message-ID, a spammy Subject), so a score
@@ -42,8 +43,8 @@ from aiospamc.exceptions import AIOSpamcConnectionFailed, TimeoutException
 from aiospamc.requests import Request
 
 from filters.base import Action, Context, Stage, Verdict
-from filters.clamav import UNSCANNED_HEADER
 from filters.endpoints import Rotation, parse_address
+from filters.failure import FailurePolicy
 from filters.headers import strip_headers_async
 from filters.mime import digest
 from filters.verdict_cache import VerdictCache
@@ -116,8 +117,6 @@ class SpamAssassinFilter:
         cache: VerdictCache[SpamResult] | None = None,
         cache_ttl: float = 600.0,
     ) -> None:
-        if on_error not in (Action.TEMPFAIL, Action.ACCEPT):
-            raise ValueError("on_error must be TEMPFAIL or ACCEPT")
         if reject_score < tag_score:
             raise ValueError("reject_score must not be below tag_score")
         addresses = [address] if isinstance(address, str) else list(address)
@@ -127,7 +126,7 @@ class SpamAssassinFilter:
         self.address = self.rotation.address
         self.request_timeout = timeout
         self.timeout = timeout + 5  # the pipeline's safety net; ours fires first
-        self.on_error = on_error
+        self.on_error = FailurePolicy(self.name, on_error, self.stage, "spam check")
         self.defaults = Thresholds(tag_score, reject_score)
         self.domains = domains
         self.max_size = max_size
@@ -155,26 +154,20 @@ class SpamAssassinFilter:
         return Thresholds(min(r.tag for r in rules), min(r.reject for r in rules))
 
     # -- verdicts ----------------------------------------------------------------------
-    def _unscanned(self, why: str, reason: str) -> Verdict:
-        return Verdict.accept(250, "2.0.0", reason, "Accepted without spam check",
-                              detail=why, headers=((UNSCANNED_HEADER, f"spamassassin ({why})"),))
-
     def failed(self, why: str) -> Verdict:
-        if self.on_error == Action.ACCEPT:
-            return self._unscanned(why, "spamassassin_unscanned")
-        return Verdict.tempfail(451, "4.7.1", "spamassassin_error",
-                                "Spam scanner unavailable, try again later", detail=why)
+        verdict = self.on_error.failed(why)
+        assert verdict is not None  # a DATA check: never "no opinion"
+        return verdict
 
     def oversize(self, size: int) -> Verdict:
         why = f"{size} bytes over limit {self.max_size}"
         if self.on_oversize == "accept":
-            return self._unscanned(why, "spam_oversize")
+            return self.on_error.unscanned(why, "spam_oversize")
         if self.on_oversize == "reject":
             return Verdict.reject(552, "5.3.4", "spam_oversize",
                                   "Message too large to check for spam", detail=why)
-        return Verdict.tempfail(451, "4.7.1", "spam_oversize",
-                                "Message too large to check for spam now, try again later",
-                                detail=why)
+        return self.on_error.tempfail(
+            why, "spam_oversize", "Message too large to check for spam now, try again later")
 
     def decide(self, result: SpamResult, limits: Thresholds) -> Verdict:
         tests = ",".join(result.tests) or "none"
