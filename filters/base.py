@@ -73,11 +73,18 @@ class Context:
     content: bytes = b""
 
 
+class OnError(Protocol):
+    """What the pipeline asks of a check's failure policy (filters/failure.py
+    FailurePolicy is the one implementation; base stays below it)."""
+
+    def failed(self, why: str) -> Verdict | None: ...
+
+
 class Filter(Protocol):
     name: str
     stage: Stage
     timeout: float
-    on_error: Action
+    on_error: OnError  # what the pipeline makes of a check that raises or times out
 
     async def check(self, ctx: Context) -> Verdict | None:
         """A verdict ends the stage; None lets the next filter look."""

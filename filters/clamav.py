@@ -10,12 +10,13 @@ cancellation closes the socket, and a semaphore keeps in-flight scans within cla
 MaxThreads instead of piling into its queue.
 
 Verdicts: a virus is `554 5.7.1 Virus found: <signature>` (reason `virus`, detail the
-signature). clamd down, refusing, slow or talking nonsense is `451 4.7.1` by default, or an
-ACCEPT carrying an `X-Floodgate-Unscanned` header when `on_error` is ACCEPT. A message over
-the stream limit follows `on_oversize`. A message clamd could not look at in full (past its
-MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which clamd says
-only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default (reason
-`scan_limits`), never cached, never taken for clean. So does a zip attachment whose own
+signature). clamd down, refusing, slow or talking nonsense goes to `on_error`
+(filters/failure.py): `451 4.3.0` by default, or an ACCEPT carrying an `X-Floodgate-Unscanned`
+header. Several clamd addresses are used in turn (filters/endpoints.py, through ClamdPool).
+A message over the stream limit follows `on_oversize`. A message clamd could not look at in
+full (past its MaxRecursion, MaxScanSize or MaxFileSize: `Heuristics.Limits.Exceeded.*`, which
+clamd says only with `AlertExceedsMax yes`) follows `on_limits`: `554 5.7.0` by default
+(reason `scan_limits`), never cached, never taken for clean. So does a zip attachment whose own
 directory declares more than clamd would look at (a member over `max_file_size`, members
 over `max_scan_size` in all, a zip bomb's ratio), or that cannot be read: clamd cuts such a
 member short without a word (filters/archive.py); these limits must be clamd.conf's.
@@ -25,15 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from filters.archive import zip_excess
 from filters.base import Action, Context, Stage, Verdict
+from filters.endpoints import DOWN_FOR, Rotation, parse_address
+from filters.failure import FailurePolicy
 from filters.headers import head_end
 from filters.mime import INLINE_STEPS, Parts, TooComplex, split_parts
 from filters.offload import split_in_process, split_parts_in_process
@@ -42,7 +44,6 @@ from filters.verdict_cache import VerdictCache
 log = logging.getLogger("floodgate.clamav")
 
 CHUNK = 64 * 1024
-UNSCANNED_HEADER = "X-Floodgate-Unscanned"
 # Scans spent finding which leaf of an infected message carries the virus, at most (then one
 # of the header blocks and one of the body, see ClamAVFilter._remember).
 MAX_ATTRIBUTION_SCANS = 8
@@ -82,19 +83,6 @@ class ClamdUnavailable(ClamdError):
 
 class ClamdTimeout(ClamdError):
     """clamd (or a free slot for it) did not answer within the timeout."""
-
-
-def parse_address(address: str) -> tuple[str, int] | str:
-    """`host:port` / `[v6]:port` for TCP, anything with a slash (or `unix:` prefix) a socket."""
-    if address.startswith("unix:"):
-        return address[5:]
-    if "/" in address:
-        return address
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", address) or re.fullmatch(
-        r"([^:\[\]/]+):(\d+)", address)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ValueError(f"expected \"host:port\" or a socket path, got {address!r}")
-    return m.group(1), int(m.group(2))
 
 
 class ClamdClient:
@@ -193,67 +181,32 @@ class ClamdClient:
 
 class ClamdPool:
     """Several clamd endpoints behind ClamdClient's interface, for a site that adds scanner
-    hosts when one is not enough: each call goes to the next endpoint in turn; one that
-    cannot be reached or times out is skipped for `down_for` seconds, and a call that could
-    not even connect is tried on the next endpoint at once. ClamdError only when no endpoint
-    could answer."""
+    hosts when one is not enough: used in turn, skipped while down (filters/endpoints.py).
+    ClamdError only when no endpoint could answer."""
 
-    def __init__(self, clients: list[ClamdClient], down_for: float = 10.0,
+    def __init__(self, clients: list[ClamdClient], down_for: float = DOWN_FOR,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not clients:
-            raise ValueError("at least one clamd address")
         self.clients = clients
-        self.down_for = down_for
-        self._clock = clock
-        self._next = 0
-        self._down_until = [0.0] * len(clients)
+        self.rotation = Rotation(clients, service="clamd", unreachable=(ClamdUnavailable,),
+                                 hung=(ClamdTimeout,), down_for=down_for, clock=clock)
         self.timeout = clients[0].timeout
-        self.address = ",".join(c.address for c in clients)
+        self.address = self.rotation.address
 
     @property
     def scans(self) -> int:
         return sum(c.scans for c in self.clients)
 
-    def _order(self) -> list[int]:
-        """Endpoints from the next in turn; those marked down last (tried if all are)."""
-        n = len(self.clients)
-        start, self._next = self._next, (self._next + 1) % n
-        now = self._clock()
-        ring = [(start + i) % n for i in range(n)]
-        return ([i for i in ring if self._down_until[i] <= now]
-                + [i for i in ring if self._down_until[i] > now])
-
-    async def _call(self, method: str, *args: object) -> Any:
-        last: ClamdError | None = None
-        for i in self._order():
-            client = self.clients[i]
-            try:
-                result = await getattr(client, method)(*args)
-            except ClamdSizeLimit:
-                raise
-            except ClamdUnavailable as e:
-                self._mark_down(i, e)
-                last = e
-                continue
-            except ClamdTimeout as e:  # hung: skip it for a while, but do not resend
-                self._mark_down(i, e)
-                raise
-            self._down_until[i] = 0.0
-            return result
-        assert last is not None
-        raise ClamdError(f"no clamd reachable ({self.address}): {last}")
-
-    def _mark_down(self, i: int, why: ClamdError) -> None:
-        if self._down_until[i] <= self._clock():
-            log.warning("clamd down, skipping it address=%s for=%gs error=%s",
-                        self.clients[i].address, self.down_for, why)
-        self._down_until[i] = self._clock() + self.down_for
-
     async def instream(self, data: bytes) -> str | None:
-        return await self._call("instream", data)  # type: ignore[no-any-return]
+        try:
+            return await self.rotation.call(lambda client: client.instream(data))
+        except ClamdUnavailable as e:
+            raise ClamdError(f"no clamd reachable ({self.address}): {e}") from e
 
     async def version(self) -> str:
-        return await self._call("version")  # type: ignore[no-any-return]
+        try:
+            return await self.rotation.call(lambda client: client.version())
+        except ClamdUnavailable as e:
+            raise ClamdError(f"no clamd reachable ({self.address}): {e}") from e
 
     async def ping(self) -> bool:
         """True if any endpoint answers."""
@@ -321,12 +274,10 @@ class ClamAVFilter:
         version_interval: float = 30.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if on_error not in (Action.TEMPFAIL, Action.ACCEPT):
-            raise ValueError("on_error must be TEMPFAIL or ACCEPT")
         self.client = client
-        self.on_error = on_error
-        # Outer limit for the pipeline; the client's own timeout fires first so that the
-        # answer is this filter's 451 4.7.1, not the pipeline's generic 451 4.3.0.
+        self.on_error = FailurePolicy(self.name, on_error, self.stage, "virus scan")
+        # Outer limit for the pipeline (the same on_error either way); the client's own
+        # timeout fires first, so the log says which part of the scan hung.
         self.timeout = client.timeout * (3 + MAX_ATTRIBUTION_SCANS) + 5
         self.max_size = max_size
         self.on_oversize = on_oversize
@@ -350,23 +301,18 @@ class ClamAVFilter:
         return Verdict.reject(554, "5.7.1", "virus", f"Virus found: {sig}", detail=sig)
 
     def failed(self, why: str) -> Verdict:
-        if self.on_error == Action.ACCEPT:
-            return Verdict.accept(
-                250, "2.0.0", "clamav_unscanned", "Accepted without virus scan", detail=why,
-                headers=((UNSCANNED_HEADER, f"clamav ({why})"),))
-        return Verdict.tempfail(451, "4.7.1", "clamav_error",
-                                "Virus scanner unavailable, try again later", detail=why)
+        verdict = self.on_error.failed(why)
+        assert verdict is not None  # a DATA check: never "no opinion"
+        return verdict
 
     def oversize(self, why: str) -> Verdict:
         if self.on_oversize == "reject":
             return Verdict.reject(552, "5.3.4", "scan_oversize",
                                   "Message too large to scan for viruses", detail=why)
         if self.on_oversize == "accept":
-            return Verdict.accept(
-                250, "2.0.0", "clamav_unscanned", "Accepted without virus scan", detail=why,
-                headers=((UNSCANNED_HEADER, f"clamav ({why})"),))
-        return Verdict.tempfail(451, "4.7.1", "scan_oversize",
-                                "Message too large to scan now, try again later", detail=why)
+            return self.on_error.unscanned(why)
+        return self.on_error.tempfail(why, "scan_oversize",
+                                      "Message too large to scan now, try again later")
 
     def limits(self, sig: str) -> Verdict:
         """clamd stopped at one of its limits (nesting, scan size, file size): the message
@@ -377,12 +323,9 @@ class ClamAVFilter:
             return Verdict.reject(554, "5.7.0", "scan_limits",
                                   "Message exceeds virus scanner limits", detail=sig)
         if self.on_limits == "accept":
-            return Verdict.accept(
-                250, "2.0.0", "clamav_unscanned", "Accepted without full virus scan",
-                detail=sig, headers=((UNSCANNED_HEADER, f"clamav ({sig})"),))
-        return Verdict.tempfail(451, "4.7.1", "scan_limits",
-                                "Message exceeds virus scanner limits, try again later",
-                                detail=sig)
+            return self.on_error.unscanned(sig, text="Accepted without full virus scan")
+        return self.on_error.tempfail(sig, "scan_limits",
+                                      "Message exceeds virus scanner limits, try again later")
 
     def found(self, sig: str | None) -> Verdict | None:
         """The verdict for what clamd said about the message."""

@@ -27,6 +27,7 @@ import dns.resolver
 
 from filters.address import normalise_domain
 from filters.base import Action, Context, Stage, Verdict
+from filters.failure import FailurePolicy
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.dnsbl")
@@ -237,7 +238,7 @@ class DnsblFilter:
         self.default_timeout = timeout
         # The pipeline's guard: every zone has its own timeout, all run concurrently.
         self.timeout = max([self._timeout(z) for z in self.zones] + [timeout]) + 1.0
-        self.on_error = on_error
+        self.on_error = FailurePolicy(self.name, on_error, self.stage)
         self.cache = cache
         self.min_ttl, self.max_ttl, self.negative_ttl = min_ttl, max_ttl, negative_ttl
         self.stats = DnsblStats()

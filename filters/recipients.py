@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from filters.address import split_address
-from filters.base import Action, Context, Stage, Verdict
+from filters.base import Context, Stage, Verdict
+from filters.failure import FailurePolicy
 
 RELAY_DENIED = Verdict.reject(554, "5.7.1", "relay_denied", "Relay access denied")
 UNKNOWN = Verdict.reject(550, "5.1.1", "unknown_rcpt", "User unknown in virtual alias table")
@@ -18,6 +19,8 @@ KNOWN = Verdict.accept(250, "2.1.5", "known_rcpt", "Ok")
 # A trap answers exactly like an unknown address: the sender learns nothing.
 TRAP = Verdict.reject(550, "5.1.1", "trap", UNKNOWN.text)
 BAD_ADDRESS = Verdict.reject(501, "5.1.3", "protocol", "Bad recipient address syntax")
+# A lookup that breaks is a 451, never "no opinion": that would refuse the recipient as 554.
+RCPT_FAILURE = FailurePolicy("recipients", stage=Stage.RCPT)
 
 
 @dataclass(slots=True)
@@ -30,7 +33,7 @@ class RecipientFilter:
     name: str = "recipients"
     stage: Stage = Stage.RCPT
     timeout: float = 1.0
-    on_error: Action = Action.TEMPFAIL
+    on_error: FailurePolicy = RCPT_FAILURE
 
     def decide(self, address: str) -> Verdict:
         parts = split_address(address)

@@ -7,8 +7,9 @@ about 60 ms of client CPU per message, which alone would cap the relay near 16 m
 Outcomes: score >= reject threshold: `550 5.7.1` (reason `spam`). Otherwise ACCEPT with
 `X-Spam-Flag` (YES at or over the tag threshold), `X-Spam-Score` and `X-Spam-Status`
 headers for the relay to prepend after stripping any the sender supplied. spamd down, slow
-or garbled: `451 4.7.1`, or ACCEPT with an `X-Floodgate-Unscanned` header when
-`on_error` is ACCEPT.
+or garbled goes to `on_error` (filters/failure.py): `451 4.3.0`, or ACCEPT with an
+`X-Floodgate-Unscanned` header. Several spamd addresses are used in turn
+(filters/endpoints.py).
 
 The score cache is keyed by the digest of the whole message as spamd sees it, headers and
 all: SpamAssassin scores headers (a forged Date, a Message-ID, a spammy Subject), so a score
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +44,13 @@ from aiospamc.requests import Request
 
 from filters.address import normalise_domain
 from filters.base import Action, Context, Stage, Verdict
-from filters.clamav import UNSCANNED_HEADER, parse_address
+from filters.endpoints import Rotation, parse_address
+from filters.failure import FailurePolicy
 from filters.headers import strip_headers_async
 from filters.mime import digest
 from filters.verdict_cache import VerdictCache
 
 log = logging.getLogger("floodgate.spamassassin")
-
-DOWN_FOR = 10.0  # seconds an unreachable spamd is skipped (when there are several)
 
 OversizePolicy = Literal["tempfail", "accept", "reject"]
 
@@ -80,6 +79,22 @@ def connection_manager(address: str, timeout: float) -> ConnectionManager:
     return TcpConnectionManager(host, port, timeout=t)
 
 
+@dataclass(frozen=True, slots=True)
+class Spamd:
+    """One spamd: its client and its share of `concurrency` (each spamd has its own
+    --max-children)."""
+
+    address: str
+    client: Client
+    slots: asyncio.Semaphore
+
+    @classmethod
+    def connect_to(cls, address: str, timeout: float, concurrency: int) -> Spamd:
+        """Nothing connects yet: each request opens its own connection."""
+        return cls(address, Client(connection_manager(address, timeout)),
+                   asyncio.Semaphore(concurrency))
+
+
 def _domain(address: str) -> str:
     """The recipient's domain as the rules are keyed (A-label: `bücher.example` and
     `xn--bcher-kva.example` are one domain, whichever the rule or the client wrote)."""
@@ -105,25 +120,16 @@ class SpamAssassinFilter:
         cache: VerdictCache[SpamResult] | None = None,
         cache_ttl: float = 600.0,
     ) -> None:
-        if on_error not in (Action.TEMPFAIL, Action.ACCEPT):
-            raise ValueError("on_error must be TEMPFAIL or ACCEPT")
         if reject_score < tag_score:
             raise ValueError("reject_score must not be below tag_score")
-        # Several spamd addresses: used in turn, one that refuses connections (or times out)
-        # is skipped for DOWN_FOR seconds; a refused connection moves on to the next at once.
         addresses = [address] if isinstance(address, str) else list(address)
-        if not addresses:
-            raise ValueError("at least one spamd address")
-        self.address = ",".join(addresses)
-        self.addresses = addresses
-        self.clients = [Client(connection_manager(a, timeout)) for a in addresses]
-        self.client = self.clients[0]
-        self._endpoint_slots = [asyncio.Semaphore(concurrency) for _ in addresses]
-        self._down_until = [0.0] * len(addresses)
-        self._turn = 0
+        self.rotation = Rotation(
+            [Spamd.connect_to(a, timeout, concurrency) for a in addresses], service="spamd",
+            unreachable=(AIOSpamcConnectionFailed,), hung=(TimeoutError, TimeoutException))
+        self.address = self.rotation.address
         self.request_timeout = timeout
         self.timeout = timeout + 5  # the pipeline's safety net; ours fires first
-        self.on_error = on_error
+        self.on_error = FailurePolicy(self.name, on_error, self.stage, "spam check")
         self.defaults = Thresholds(tag_score, reject_score)
         self.domains = domains
         self.max_size = max_size
@@ -153,26 +159,20 @@ class SpamAssassinFilter:
         return Thresholds(min(r.tag for r in rules), min(r.reject for r in rules))
 
     # -- verdicts ----------------------------------------------------------------------
-    def _unscanned(self, why: str, reason: str) -> Verdict:
-        return Verdict.accept(250, "2.0.0", reason, "Accepted without spam check",
-                              detail=why, headers=((UNSCANNED_HEADER, f"spamassassin ({why})"),))
-
     def failed(self, why: str) -> Verdict:
-        if self.on_error == Action.ACCEPT:
-            return self._unscanned(why, "spamassassin_unscanned")
-        return Verdict.tempfail(451, "4.7.1", "spamassassin_error",
-                                "Spam scanner unavailable, try again later", detail=why)
+        verdict = self.on_error.failed(why)
+        assert verdict is not None  # a DATA check: never "no opinion"
+        return verdict
 
     def oversize(self, size: int) -> Verdict:
         why = f"{size} bytes over limit {self.max_size}"
         if self.on_oversize == "accept":
-            return self._unscanned(why, "spam_oversize")
+            return self.on_error.unscanned(why, "spam_oversize")
         if self.on_oversize == "reject":
             return Verdict.reject(552, "5.3.4", "spam_oversize",
                                   "Message too large to check for spam", detail=why)
-        return Verdict.tempfail(451, "4.7.1", "spam_oversize",
-                                "Message too large to check for spam now, try again later",
-                                detail=why)
+        return self.on_error.tempfail(
+            why, "spam_oversize", "Message too large to check for spam now, try again later")
 
     def decide(self, result: SpamResult, limits: Thresholds) -> Verdict:
         tests = ",".join(result.tests) or "none"
@@ -215,37 +215,12 @@ class SpamAssassinFilter:
         return self.decide(result, limits)
 
     async def _request(self, request: Request) -> Any:
-        """To the next spamd in turn (those marked down last); on to the next one when a
-        connection cannot even be made."""
-        n = len(self.clients)
-        start, self._turn = self._turn, (self._turn + 1) % n
-        now = time.monotonic()
-        ring = [(start + i) % n for i in range(n)]
-        order = ([i for i in ring if self._down_until[i] <= now]
-                 + [i for i in ring if self._down_until[i] > now])
-        for k, i in enumerate(order):
-            try:
-                async with asyncio.timeout(self.request_timeout), self._endpoint_slots[i]:
-                    response = await self.clients[i].request(request)
-            except AIOSpamcConnectionFailed as e:
-                self._mark_down(i, e)
-                if k == len(order) - 1:
-                    raise
-                continue
-            except (TimeoutError, TimeoutException) as e:
-                self._mark_down(i, e)
-                raise
-            self._down_until[i] = 0.0
-            return response
-        raise AssertionError("unreachable")
+        """To the next spamd in turn, within the timeout and that spamd's concurrency."""
+        async def send(spamd: Spamd) -> Any:
+            async with asyncio.timeout(self.request_timeout), spamd.slots:
+                return await spamd.client.request(request)
 
-    def _mark_down(self, i: int, why: BaseException) -> None:
-        if len(self.clients) == 1:
-            return
-        if self._down_until[i] <= time.monotonic():
-            log.warning("spamd down, skipping it address=%s for=%gs error=%s",
-                        self.addresses[i], DOWN_FOR, type(why).__name__)
-        self._down_until[i] = time.monotonic() + DOWN_FOR
+        return await self.rotation.call(send)
 
     async def score(self, content: bytes) -> SpamResult:
         """One SYMBOLS round trip: score and rule names, without the rewritten message."""

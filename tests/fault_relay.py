@@ -7,6 +7,7 @@ Run as `python -m tests.fault_relay -c FILE serve`. Markers in the traffic trigg
   header `X-Fault: eio`          the spool write fails as a failed fsync does (EIO)
   header `X-Fault: enospc`       the spool write finds the disk full
   header `X-Fault: slow-scan`    the DATA filters never answer (until the reply deadline)
+  header `X-Fault: scanner-raises`  the clamav and spamassassin checks raise (a bug in them)
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import os
 import sys
 from typing import Any
 
-from filters.base import Stage
+from filters.base import Context, Stage, Verdict
+from filters.clamav import ClamAVFilter
+from filters.spamassassin import SpamAssassinFilter
 from relay.delivery import spool
 from relay.smtp import handler as smtp
 from relay.smtp import pipeline
@@ -58,11 +61,25 @@ def install() -> None:
             await asyncio.Event().wait()  # a scanner that never answers
         return await run(self, stage, ctx)
 
+    for scanner in (ClamAVFilter, SpamAssassinFilter):
+        scanner.check = raising(scanner.check)  # type: ignore[method-assign]
+
     handler.handle_EHLO = handle_EHLO  # type: ignore[method-assign]
     handler.handle_RCPT = handle_RCPT  # type: ignore[method-assign]
     handler.handle_DATA = handle_DATA  # type: ignore[method-assign]
     spool.Spool.write = spool_write  # type: ignore[method-assign]
     pipeline.Pipeline.run = pipeline_run  # type: ignore[method-assign]
+
+
+def raising(check: Any) -> Any:
+    """`check`, raising what no scanner catches when the message asks for it."""
+
+    async def check_or_raise(self: Any, ctx: Context) -> Verdict | None:
+        if b"X-Fault: scanner-raises" in ctx.content:
+            raise RuntimeError(f"injected fault in the {self.name} check")
+        return await check(self, ctx)
+
+    return check_or_raise
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ import pytest
 
 from filters.base import Action, Context
 from filters.clamav import (
-    UNSCANNED_HEADER,
     ClamAVFilter,
     ClamdClient,
     ClamdError,
     ClamdSizeLimit,
-    parse_address,
     parse_scan_reply,
 )
+from filters.endpoints import parse_address
+from filters.failure import UNSCANNED_HEADER
 from tests.make_fixtures import (
     EICAR,
     SIG_CLAMEXE,
@@ -136,7 +136,7 @@ def small_clamd(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize(("policy", "action", "reply"), [
     ("reject", Action.REJECT, "552 5.3.4"),
-    ("tempfail", Action.TEMPFAIL, "451 4.7.1"),
+    ("tempfail", Action.TEMPFAIL, "451 4.3.0"),
     ("accept", Action.ACCEPT, "250 2.0.0"),
 ])
 def test_over_clamd_stream_limit(small_clamd: Clamd, policy: str, action: Action,
@@ -165,7 +165,7 @@ def test_nothing_listening_tempfails_by_default() -> None:
     f = ClamAVFilter(ClamdClient(f"127.0.0.1:{free_port()}", timeout=2))
     v = scan(f, load("clean.eml"))
     assert v is not None and v.action == Action.TEMPFAIL
-    assert v.reply == "451 4.7.1 Virus scanner unavailable, try again later"
+    assert v.reply == "451 4.3.0 Temporary failure in virus scan, try again later"
     assert v.reason == "clamav_error" and "ConnectionRefused" in v.detail
 
 
@@ -182,7 +182,7 @@ def test_garbage_answer_is_451_and_logged(caplog: pytest.LogCaptureFixture) -> N
         f = ClamAVFilter(ClamdClient(fake.address, timeout=5))
         with caplog.at_level(logging.WARNING, logger="floodgate.clamav"):
             v = scan(f, load("eicar.eml"))
-    assert v is not None and v.reply.startswith("451 4.7.1")
+    assert v is not None and v.reply.startswith("451 4.3.0")
     assert "HELLO THERE" in v.detail
     assert any("clamd scan failed" in r.message and "HELLO THERE" in r.message
                for r in caplog.records)
@@ -199,7 +199,7 @@ def test_early_hang_up_is_an_error_not_a_size_limit(mode: str) -> None:
                          on_oversize="reject")
         for _ in range(20):
             v = scan(f, load("clean.eml"))
-            assert v is not None and v.reply.startswith("451 4.7.1"), v.reply
+            assert v is not None and v.reply.startswith("451 4.3.0"), v.reply
             assert v.reason == "clamav_error"
 
 
@@ -207,7 +207,7 @@ def test_hang_times_out_and_closes_connection() -> None:
     with FakeService("hang") as fake:
         f = ClamAVFilter(ClamdClient(fake.address, timeout=0.5))
         v = scan(f, load("clean.eml"))
-        assert v is not None and v.reply.startswith("451 4.7.1")
+        assert v is not None and v.reply.startswith("451 4.3.0")
         assert v.detail == "timeout after 0.5s"
         assert fake.wait_closed(1), "the timed-out connection must be closed, not leaked"
     # What was sent is a well-formed INSTREAM: command, chunk, terminating zero chunk.
@@ -245,8 +245,8 @@ def test_clamd_stopped_mid_run_then_recovers(own_clamd: Clamd) -> None:
 
     before, down_virus, down_clean, after_virus, after_clean = asyncio.run(go())
     assert before is not None and before.reply.startswith("554 5.7.1")
-    assert down_virus is not None and down_virus.reply.startswith("451 4.7.1")
-    assert down_clean is not None and down_clean.reply.startswith("451 4.7.1")
+    assert down_virus is not None and down_virus.reply.startswith("451 4.3.0")
+    assert down_clean is not None and down_clean.reply.startswith("451 4.3.0")
     assert after_virus is not None and after_virus.detail.startswith(SIG_EICAR)
     assert after_clean is None
 

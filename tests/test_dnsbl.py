@@ -118,7 +118,7 @@ def test_config_table_form_and_defaults() -> None:
     assert cfg.zones["slow.example"].timeout == 0.5 and cfg.zones["slow.example"].weight == 1
     assert (cfg.timeout, cfg.on_error, cfg.cache.negative_ttl) == (2.0, "accept", 300.0)
     f = build_dnsbl(cfg)
-    assert f is not None and f.stage == Stage.CONNECT and f.on_error == Action.ACCEPT
+    assert f is not None and f.stage == Stage.CONNECT and f.on_error.action == Action.ACCEPT
     assert [(z.name, z.weight) for z in f.zones] == [
         ("zen.example", 3), ("bl.example", 1), ("slow.example", 1)]
     assert f.timeout > 2.0  # the pipeline's guard outlasts every zone's own timeout

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from filters.base import Action, Context, Stage, Verdict
+from filters.failure import FailurePolicy
 from relay.smtp.pipeline import Pipeline
 
 
@@ -14,7 +15,8 @@ class Named:
     name: str = "stuck"
     stage: Stage = Stage.RCPT
     timeout: float = 0.05
-    on_error: Action = Action.TEMPFAIL
+    on_error: FailurePolicy = field(
+        default_factory=lambda: FailurePolicy("stuck", stage=Stage.RCPT))
 
 
 @dataclass
@@ -49,12 +51,12 @@ def test_a_check_that_hangs_is_cut_off_at_its_timeout_and_tempfails() -> None:
     verdict = run(stuck, Accepting())
     assert verdict is not None
     assert (verdict.action, verdict.code, verdict.reason) == (Action.TEMPFAIL, 451, "stuck_error")
-    assert verdict.detail == "timeout"
+    assert verdict.detail == "timeout after 0.05s"
     assert stuck.cancelled  # the hung check was cancelled, not left running
 
 
 def test_on_error_accept_lets_the_next_filter_decide() -> None:
-    verdict = run(Stuck(on_error=Action.ACCEPT), Accepting())
+    verdict = run(Stuck(on_error=FailurePolicy("stuck", Action.ACCEPT, Stage.RCPT)), Accepting())
     assert verdict is not None and verdict.reason == "ok"
 
 

@@ -43,16 +43,17 @@ def test_sections_parse_and_build() -> None:
     c, s = build_scanners(clam, spam)
     assert isinstance(c, ClamAVFilter) and isinstance(s, SpamAssassinFilter)
     assert c.stage == s.stage == Stage.DATA
-    assert c.on_error == Action.ACCEPT and c.on_oversize == "tempfail" and c.max_size == 1048576
+    assert c.on_error.action == Action.ACCEPT and c.on_oversize == "tempfail"
+    assert c.max_size == 1048576
     assert c.client.endpoint == "/run/clamav/clamd.ctl" and c.client.timeout == 20.0
     assert c.cache is not None and c.cache.max_entries == 500 and c.clean_ttl == 300.0
-    assert s.on_error == Action.TEMPFAIL and s.defaults == Thresholds(4.0, 8.0)
+    assert s.on_error.action == Action.TEMPFAIL and s.defaults == Thresholds(4.0, 8.0)
     assert s.thresholds(["a@mail.example.org"]) == Thresholds(2.0, 5.0)
 
 
 def test_defaults() -> None:
     c, s = build_scanners(ClamAVConfig(), SpamAssassinConfig())
-    assert c.client.endpoint == ("127.0.0.1", 3310) and c.on_error == Action.TEMPFAIL
+    assert c.client.endpoint == ("127.0.0.1", 3310) and c.on_error.action == Action.TEMPFAIL
     assert s.address == "127.0.0.1:783" and s.defaults == Thresholds(5.0, 10.0)
     # clamd's own MaxFileSize and MaxScanSize defaults (ClamAV 1.x)
     assert (c.max_file_size, c.max_scan_size) == (104_857_600, 419_430_400)

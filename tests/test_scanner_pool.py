@@ -68,11 +68,12 @@ def test_config_list_builds_a_pool(clamd: Clamd) -> None:
 
 def test_spamd_list_skips_a_dead_spamd(spamd: Spamd) -> None:
     async def go() -> None:
-        f = SpamAssassinFilter([dead(), spamd.address], timeout=60)
+        down = dead()
+        f = SpamAssassinFilter([down, spamd.address], timeout=60)
         message = b"Subject: hello\r\nFrom: a@b.example\r\n\r\nJust a note.\r\n"
         for _ in range(3):
             result = await f.score(message)
             assert result.score < 5
-        assert f._down_until[0] > 0 and f._down_until[1] == 0
+        assert f.rotation.down() == [down]
 
     asyncio.run(go())

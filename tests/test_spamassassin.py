@@ -10,7 +10,7 @@ import aiospamc.frontend
 import pytest
 
 from filters.base import Action, Context, Verdict
-from filters.clamav import UNSCANNED_HEADER
+from filters.failure import UNSCANNED_HEADER
 from filters.headers import apply_headers, header_names, split_head
 from filters.spamassassin import SpamAssassinFilter, SpamResult, Thresholds
 from filters.verdict_cache import VerdictCache
@@ -111,7 +111,8 @@ def test_threshold_rules_most_specific_and_callable() -> None:
 def test_one_client_for_all_messages(spamd: Spamd, monkeypatch: pytest.MonkeyPatch) -> None:
     """No per-message connection managers or SSL contexts (the 60 ms-per-message trap)."""
     f = SpamAssassinFilter(spamd.address, timeout=30)
-    client, manager = f.client, f.client.connection_manager
+    (one,) = f.rotation.endpoints
+    client, manager = one.client, one.client.connection_manager
     built: list[str] = []
     for name in ("TcpConnectionManager", "UnixConnectionManager"):
         cls = getattr(aiospamc.connections, name)
@@ -126,7 +127,7 @@ def test_one_client_for_all_messages(spamd: Spamd, monkeypatch: pytest.MonkeyPat
 
     first, second = asyncio.run(go())
     assert first.action == Action.ACCEPT and second.action == Action.REJECT
-    assert built == [] and f.client is client and f.client.connection_manager is manager
+    assert built == [] and one.client is client and one.client.connection_manager is manager
     assert f.requests == 2
 
 
@@ -161,7 +162,7 @@ def test_cache_skips_spamd_only_for_the_same_message(spamd: Spamd) -> None:
 # -- size and faults -----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("policy", "reply"), [
-    ("accept", "250 2.0.0"), ("reject", "552 5.3.4"), ("tempfail", "451 4.7.1")])
+    ("accept", "250 2.0.0"), ("reject", "552 5.3.4"), ("tempfail", "451 4.3.0")])
 def test_oversize_policy_needs_no_spamd(policy: str, reply: str) -> None:
     f = SpamAssassinFilter(f"127.0.0.1:{free_port()}", max_size=100, on_oversize=policy)  # type: ignore[arg-type]
     v = check(f, b"Subject: big\r\n\r\n" + b"z" * 500)
@@ -173,7 +174,7 @@ def test_oversize_policy_needs_no_spamd(policy: str, reply: str) -> None:
 def test_spamd_down_tempfails() -> None:
     v = check(SpamAssassinFilter(f"127.0.0.1:{free_port()}", timeout=5), load("clean.eml"))
     assert v.action == Action.TEMPFAIL and v.reason == "spamassassin_error"
-    assert v.reply == "451 4.7.1 Spam scanner unavailable, try again later"
+    assert v.reply == "451 4.3.0 Temporary failure in spam check, try again later"
 
 
 def test_spamd_down_accept_mode_says_not_scanned() -> None:
@@ -190,7 +191,7 @@ def test_spamd_that_hangs_times_out_to_451(caplog: pytest.LogCaptureFixture) -> 
         f = SpamAssassinFilter(fake.address, timeout=0.5)
         with caplog.at_level(logging.WARNING, logger="floodgate.spamassassin"):
             v = check(f, load("clean.eml"))
-        assert v.reply.startswith("451 4.7.1") and "timeout" in v.detail.lower()
+        assert v.reply.startswith("451 4.3.0") and "timeout" in v.detail.lower()
         assert fake.wait_closed(1)
     assert fake.received.startswith(b"SYMBOLS SPAMC/1.5\r\n")
     assert any("spamd check failed" in r.message for r in caplog.records)
@@ -201,4 +202,4 @@ def test_spamd_that_hangs_times_out_to_451(caplog: pytest.LogCaptureFixture) -> 
 def test_spamd_garbage_is_451(reply: bytes) -> None:
     with FakeService("garbage", reply) as fake:
         v = check(SpamAssassinFilter(fake.address, timeout=5), load("clean.eml"))
-    assert v.action == Action.TEMPFAIL and v.reply.startswith("451 4.7.1")
+    assert v.action == Action.TEMPFAIL and v.reply.startswith("451 4.3.0")

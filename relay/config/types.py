@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from filters.clamav import parse_address
+from filters.endpoints import parse_address
 
 # What a scanner's failure, or a message past its size, gets ([clamav] and [spamassassin]).
 OnError = Literal["tempfail", "accept"]

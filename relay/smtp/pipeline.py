@@ -1,4 +1,6 @@
-"""Runs the filters of a stage, cheapest first, turning their failures into verdicts."""
+"""Runs the filters of a stage, cheapest first. A filter that raises or outlives its timeout
+gets its own `on_error` verdict (filters/failure.py), the same one it gives for the failures
+it catches itself."""
 
 from __future__ import annotations
 
@@ -11,18 +13,6 @@ from collections.abc import Sequence
 from filters.base import Action, Context, Filter, Stage, Verdict
 
 log = logging.getLogger("floodgate.pipeline")
-
-
-def failure_verdict(f: Filter, why: str) -> Verdict | None:
-    """A filter that timed out or broke: tempfail (the default) or let the message pass."""
-    if f.on_error == Action.ACCEPT:
-        return None
-    if f.on_error == Action.REJECT:
-        return Verdict.reject(554, "5.3.0", f"{f.name}_error", f"{f.name} check failed", why)
-    return Verdict.tempfail(
-        451, "4.3.0", f"{f.name}_error",
-        f"Temporary failure in {f.name} check, try again later", why,
-    )
 
 
 class Pipeline:
@@ -44,10 +34,10 @@ class Pipeline:
                     verdict = await f.check(ctx)
             except TimeoutError:
                 log.warning("filter timeout filter=%s timeout=%.1fs", f.name, f.timeout)
-                verdict = failure_verdict(f, "timeout")
+                verdict = f.on_error.failed(f"timeout after {f.timeout:g}s")
             except Exception as e:
                 log.exception("filter error filter=%s", f.name)
-                verdict = failure_verdict(f, f"{type(e).__name__}: {e}")
+                verdict = f.on_error.failed(f"{type(e).__name__}: {e}")
             if verdict is None:
                 continue
             if verdict.action != Action.ACCEPT:
