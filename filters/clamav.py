@@ -311,8 +311,8 @@ class ClamAVFilter:
                                   "Message too large to scan for viruses", detail=why)
         if self.on_oversize == "accept":
             return self.on_error.unscanned(why)
-        return self.on_error.tempfail(why, "scan_oversize",
-                                      "Message too large to scan now, try again later")
+        return self.on_error.tempfail(why, reason="scan_oversize",
+                                      text="Message too large to scan now, try again later")
 
     def limits(self, sig: str) -> Verdict:
         """clamd stopped at one of its limits (nesting, scan size, file size): the message
@@ -324,8 +324,8 @@ class ClamAVFilter:
                                   "Message exceeds virus scanner limits", detail=sig)
         if self.on_limits == "accept":
             return self.on_error.unscanned(sig, text="Accepted without full virus scan")
-        return self.on_error.tempfail(sig, "scan_limits",
-                                      "Message exceeds virus scanner limits, try again later")
+        return self.on_error.tempfail(
+            sig, reason="scan_limits", text="Message exceeds virus scanner limits, try again later")
 
     def found(self, sig: str | None) -> Verdict | None:
         """The verdict for what clamd said about the message."""

@@ -167,12 +167,13 @@ class SpamAssassinFilter:
     def oversize(self, size: int) -> Verdict:
         why = f"{size} bytes over limit {self.max_size}"
         if self.on_oversize == "accept":
-            return self.on_error.unscanned(why, "spam_oversize")
+            return self.on_error.unscanned(why, reason="spam_oversize")
         if self.on_oversize == "reject":
             return Verdict.reject(552, "5.3.4", "spam_oversize",
                                   "Message too large to check for spam", detail=why)
         return self.on_error.tempfail(
-            why, "spam_oversize", "Message too large to check for spam now, try again later")
+            why, reason="spam_oversize",
+            text="Message too large to check for spam now, try again later")
 
     def decide(self, result: SpamResult, limits: Thresholds) -> Verdict:
         tests = ",".join(result.tests) or "none"

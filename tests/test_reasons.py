@@ -15,13 +15,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from filters.base import Action
+from filters.failure import FailurePolicy
 from relay.config.limits import LimitsConfig
 from relay.config.scoring import DEFAULT_WEIGHTS, ScoringConfig
 from relay.reasons import Reason
 from relay.smtp import replies
 from relay.smtp.error_limits import SessionErrors
-from relay.smtp.pipeline import failure_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("relay", "filters")
@@ -29,8 +28,9 @@ SOURCES = ("relay", "filters")
 EMITTERS = {"Verdict": 3, "reject": 2, "tempfail": 2, "accept": 2, "EventRecord": -1,
             "replace": -1}
 # Where a reason is made at run time rather than written down; each is run below.
+# (filters/failure.py's f"{check}_error" / f"{check}_unscanned" defaults pass through its
+# `reason` parameter, so the scan follows its callers; made_at_run_time runs them too.)
 MADE_AT_RUN_TIME = {
-    ("relay/smtp/pipeline.py", "failure_verdict"),  # f"{filter.name}_error"
     ("relay/smtp/handler.py", "push"),  # replies.classify's reason for aiosmtpd's replies
     ("relay/smtp/handler.py", "_check_errors"),  # SessionErrors.cut_off()
 }
@@ -127,8 +127,10 @@ def made_at_run_time() -> set[str]:
     names = filter_names()
     assert {"recipients", "dnsbl", "clamav", "spamassassin"} <= names
     for name in names:
-        stub = type("Stub", (), {"name": name, "on_error": Action.TEMPFAIL})()
-        made.add(failure_verdict(stub, "down").reason)  # type: ignore[arg-type, union-attr]
+        policy = FailurePolicy(name)
+        made.add(policy.tempfail("down").reason)
+        if name in ("clamav", "spamassassin"):  # the DATA checks: only they mark a message
+            made.add(policy.unscanned("down").reason)
     limits = LimitsConfig(smtpd_hard_error_limit=1, smtpd_junk_command_limit=1)
     errors = SessionErrors(limits)
     errors.reply("550 no")
