@@ -23,11 +23,19 @@ import sys
 from collections.abc import Mapping
 
 LENGTH = struct.Struct(">I")
+_launcher: list[str] = []
+
+
+def launch_through(launcher: list[str]) -> None:
+    """Start children as `python -m LAUNCHER... MODULE` from now on: the relay's logging
+    set-up (relay.logs) runs its children through itself so they log as it does; filters
+    cannot import it, so it tells us."""
+    _launcher[:] = launcher
 
 
 def module_argv(module: str) -> list[str]:
     """The command line of a child running `module` under this interpreter."""
-    return [sys.executable, "-m", module]
+    return [sys.executable, "-m", *_launcher, module]
 
 
 async def spawn(argv: list[str], env: Mapping[str, str] | None = None

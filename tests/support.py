@@ -169,16 +169,17 @@ def floodgate(config: Path, *args: str, input: str | None = None,
 class RelayProcess:
     """`floodgate serve` in a subprocess, ready once it logs `ready`."""
 
-    def __init__(self, config: Path, port: int):
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None):
         self.config = config
         self.port = port
+        self.env = env  # None: ours
         self.log_path = config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> RelayProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen([*FLOODGATE, "-c", str(self.config), "serve"], stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+                                     stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         log.close()
         if wait:
             self.wait_for_log(r" ready ")

@@ -1,6 +1,7 @@
 """`floodgate blocklist export|apply|watch`: blocks from the store into files and the kernel.
 
-`serve` runs unprivileged; `watch --apply` is the one piece that runs as root.
+`serve` runs unprivileged; `watch --apply` is the one piece that changes the firewall (root,
+or user floodgate with CAP_NET_ADMIN: scripts/systemd/floodgate-blocklist.service).
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def apply(ctx: click.Context, fmt: str | None) -> None:
 @blocklist.command()
 @click.option("--interval", type=float, default=None,
               help="Seconds between looks at the store [default: firewall.interval].")
-@click.option("--apply", "do_apply", is_flag=True, help="Also load the kernel (as root).")
+@click.option("--apply", "do_apply", is_flag=True,
+              help="Also load the kernel (root or CAP_NET_ADMIN).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Format of the file and of --apply [default: firewall.format].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),

@@ -40,12 +40,17 @@ class LazyGroup(click.Group):
               help="Configuration file [env FLOODGATE_CONFIG; default ./floodgate.toml].")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="auto", show_default=True, envvar="FLOODGATE_LOG_FORMAT",
+              type=click.Choice(logs.FORMATS),
+              help="plain: UTC timestamp on each line; journal: <N> priority prefix for "
+              "journald/syslog; auto: journal when stderr is systemd's journal stream "
+              "[env FLOODGATE_LOG_FORMAT].")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, log_level: str) -> None:
+def main(ctx: click.Context, config: str | None, log_level: str, log_format: str) -> None:
     """Floodgate: the inbound relay that keeps floods off your mail servers."""
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
-    logs.setup(log_level.upper())
+    logs.setup(log_level.upper(), log_format)
 
 
 @main.command("check-config")

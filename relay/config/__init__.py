@@ -122,20 +122,35 @@ def load_config(path: str) -> Config:
                 msg = "required key is missing"
             problems.append(f"{_loc(err['loc'])}: {msg}")
         raise ConfigError(path, problems) from None
-    base = Path(path).resolve().parent
-    return _resolve_paths(config, base)
+    return _resolve_paths(config, Path(path).resolve().parent)
 
 
-def _resolve_paths(config: Config, base: Path) -> Config:
-    """Relative paths are relative to the config file, so the relay runs from any directory."""
+def state_dir(config: Config, config_dir: Path) -> Path:
+    """Where the relative paths of what Floodgate writes go: `relay.state_dir`, else
+    $STATE_DIRECTORY (systemd's StateDirectory=, /var/lib/floodgate; its first entry), else
+    the configuration file's directory. Not the configuration's directory when it can be
+    helped: that is /etc, read-only to the service (ProtectSystem=strict) and no place for a
+    spool or a database."""
+    chosen = config.relay.state_dir
+    if chosen is None:
+        from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        chosen = Path(from_systemd) if from_systemd else config_dir
+    return chosen if chosen.is_absolute() else config_dir / chosen
+
+
+def _resolve_paths(config: Config, config_dir: Path) -> Config:
+    """Relative paths are relative to where they belong, so the relay runs from any
+    directory: what it reads (the TLS files) to the configuration file, what it writes to
+    the state directory (`state_dir`)."""
+    base = state_dir(config, config_dir)
     relay = config.relay
     spool = relay.spool_dir if relay.spool_dir.is_absolute() else base / relay.spool_dir
     tls = relay.tls
     if tls is not None:
         tls = tls.model_copy(
             update={
-                "cert": tls.cert if tls.cert.is_absolute() else base / tls.cert,
-                "key": tls.key if tls.key.is_absolute() else base / tls.key,
+                "cert": tls.cert if tls.cert.is_absolute() else config_dir / tls.cert,
+                "key": tls.key if tls.key.is_absolute() else config_dir / tls.key,
             }
         )
     url = config.store.url
@@ -149,7 +164,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={
             "firewall": firewall,
-            "relay": relay.model_copy(update={"spool_dir": spool, "tls": tls}),
+            "relay": relay.model_copy(
+                update={"spool_dir": spool, "tls": tls, "state_dir": base}),
             "store": config.store.model_copy(update={"url": url}),
         }
     )

@@ -25,6 +25,11 @@ class RelayConfig(Strict):
     max_message_size: int = Field(default=26_214_400, gt=0)
     max_recipients: int = Field(default=100, gt=0)
     spool_dir: Path = Path("var/spool")
+    # Where the relative paths of what Floodgate writes (spool_dir, a SQLite store.url,
+    # firewall.output) resolve; None: $STATE_DIRECTORY (systemd), else the config's directory.
+    state_dir: Path | None = Field(default=None, description=(
+        "the directory relative `spool_dir`, SQLite `store.url` and `firewall.output` are "
+        "resolved against"))
     idle_timeout: Duration = 300.0
     shutdown_grace: Duration = 30.0
     recipient_delimiter: str = ""

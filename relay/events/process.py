@@ -165,7 +165,8 @@ def main() -> None:
     from relay.logs import setup
     from relay.store.database import describe, make_engine
 
-    setup(sys.argv[1] if len(sys.argv) > 1 else "INFO")
+    if not logging.getLogger().handlers:  # else started through relay.logs, set up already
+        setup(sys.argv[1] if len(sys.argv) > 1 else "INFO")
     engine = make_engine(os.environ["FLOODGATE_STORE_URL"])
     out = sys.stdout.buffer
     batches: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
