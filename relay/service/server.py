@@ -162,6 +162,8 @@ class Relay:
         self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
                              config.relay.node)
         self.metrics = Metrics()
+        # the scanner sections and the filters built from them, reused while unchanged
+        self.scanners: tuple[tuple[object, ...], list[Filter]] | None = None
         chain = self.metrics.timed(self.filters(config, self.hosted))
         self.handler = RelayHandler(
             node=config.relay.node, hostname=config.relay.hostname,
@@ -192,14 +194,17 @@ class Relay:
         self.reloads: set[asyncio.Task[None]] = set()
 
     def filters(self, config: Config, hosted: dict[str, DomainConfig]) -> list[Filter]:
-        """Every check, grouped by stage by the pipeline, cheapest first within a stage."""
+        """Every check, grouped by stage by the pipeline, cheapest first within a stage.
+        The DNSBL and scanner filters are built again only when their sections changed: a
+        reload that does not touch them keeps their verdict caches."""
         chain: list[Filter] = [RecipientFilter(hosted=hosted.__contains__, known=self.known,
                                                trap=self.snapshot.trap)]
-        dnsbl = build_dnsbl(config.dnsbl)
-        if dnsbl is not None:
-            chain.append(dnsbl)
-        chain.extend(build_scanners(config.clamav, config.spamassassin))
-        return chain
+        sections = (config.dnsbl, config.clamav, config.spamassassin)
+        if self.scanners is None or self.scanners[0] != sections:
+            dnsbl = build_dnsbl(config.dnsbl)
+            built = build_scanners(config.clamav, config.spamassassin)
+            self.scanners = (sections, ([] if dnsbl is None else [dnsbl]) + built)
+        return chain + self.scanners[1]
 
     @staticmethod
     def smtp_options(config: Config, ctx: ssl.SSLContext | None) -> dict[str, object]:
