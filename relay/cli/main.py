@@ -12,6 +12,7 @@ from rich.table import Table
 
 from relay import logs
 from relay.cli.common import err, fail, load, open_store, out
+from relay.config import config_path
 from relay.store import aliases as alias_table
 from relay.store.database import StoreError, current_revision, describe, head_revision, make_engine
 from relay.store.database import upgrade as upgrade_schema
@@ -67,18 +68,19 @@ def check_config(ctx: click.Context) -> None:
               "worker 0 runs delivery.")
 @click.pass_context
 def serve(ctx: click.Context, workers: int) -> None:
-    """Run the relay until SIGTERM."""
+    """Run the relay until SIGTERM; SIGHUP reloads (README "Reloading")."""
     from relay.service.server import StartupError
     from relay.service.server import serve as run_server
 
     config = load(ctx)
+    path = config_path(ctx.obj["config"])  # read again on SIGHUP
     try:
         if workers > 1:
             from relay.service.workers import serve_workers
 
-            serve_workers(config, workers)
+            serve_workers(config, workers, path)
         else:
-            run_server(config)
+            run_server(config, path=path)
     except StartupError as e:
         fail(str(e))
     except KeyboardInterrupt:

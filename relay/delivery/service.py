@@ -37,6 +37,12 @@ class DeliveryService:
             NextHopClient(settings, relay.hostname, self.router.hosts),
             Outcomes(config, events, bounces), self.pressure)
 
+    def configure(self, config: Config) -> None:
+        """What a reload may change here: the hosted domains' next hops and the null-sender
+        share. [delivery] itself is read once (the scheduler's queue and timers)."""
+        self.router.hosted = config.hosted()
+        self.pressure.config = config
+
     async def start(self) -> None:
         """Load the spool (what a crash or restart left), then run the scheduler."""
         await self.scheduler.start()

@@ -32,16 +32,20 @@ class ConnectionLimiter:
 
     def __init__(self, config: LimitsConfig, ipv6_prefix: int = 64,
                  clock: Callable[[], float] = time.monotonic):
-        self.config = config
         self.ipv6_prefix = ipv6_prefix
         self.clock = clock
-        self.exempt: tuple[_Net, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in config.exempt)
-        self._exempt_seen: dict[str, bool] = {}  # parsing and matching every time cost 1%
+        self.configure(config)
         self.total = 0
         self.open: collections.Counter[str] = collections.Counter()
         self.recent: dict[str, collections.deque[float]] = {}
         self._last_sweep = clock()
+
+    def configure(self, config: LimitsConfig) -> None:
+        """New limits (a reload); the connections counted so far stay counted."""
+        self.config = config
+        self.exempt: tuple[_Net, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in config.exempt)
+        self._exempt_seen: dict[str, bool] = {}  # parsing and matching every time cost 1%
 
     def is_exempt(self, client: str) -> bool:
         if not self.exempt:

@@ -36,10 +36,15 @@ class Scorer:
     def __init__(self, engine: Engine, scoring: ScoringConfig, blocklist: BlocklistConfig,
                  protection: Protection, node: str):
         self.engine = engine
+        self.node = node
+        self.configure(scoring, blocklist, protection)
+
+    def configure(self, scoring: ScoringConfig, blocklist: BlocklistConfig,
+                  protection: Protection) -> None:
+        """New thresholds, weights and durations (a reload): the next run uses them."""
         self.scoring = scoring
         self.blocklist = blocklist
         self.protection = protection
-        self.node = node
         self.weights = scoring.all_weights()
 
     def run_once(self, now: datetime | None = None) -> list[BlockDecision]:

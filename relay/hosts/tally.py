@@ -69,11 +69,7 @@ class RunningScore:
     def __init__(self, scoring: ScoringConfig, *, protected: Callable[[str], str | None],
                  blocked: Callable[[str], object], score_now: ScoreNow,
                  on_blocks: Callable[[list[BlockState]], None]):
-        self.weights = scoring.all_weights()
-        self.threshold = scoring.threshold
-        self.network_threshold = scoring.network_threshold
-        self.floor = scoring.bonus_floor
-        self.window = timedelta(seconds=scoring.window)
+        self.configure(scoring)
         self.protected = protected
         self.blocked = blocked
         self.score_now = score_now
@@ -84,6 +80,15 @@ class RunningScore:
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
+
+    def configure(self, scoring: ScoringConfig) -> None:
+        """New weights and thresholds (a reload): tallies so far are kept and judged by
+        them from the next event on."""
+        self.weights = scoring.all_weights()
+        self.threshold = scoring.threshold
+        self.network_threshold = scoring.network_threshold
+        self.floor = scoring.bonus_floor
+        self.window = timedelta(seconds=scoring.window)
 
     def record(self, event: EventRecord) -> None:
         """Called for every decision the relay records (in the event loop)."""

@@ -134,6 +134,7 @@ class Metrics:
         self.blocked = Gauge("floodgate_blocked_hosts", "Hosts and networks blocked now",
                              registry=r)
         self._server: Any = None
+        self._collector: _RelayCollector | None = None
         self._decided: dict[tuple[str, str, str], Callable[[], None]] = {}
 
     def decision(self, stage: str, action: str, reason: str) -> None:
@@ -156,7 +157,13 @@ class Metrics:
         self.connections.set_function(lambda: relay.handler.open_connections)
         self.spool.set_function(lambda: relay.delivery.queued)
         self.blocked.set_function(lambda: relay.gate.active_count(datetime.now(UTC)))
-        self.registry.register(_RelayCollector(relay, filters))
+        self._collector = _RelayCollector(relay, filters)
+        self.registry.register(self._collector)
+
+    def rewatch(self, filters: Sequence[Filter]) -> None:
+        """A reload built new filters: their caches are the ones to report."""
+        if self._collector is not None:
+            self._collector.filters = filters
 
     def serve(self, host: str, port: int) -> None:
         """Start the /metrics endpoint; OSError if the address cannot be bound."""

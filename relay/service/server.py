@@ -1,9 +1,10 @@
-"""`floodgate serve`: wires config, store, snapshots, filters and listeners together, and
-shuts down without cutting a transaction in half."""
+"""`floodgate serve`: wires config, store, snapshots, filters and listeners together, reloads
+on SIGHUP, and shuts down without cutting a transaction in half."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import faulthandler
 import logging
@@ -18,7 +19,8 @@ from blocklist.protection import Protection
 from filters.base import Filter
 from filters.offload import start_worker
 from filters.recipients import RecipientFilter
-from relay.config import Config
+from relay.config import Config, ConfigError, load_config
+from relay.config.domains import DomainConfig
 from relay.delivery.service import DeliveryService
 from relay.delivery.spool import Spool
 from relay.events.writer import EventWriter, prune_loop
@@ -27,6 +29,7 @@ from relay.hosts.scorer import Scorer
 from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
+from relay.service.reload import plan
 from relay.service.scanners import build_dnsbl, build_scanners
 from relay.smtp.fast import protocol_for
 from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
@@ -56,11 +59,19 @@ class AliasSnapshot:
 
     def __init__(self, engine: Engine, config: Config):
         self.engine = engine
+        self.configure(config)
+        self.book = aliases.AliasBook(frozenset(), frozenset(), self.case_sensitive,
+                                      self.delimiter, -1)
+
+    def configure(self, config: Config) -> None:
+        """How addresses are matched; the next load applies it."""
         self.case_sensitive = config.relay.local_part_case == "sensitive"
         self.delimiter = config.relay.recipient_delimiter
         self.traps = list(config.scoring.traps)
-        self.book = aliases.AliasBook(frozenset(), frozenset(), self.case_sensitive,
-                                      self.delimiter, -1)
+
+    def outdated(self) -> None:
+        """The next refresh loads the table whatever the store's change counter says."""
+        self.book = dataclasses.replace(self.book, generation=-1)
 
     def load(self) -> None:
         started = time.monotonic()
@@ -129,12 +140,14 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class Relay:
-    def __init__(self, config: Config, worker: int | None = None):
+    def __init__(self, config: Config, worker: int | None = None, path: str | None = None):
         """`worker`: this process's number under `serve --workers N` (None: the only one).
         Workers share the listening sockets (SO_REUSEPORT) and the spool; the supervisor
-        prepares the spool, and only worker 0 serves metrics and runs delivery."""
+        prepares the spool, and only worker 0 serves metrics and runs delivery. `path`: the
+        configuration file a reload reads again (None: reload the same configuration)."""
         self.config = config
         self.worker = worker
+        self.path = path
         self.engine = make_engine(config.store.url)
         self.hosted = config.hosted()
         self.snapshot = AliasSnapshot(self.engine, config)
@@ -144,14 +157,14 @@ class Relay:
                                   interval=store.event_flush_interval,
                                   capacity=store.event_buffer,
                                   offences=config.scoring.offences())
-        recipients = RecipientFilter(hosted=self.hosted.__contains__, known=self.known,
-                                     trap=self.snapshot.trap)
         protection = Protection.of_config(config)
         self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
         self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
                              config.relay.node)
         self.metrics = Metrics()
-        chain = self.metrics.timed(self.filters(recipients))
+        # the scanner sections and the filters built from them, reused while unchanged
+        self.scanners: tuple[tuple[object, ...], list[Filter]] | None = None
+        chain = self.metrics.timed(self.filters(config, self.hosted))
         self.handler = RelayHandler(
             node=config.relay.node, hostname=config.relay.hostname,
             pipeline=Pipeline(chain), spool=self.spool, events=self.events,
@@ -164,6 +177,7 @@ class Relay:
         self.handler.queue_full = self.delivery.queue_full
         self.handler.null_sender_full = self.delivery.null_sender_full
         self.handler.on_decision = self.metrics.decision
+        self.running: RunningScore | None = None
         if config.scoring.enabled:
             self.running = RunningScore(
                 config.scoring, protected=lambda c: self.gate.protection.why(c),
@@ -174,15 +188,32 @@ class Relay:
         self.servers: list[asyncio.AbstractServer] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
+        self.options: dict[str, object] = {}  # aiosmtpd's, for each new connection
+        self.ready = asyncio.Event()
+        self.reloading = asyncio.Lock()
+        self.reloads: set[asyncio.Task[None]] = set()
 
-    def filters(self, recipients: RecipientFilter) -> list[Filter]:
-        """Every check, grouped by stage by the pipeline, cheapest first within a stage."""
-        chain: list[Filter] = [recipients]
-        dnsbl = build_dnsbl(self.config.dnsbl)
-        if dnsbl is not None:
-            chain.append(dnsbl)
-        chain.extend(build_scanners(self.config.clamav, self.config.spamassassin))
-        return chain
+    def filters(self, config: Config, hosted: dict[str, DomainConfig]) -> list[Filter]:
+        """Every check, grouped by stage by the pipeline, cheapest first within a stage.
+        The DNSBL and scanner filters are built again only when their sections changed: a
+        reload that does not touch them keeps their verdict caches."""
+        chain: list[Filter] = [RecipientFilter(hosted=hosted.__contains__, known=self.known,
+                                               trap=self.snapshot.trap)]
+        sections = (config.dnsbl, config.clamav, config.spamassassin)
+        if self.scanners is None or self.scanners[0] != sections:
+            dnsbl = build_dnsbl(config.dnsbl)
+            built = build_scanners(config.clamav, config.spamassassin)
+            self.scanners = (sections, ([] if dnsbl is None else [dnsbl]) + built)
+        return chain + self.scanners[1]
+
+    @staticmethod
+    def smtp_options(config: Config, ctx: ssl.SSLContext | None) -> dict[str, object]:
+        """aiosmtpd's options; each connection takes those in force when it opens."""
+        relay = config.relay
+        return {"hostname": relay.hostname, "ident": "ESMTP Floodgate",
+                "data_size_limit": relay.max_message_size, "tls_context": ctx,
+                "require_starttls": bool(ctx and relay.tls and relay.tls.required),
+                "timeout": relay.idle_timeout, "enable_SMTPUTF8": False}
 
     def known(self, local: str, domain: str) -> bool:
         domain_config = self.hosted.get(domain)
@@ -214,19 +245,15 @@ class Relay:
                 raise StartupError(f"metrics.listen {self.config.metrics.listen}: "
                                    f"{e.strerror or e}") from e
         relay = self.config.relay
-
-        options = {"hostname": relay.hostname, "ident": "ESMTP Floodgate",
-                   "data_size_limit": relay.max_message_size, "tls_context": ctx,
-                   "require_starttls": bool(ctx and relay.tls and relay.tls.required),
-                   "timeout": relay.idle_timeout, "enable_SMTPUTF8": False}
+        self.options = self.smtp_options(self.config, ctx)
         # aiosmtpd's set-up cost, once per class (relay/smtp/fast.py) where it applies
-        protocol, slow = protocol_for(FloodgateSMTP, **options)
+        protocol, slow = protocol_for(FloodgateSMTP, **self.options)
         if slow is not None:
             log.warning("aiosmtpd fast set-up off, every session costs more %s",
                         kv(reason=slow))
 
         def smtp() -> FloodgateSMTP:
-            return protocol(self.handler, **options)
+            return protocol(self.handler, **self.options)
 
         def doorman() -> Doorman:
             return Doorman(self.handler.door, smtp)
@@ -262,6 +289,88 @@ class Relay:
                                domains=",".join(sorted(self.hosted)),
                                aliases=len(self.snapshot.book),
                                smtp_setup="aiosmtpd" if slow else "fast"))
+        self.ready.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload in a task of its own (one at a time, once started)."""
+        task = asyncio.create_task(self.reload(), name="reload")
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+
+    async def reload(self) -> None:
+        """Read the configuration again and apply what can change without a restart; load
+        the aliases, the blocks and the TLS certificate and key again. Connections open now
+        carry on (a session keeps its TLS and its error limits); new ones get the new
+        settings. A configuration that cannot be used (check-config's problems, an
+        unreadable certificate, a filter that cannot be built) changes nothing."""
+        await self.ready.wait()
+        async with self.reloading:
+            try:
+                loaded = self.config if self.path is None else load_config(self.path)
+            except ConfigError as e:
+                for problem in e.problems:  # the lines check-config prints
+                    log.error("%s: %s", e.path, problem)
+                self._reloaded(logging.ERROR, "failed", "the configuration has errors")
+                return
+            change = plan(self.config, loaded)
+            config = change.config
+            hosted = config.hosted()
+            try:
+                ctx = tls_context(config)
+                chain = self.metrics.timed(self.filters(config, hosted))
+            except Exception as e:  # StartupError says which file; anything else, what
+                self._reloaded(logging.ERROR, "failed", str(e) if isinstance(
+                    e, StartupError) else f"cannot build the filters: {e}")
+                return
+            if config.clamav is not None and config.clamav.cache.enabled:
+                await start_worker()
+            self._apply(config, hosted, ctx, chain)
+            try:
+                await in_store_thread(self.snapshot.load)
+                await in_store_thread(self.gate.load)
+            except Exception as e:  # the watchers load both as soon as the store answers
+                self.snapshot.outdated()
+                self.gate.generation = -1
+                store = f"unreachable, answering from the last snapshot ({describe(e)})"
+            else:
+                store = "aliases and blocks loaded"
+            self._reloaded(logging.WARNING if change.kept else logging.INFO, "applied",
+                           changed=",".join(change.changed) or "nothing",
+                           kept=",".join(change.kept),
+                           tls="reloaded" if ctx is not None else "off",
+                           aliases=len(self.snapshot.book), store=store)
+
+    def _apply(self, config: Config, hosted: dict[str, DomainConfig],
+               ctx: ssl.SSLContext | None, chain: list[Filter]) -> None:
+        """Swap the new parts in, all within one turn of the event loop: no command runs
+        with half of them."""
+        self.config = config
+        self.hosted = hosted
+        self.options = self.smtp_options(config, ctx)
+        protection = Protection.of_config(config)
+        self.handler.configure(
+            pipeline=Pipeline(chain), max_recipients=config.relay.max_recipients,
+            limits=config.limits, postmaster=config.postmaster(),
+            hopcount_limit=config.relay.hopcount_limit)
+        self.metrics.rewatch(chain)
+        self.delivery.configure(config)
+        self.events.offences = config.scoring.offences()
+        self.scorer.configure(config.scoring, config.blocklist, protection)
+        if self.running is not None:
+            self.running.configure(config.scoring)
+        self.gate.base_protection = protection
+        self.snapshot.configure(config)
+
+    def _reloaded(self, level: int, outcome: str, why: str = "", **fields: object) -> None:
+        """The one line a reload logs: its outcome, what changed, what was kept."""
+        if outcome == "failed":
+            text = "reload failed, running configuration kept"
+        elif fields.get("kept"):
+            text = "reload applied; kept keys need a restart to change"
+        else:
+            text = "reload applied"
+        log.log(level, "%s %s", text, kv(worker=self.worker, outcome=outcome, error=why,
+                                          **fields))
 
     async def close_servers(self) -> None:
         """Stop accepting; connections already open carry on."""
@@ -287,7 +396,7 @@ class Relay:
                 break
             await asyncio.sleep(0.05)
         await self.delivery.stop(max(1.0, deadline - time.monotonic()))
-        watcher = [t for t in self.tasks if t.get_name() != "events"]
+        watcher = [t for t in self.tasks if t.get_name() != "events"] + list(self.reloads)
         for t in watcher:
             t.cancel()
         events = [t for t in self.tasks if t.get_name() == "events"]
@@ -300,10 +409,11 @@ class Relay:
         self.engine.dispose()
 
 
-async def run(config: Config, worker: int | None = None) -> None:
-    relay = Relay(config, worker)
-    await relay.start()
+async def run(config: Config, worker: int | None = None, path: str | None = None) -> None:
+    relay = Relay(config, worker, path)
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, relay.request_reload)  # waits for start
+    await relay.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -311,11 +421,12 @@ async def run(config: Config, worker: int | None = None) -> None:
     await relay.stop()
 
 
-def serve(config: Config, worker: int | None = None) -> None:
+def serve(config: Config, worker: int | None = None, path: str | None = None) -> None:
     """Run on uvloop; FLOODGATE_EVENT_LOOP=asyncio picks asyncio's own loop (benchmarks).
 
-    `kill -USR1 <pid>` prints every thread's stack to stderr (the log), even with the event
-    loop stuck: what to look at when a relay stops answering at 3 a.m.
+    `kill -HUP <pid>` reloads (Relay.reload). `kill -USR1 <pid>` prints every thread's stack
+    to stderr (the log), even with the event loop stuck: what to look at when a relay stops
+    answering at 3 a.m.
     """
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
@@ -323,6 +434,6 @@ def serve(config: Config, worker: int | None = None) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional in spirit
         uvloop = None
     if uvloop is None or os.environ.get("FLOODGATE_EVENT_LOOP", "uvloop") == "asyncio":
-        asyncio.run(run(config, worker))
+        asyncio.run(run(config, worker, path))
     else:
-        uvloop.run(run(config, worker))
+        uvloop.run(run(config, worker, path))

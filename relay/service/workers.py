@@ -9,10 +9,11 @@ store writer per process). They share the store and the spool directory.
 
 The supervisor (the process started as `floodgate serve`) prepares what must be prepared
 once (the schema of an empty store, the spool directories and the clean-up of the spool's
-`tmp/`), forks the workers, forwards SIGTERM/SIGINT to them, restarts a worker that dies,
-and exits when all have stopped. Only worker 0 runs delivery (the delivery scheduler
-assumes it is alone on its spool; it picks up the other workers' messages at its next spool
-scan, `delivery.scan_interval`) and serves metrics.
+`tmp/`), forks the workers, forwards SIGTERM/SIGINT and SIGHUP (reload) to them, restarts a
+worker that dies (with the configuration as last reloaded), and exits when all have stopped.
+Only worker 0 runs delivery (the delivery scheduler assumes it is alone on its spool; it
+picks up the other workers' messages at its next spool scan, `delivery.scan_interval`) and
+serves metrics.
 
 Caveats: verdict caches and DNSBL caches are per worker (an outbreak's first copy costs one
 clamd scan per worker); `delivery.max_spool_messages` is enforced by worker 0 only (the
@@ -29,9 +30,10 @@ import signal
 import sys
 import time
 
-from relay.config import Config
+from relay.config import Config, ConfigError, load_config
 from relay.delivery.spool import Spool
 from relay.logs import kv
+from relay.service.reload import plan
 from relay.service.server import StartupError, prepare_store
 from relay.store.database import make_engine
 
@@ -42,14 +44,16 @@ RESTART_DELAY = 1.0
 MAX_DELAY = 30.0
 
 
-def _worker(config: Config, index: int) -> int:
+def _worker(config: Config, index: int, path: str | None) -> int:
     """The child side of the fork: a whole relay. Returns the exit status."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # not the supervisor's handler (it would signal the siblings); the relay sets its own
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from relay.service.server import serve
 
     try:
-        serve(config, worker=index)
+        serve(config, worker=index, path=path)
     except StartupError as e:
         log.error("worker cannot start %s", kv(worker=index, error=str(e)))
         return STARTUP_FAILED
@@ -61,12 +65,12 @@ def _worker(config: Config, index: int) -> int:
     return 0
 
 
-def _spawn(config: Config, index: int) -> int:
+def _spawn(config: Config, index: int, path: str | None) -> int:
     pid = os.fork()
     if pid == 0:  # child
         status = 1
         try:
-            status = _worker(config, index)
+            status = _worker(config, index, path)
         finally:
             for handler in logging.getLogger().handlers:
                 handler.flush()
@@ -77,8 +81,9 @@ def _spawn(config: Config, index: int) -> int:
     return pid
 
 
-def serve_workers(config: Config, n: int) -> None:
-    """Supervise `n` workers until SIGTERM/SIGINT; raises StartupError if one cannot start."""
+def serve_workers(config: Config, n: int, path: str | None = None) -> None:
+    """Supervise `n` workers until SIGTERM/SIGINT; raises StartupError if one cannot start.
+    `path`: the configuration file each worker reads again on SIGHUP."""
     engine = make_engine(config.store.url)
     try:
         prepare_store(engine)
@@ -99,13 +104,27 @@ def serve_workers(config: Config, n: int) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, _frame: object) -> None:
+        """Each worker reloads (and logs how it went); a worker restarted later starts
+        with what they reloaded, which is checked here the same way."""
+        nonlocal config
+        if path is not None:
+            # a bad file: every worker logs its problems and keeps its configuration
+            with contextlib.suppress(ConfigError):
+                config = plan(config, load_config(path)).config
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+        log.info("reload passed to the workers %s", kv(workers=len(children)))
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     started: dict[int, float] = {}
     failures: dict[int, int] = {}
     failed_startup: str | None = None
     try:
         for index in range(n):
-            children[_spawn(config, index)] = index
+            children[_spawn(config, index, path)] = index
             started[index] = time.monotonic()
         log.info("supervising %s", kv(workers=n, pid=os.getpid()))
         while children:
@@ -134,7 +153,7 @@ def serve_workers(config: Config, n: int) -> None:
             while not stopping and time.monotonic() < deadline:
                 time.sleep(0.1)
             if not stopping:
-                children[_spawn(config, index)] = index
+                children[_spawn(config, index, path)] = index
                 started[index] = time.monotonic()
     finally:
         for sig, handler in previous.items():

@@ -543,19 +543,17 @@ class RelayHandler:
         ("" refuses them like any other address)."""
         self.node = node
         self.hostname = hostname
-        self.pipeline = pipeline
         self.spool = spool
         self.events = events
-        self.max_recipients = max_recipients
         self.ipv6_prefix = ipv6_prefix
         self.gate = gate
         self.protected = protected
         self.limits = limits or LimitsConfig()
-        self.postmaster = postmaster
-        self.hopcount_limit = hopcount_limit
         self.limiter = ConnectionLimiter(self.limits, ipv6_prefix)
         # DATA held in memory by all sessions together; past it every message spills
         self.data_budget = Budget(self.limits.data_memory_total)
+        self.configure(pipeline=pipeline, max_recipients=max_recipients, limits=self.limits,
+                       postmaster=postmaster, hopcount_limit=hopcount_limit)
         self.connections: set[FloodgateSMTP] = set()
         # Why new mail must wait (spool or disk full), or None; set by the delivery service.
         self.queue_full: Callable[[], str | None] = lambda: None
@@ -565,6 +563,18 @@ class RelayHandler:
         self.on_decision: Callable[[str, str, str], None] = lambda *decision: None
         # Sees every event recorded (the running score that blocks at once); set by the server.
         self.on_event: Callable[[EventRecord], None] = lambda event: None
+
+    def configure(self, *, pipeline: Pipeline, max_recipients: int, limits: LimitsConfig,
+                  postmaster: str, hopcount_limit: int) -> None:
+        """What a reload may change. Each command reads these when it runs, so an open
+        session's next command sees them; a session keeps the error limits it began with."""
+        self.pipeline = pipeline
+        self.max_recipients = max_recipients
+        self.limits = limits
+        self.limiter.configure(limits)
+        self.data_budget.total = limits.data_memory_total
+        self.postmaster = postmaster
+        self.hopcount_limit = hopcount_limit
 
     @property
     def open_connections(self) -> int:
