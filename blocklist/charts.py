@@ -9,15 +9,12 @@ from pathlib import Path
 import matplotlib.dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
 
+from blocklist.chart_style import CHROME, OUTCOME_COLOURS, nice_ticks
 from blocklist.reports import OUTCOMES, Timeline
 
-# One fixed colour per outcome, so charts from different days compare.
-COLOURS = {
-    "accepted": "#2ca02c", "unknown_rcpt": "#9467bd", "trap": "#e377c2",
-    "relay_denied": "#8c564b", "virus": "#d62728", "spam": "#ff7f0e", "dnsbl": "#1f77b4",
-    "blocked": "#404040", "protocol": "#bcbd22", "other": "#c7c7c7", "tempfail": "#ffd700",
-}
+Y_TICKS = 8  # at most as many steps on the y axis (the console's shorter chart has 4)
 LABELS = {"unknown_rcpt": "unknown recipient", "relay_denied": "relay denied",
           "dnsbl": "DNSBL", "blocked": "blocked at connect", "trap": "spam trap"}
 DPI = 100
@@ -30,6 +27,12 @@ def bucket_label(seconds: float) -> str:
 def draw_timeline(timeline: Timeline, path: Path, *, width: int = 1200,
                   height: int = 600) -> Path:
     """Write the chart to `path` as a `width` x `height` pixel PNG."""
+    build_figure(timeline, width=width, height=height).savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def build_figure(timeline: Timeline, *, width: int = 1200, height: int = 600) -> Figure:
+    """The chart as a Figure, apart from writing it, so that a test can read its axes."""
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -42,7 +45,7 @@ def draw_timeline(timeline: Timeline, path: Path, *, width: int = 1200,
     series = [[*s, s[-1]] if s else [] for s in series]
     if xs:
         ax.stackplot(xs, *series, labels=[LABELS.get(o, o) for o in shown],
-                     colors=[COLOURS[o] for o in shown], step="post", linewidth=0)
+                     colors=[OUTCOME_COLOURS[o] for o in shown], step="post", linewidth=0)
         ax.set_xlim(xs[0], xs[-1])
     locator = mdates.AutoDateLocator(tz=timeline.start.tzinfo)
     ax.xaxis.set_major_locator(locator)
@@ -50,12 +53,19 @@ def draw_timeline(timeline: Timeline, path: Path, *, width: int = 1200,
                                                              tz=timeline.start.tzinfo))
     ax.set_xlabel("time (UTC)")
     ax.set_ylabel(f"events per {bucket_label(step.total_seconds())}")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, axis="y", alpha=0.3)
+    # round ticks (1, 2 or 5 x 10^n) from 0 to the first one over the tallest stack
+    ticks = nice_ticks(max((sum(c.values()) for _, c in timeline.buckets), default=0), Y_TICKS)
+    ax.set_yticks(ticks)
+    ax.set_ylim(0, ticks[-1])
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))  # 25,000 as the console
+    ax.grid(True, axis="y", color=CHROME["line"])
+    ax.set_axisbelow(True)
+    ax.tick_params(colors=CHROME["muted"], labelcolor=CHROME["ink"])
+    for side in ax.spines.values():
+        side.set_color(CHROME["muted"])
     fmt = "%Y-%m-%d %H:%M"
     ax.set_title(f"Floodgate outcomes per {bucket_label(step.total_seconds())}, "
                  f"{timeline.start.strftime(fmt)} to {timeline.end.strftime(fmt)} UTC")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=DPI)
-    return path
+    return fig

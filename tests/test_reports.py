@@ -475,3 +475,33 @@ def test_report_after_real_traffic(start_relay, store_url: str, clamd, spamd,  #
     table = floodgate(relay.config, "report", "hosts").stdout
     assert "127.0.0.5" in table and "127.0.0.2" in table
 
+
+
+def test_png_y_axis_has_round_ticks_in_the_console_palette() -> None:
+    """The PNG's y axis: from 0 in steps of 1, 2 or 5 x 10^n up to the first tick over the
+    tallest stack (matplotlib's own choice allows 2.5 and stops at a margin); the bands in
+    blocklist/chart_style.py's colours, as the console draws them."""
+    from matplotlib.colors import to_hex
+
+    from blocklist.chart_style import OUTCOME_COLOURS
+    from blocklist.charts import build_figure
+
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    for peak in (1, 7, 10, 37, 250, 1234, 99_999):
+        buckets = [(start + i * HOUR, dict.fromkeys(rp.OUTCOMES, 0)) for i in range(6)]
+        buckets[2][1]["accepted"] = peak // 2
+        buckets[2][1]["virus"] = peak - peak // 2
+        buckets[4][1]["accepted"] = 1
+        fig = build_figure(rp.Timeline(start, start + 6 * HOUR, HOUR, buckets))
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        ticks = [float(t) for t in ax.get_yticks()]
+        step = ticks[1] - ticks[0]
+        assert ticks[0] == 0 and step.is_integer()
+        assert str(int(step)).rstrip("0") in ("1", "2", "5"), ticks
+        assert all(b - a == step for a, b in pairwise(ticks)), ticks
+        assert ticks[-1] >= peak and ticks[-2] < peak, (peak, ticks)
+        assert ax.get_ylim() == (0, ticks[-1])
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{int(t):,}" for t in ticks]
+        bands = {to_hex(c.get_facecolor()[0]) for c in ax.collections}
+        assert bands == {OUTCOME_COLOURS["accepted"], OUTCOME_COLOURS["virus"]}

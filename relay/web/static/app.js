@@ -3,11 +3,6 @@
 "use strict";
 
 const TOKEN_KEY = "floodgate-token";
-const COLORS = {
-  accepted: "#2e9e5b", unknown_rcpt: "#f28e2b", trap: "#b35806", relay_denied: "#8e6bbf",
-  virus: "#d62728", spam: "#e377c2", dnsbl: "#1f77b4", blocked: "#555555",
-  protocol: "#8c564b", other: "#aaaaaa", tempfail: "#e6c229",
-};
 const RANGES = { "1h": "1m", "6h": "5m", "24h": "15m" };
 const REJECTS = ["unknown_rcpt", "trap", "relay_denied", "virus", "spam", "dnsbl", "blocked",
   "protocol", "other"];
@@ -50,8 +45,32 @@ async function api(path, options = {}) {
 }
 
 const fmtNum = (n) => Number(n).toLocaleString("en");
-const fmtTime = (iso) => iso ? iso.replace("T", " ").slice(0, 19) + " UTC" : "";
-const fmtShort = (iso) => iso ? iso.replace("T", " ").slice(5, 19) : "";
+// Every time in UTC, whatever the browser's zone, as the CLI, the logs and the API give them.
+// The API's times carry their offset; one without is UTC, never the browser's local time.
+const utc = (iso) => new Date(/(Z|[+-]\d\d:\d\d)$/i.test(iso) ? iso : iso + "Z")
+  .toISOString(); // YYYY-MM-DDTHH:MM:SS.sssZ
+const fmtTime = (iso) => iso ? utc(iso).replace("T", " ").slice(0, 19) + " UTC" : "";
+const fmtShort = (iso) => iso ? utc(iso).replace("T", " ").slice(5, 19) : "";
+const fmtClock = (iso) => utc(iso).slice(11, 16);
+
+// An outcome's colour: the CSS variable --c-OUTCOME, which mirrors blocklist/chart_style.py.
+const colour = (outcome) => getComputedStyle(document.documentElement)
+  .getPropertyValue(`--c-${outcome}`).trim() || "#999999";
+
+// Axis ticks from 0 in steps of 1, 2 or 5 x 10^n reaching `maximum` in about `count` steps:
+// the same integer arithmetic as nice_ticks() in blocklist/chart_style.py (the PNG chart).
+function niceTicks(maximum, count = 4) {
+  let step = 0;
+  for (let magnitude = 1; !step; magnitude *= 10) {
+    step = [1, 2, 5].map((m) => m * magnitude).find((s) => s * count >= maximum) || 0;
+  }
+  const steps = Math.max(1, Math.ceil(maximum / step));
+  return Array.from({ length: steps + 1 }, (_, i) => i * step);
+}
+
+// Time labels on round clock times (every 10 minutes, 1 hour, 3 hours, ...), about 8.
+const CLOCK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440].map((m) => m * 60000);
+const clockStep = (span) => CLOCK_STEPS.find((s) => s * 8 >= span) || CLOCK_STEPS.at(-1);
 
 function fmtLeft(seconds) {
   if (seconds <= 0) return "ended";
@@ -110,7 +129,7 @@ async function refresh() {
   busy = true;
   try {
     await (document.body.dataset.page === "host" ? refreshHost() : refreshDashboard());
-    $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
+    $("#updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
   } catch (e) {
     if (e instanceof Unauthorized) showLogin("the token is no longer accepted");
     else $("#updated").textContent = "update failed: " + e.message;
@@ -152,17 +171,24 @@ function drawChart(tl) {
   const buckets = tl.buckets;
   const outcomes = tl.outcomes;
   const totals = buckets.map((b) => outcomes.reduce((a, o) => a + b[o], 0));
-  const max = Math.max(1, ...totals);
+  const ticks = niceTicks(Math.max(0, ...totals));
+  const max = ticks[ticks.length - 1];
   const bw = (W - L) / Math.max(1, buckets.length);
+  const every = clockStep(buckets.length < 2 ? 0
+    : Date.parse(buckets[buckets.length - 1].time) - Date.parse(buckets[0].time));
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
-    "aria-label": "events per bucket by outcome", class: "chart-svg" });
-  for (let i = 0; i <= 4; i++) {
-    const y = T + (H - B - T) * (1 - i / 4);
+    "aria-label": "events per bucket by outcome, times in UTC", class: "chart-svg" });
+  for (const tick of ticks) {
+    const y = T + (H - B - T) * (1 - tick / max);
     root.append(svg("line", { x1: L, x2: W, y1: y, y2: y, class: "grid" }));
-    const label = svg("text", { x: L - 6, y: y + 4, class: "axis", "text-anchor": "end" });
-    label.textContent = fmtNum(Math.round(max * i / 4));
+    const label = svg("text", { x: L - 6, y: y + 4, class: "axis y-tick", "text-anchor": "end",
+      "data-value": tick });
+    label.textContent = fmtNum(tick);
     root.append(label);
   }
+  const zone = svg("text", { x: L - 6, y: H - 6, class: "axis", "text-anchor": "end" });
+  zone.textContent = "UTC";
+  root.append(zone);
   buckets.forEach((b, i) => {
     let y = H - B;
     const x = L + i * bw;
@@ -171,22 +197,28 @@ function drawChart(tl) {
       const h = (H - B - T) * b[o] / max;
       y -= h;
       const r = svg("rect", { x: x + 0.5, y, width: Math.max(1, bw - 1), height: h,
-        fill: COLORS[o] || "#999" });
+        fill: colour(o), "data-outcome": o, "data-time": b.time });
       const tip = svg("title", {});
       tip.textContent = `${fmtTime(b.time)}: ${o} ${fmtNum(b[o])}`;
       r.append(tip);
       root.append(r);
     }
-    if (i % Math.ceil(buckets.length / 8) === 0) {
-      const t = svg("text", { x, y: H - 6, class: "axis" });
-      t.textContent = b.time.slice(11, 16);
+    if (Date.parse(b.time) % every === 0) {
+      const t = svg("text", { x, y: H - 6, class: "axis x-tick", "data-time": b.time });
+      t.textContent = fmtClock(b.time);
       root.append(t);
     }
   });
   $("#chart").replaceChildren(root);
   const seen = outcomes.filter((o) => buckets.some((b) => b[o]));
   $("#legend").replaceChildren(...(seen.length ? seen : ["accepted"]).map((o) =>
-    el("span", { class: "key" }, el("i", { class: `swatch sw-${o}` }), o)));
+    el("span", { class: "key" }, swatch(o), o)));
+}
+
+function swatch(outcome) {
+  const i = el("i", { class: "swatch" });
+  i.style.backgroundColor = colour(outcome); // CSSOM, which the style-src policy allows
+  return i;
 }
 
 function drawBlocks(blocks) {
