@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -150,6 +151,16 @@ def test_metrics_count_every_worker(tmp_path: Path, clamd) -> None:  # type: ign
             assert smtp.docmd("MAIL FROM:<s@sender.test>")[0] == 250
             assert smtp.docmd("RCPT TO:<ghost@example.org>")[0] == 550
             smtp.quit()
+        samples = scrape(metrics)
+        assert decisions(samples, "rcpt", "reject", "unknown_rcpt") == 40
+        assert decisions(samples, "connect", "accept", "connect") == 40
+
+        # worker 1 dies and is restarted: what it counted stays counted (a total that went
+        # back would read as a counter reset, and rate() would count it all again)
+        one = re.search(r"worker started worker=1 pid=(\d+)", log_path.read_text())
+        assert one is not None
+        os.kill(int(one.group(1)), signal.SIGKILL)
+        wait_until(lambda: log_path.read_text().count(" ready ") >= 3, 60, "worker 1 back")
         samples = scrape(metrics)
         assert decisions(samples, "rcpt", "reject", "unknown_rcpt") == 40
         assert decisions(samples, "connect", "accept", "connect") == 40
