@@ -118,12 +118,15 @@ def test_metrics_count_every_worker(tmp_path: Path, clamd) -> None:  # type: ign
     outcomes, build info, and a dead clamd address's up gauge at 0."""
     port, metrics = free_port(), free_port()
     dead = tmp_path / "no-clamd.sock"  # first in turn: each worker's first scan finds it dead
+    hop = socket.socket()  # bound, never listening: the next hop refuses every connection
+    hop.bind(("127.0.0.1", 0))
     config = write_config(
         tmp_path / "relay.toml", store_url=f"sqlite:///{tmp_path}/fg.db", port=port,
-        extra_delivery='enabled = true\nscan_interval = "0.5s"',  # next hop 127.0.0.1:2600 is down
-        extra=f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
+        extra_delivery='enabled = true\nscan_interval = "0.5s"',
+        extra=f'[domains."down.test"]\nnext_hop = "127.0.0.1:{hop.getsockname()[1]}"\n'
+              f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
               f'[clamav]\naddress = ["{dead}", "{clamd.unix_address}"]\ntimeout = "3s"\n')
-    (tmp_path / "aliases.txt").write_text(ALIASES)
+    (tmp_path / "aliases.txt").write_text(ALIASES + "bob@down.test\n")
     floodgate(config, "aliases", "import", "--format", "list", str(tmp_path / "aliases.txt"))
     log_path = tmp_path / "relay.log"
     files = tmp_path / "tmp"  # where the supervisor makes the workers' metric directory
@@ -167,7 +170,7 @@ def test_metrics_count_every_worker(tmp_path: Path, clamd) -> None:  # type: ign
 
         # a message: scanned (the dead clamd first), queued, deferred (next hop down)
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            smtp.sendmail("s@sender.test", ["bob@example.org"], eml("clean.eml"))
+            smtp.sendmail("s@sender.test", ["bob@down.test"], eml("clean.eml"))
         live = clamd.unix_address
 
         def scanners_seen() -> bool:
@@ -195,6 +198,7 @@ def test_metrics_count_every_worker(tmp_path: Path, clamd) -> None:  # type: ign
         assert proc.wait(30) == 0, log_path.read_text()
         assert list(files.iterdir()) == []  # the metric files go with the supervisor
     finally:
+        hop.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
