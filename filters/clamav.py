@@ -97,6 +97,7 @@ class ClamdClient:
         self.chunk_size = chunk_size
         self._slots = asyncio.Semaphore(concurrency)
         self.scans = 0  # INSTREAM requests sent (the outbreak tests count these)
+        self.up = True  # False while the last command could not connect or timed out
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if isinstance(self.endpoint, str):
@@ -112,12 +113,16 @@ class ClamdClient:
                 try:
                     reader, writer = await self._open()
                 except OSError as e:  # nothing was sent: another clamd may take it
+                    self.up = False
                     raise ClamdUnavailable(f"{type(e).__name__}: {e.strerror or e}") from e
                 try:
-                    return await self._exchange(reader, writer, payload, command)
+                    reply = await self._exchange(reader, writer, payload, command)
+                    self.up = True
+                    return reply
                 finally:
                     writer.close()
         except TimeoutError as e:
+            self.up = False
             raise ClamdTimeout(f"timeout after {self.timeout:g}s") from e
         except OSError as e:
             raise ClamdError(f"{type(e).__name__}: {e.strerror or e}") from e
@@ -178,6 +183,10 @@ class ClamdClient:
         except ClamdError:
             return False
 
+    def reachable(self) -> dict[str, bool]:
+        """{address: whether the last command reached it} (see Rotation.reachable)."""
+        return {self.address: self.up}
+
 
 class ClamdPool:
     """Several clamd endpoints behind ClamdClient's interface, for a site that adds scanner
@@ -195,6 +204,9 @@ class ClamdPool:
     @property
     def scans(self) -> int:
         return sum(c.scans for c in self.clients)
+
+    def reachable(self) -> dict[str, bool]:
+        return self.rotation.reachable()
 
     async def instream(self, data: bytes) -> str | None:
         try:
@@ -294,6 +306,10 @@ class ClamAVFilter:
         self.messages = 0
         self.cache_hits = 0
         self.offloaded = 0  # small messages split off the loop for their structure
+
+    def reachable(self) -> dict[str, bool]:
+        """{clamd address: whether the last command reached it}, for the scanner-up gauge."""
+        return self.client.reachable()
 
     # -- verdicts ----------------------------------------------------------------------
     @staticmethod

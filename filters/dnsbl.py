@@ -215,6 +215,8 @@ class DnsblStats:
     cache_hits: int = 0
     timeouts: int = 0
     failures: int = 0  # other DNS errors: SERVFAIL, refused, network
+    # per zone (the configured zones: a bounded set), for the metrics: one slow list shows
+    zone_timeouts: dict[str, int] = field(default_factory=dict)
 
 
 class DnsblFilter:
@@ -247,6 +249,10 @@ class DnsblFilter:
         for z in self.zones:
             if z.nameserver or nameserver:
                 self._resolver(z.nameserver or nameserver)  # validate early
+
+    def zone_timeouts(self) -> dict[str, int]:
+        """DNS queries that timed out, per configured zone, since start (for the metrics)."""
+        return {z.name: self.stats.zone_timeouts.get(z.name, 0) for z in self.zones}
 
     def _timeout(self, zone: Zone) -> float:
         return zone.timeout if zone.timeout is not None else self.default_timeout
@@ -344,6 +350,7 @@ class DnsblFilter:
             answer = ZoneAnswer((), max(min(_negative_ttl(e), self.negative_ttl), self.min_ttl))
         except dns.exception.Timeout:
             self.stats.timeouts += 1
+            self.stats.zone_timeouts[zone.name] = self.stats.zone_timeouts.get(zone.name, 0) + 1
             log.warning("dnsbl timeout zone=%s name=%s after %.1fs", zone.name, key,
                         self._timeout(zone))
             raise

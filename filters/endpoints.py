@@ -5,7 +5,8 @@ both: each call goes to the next endpoint in turn; one that cannot be reached or
 skipped for `down_for` seconds (tried last, not never: if all are down one may be back); a
 call that could not even connect is tried on the next endpoint at once, as nothing was sent;
 a call that hung is not resent, as the scanner may still be working on it and a second
-endpoint would only double the wait.
+endpoint would only double the wait. `reachable()` tells the metrics (scanner up/down) what
+the last call to each endpoint found, lone endpoints included.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Rotation(Generic[E]):
         self._clock = clock
         self._next = 0
         self._down_until = [0.0] * len(self.endpoints)
+        self._failing = [False] * len(self.endpoints)
         self.address = ",".join(e.address for e in self.endpoints)
 
     def order(self) -> list[int]:
@@ -94,6 +96,7 @@ class Rotation(Generic[E]):
                 self._mark_down(i, e)
                 raise
             self._down_until[i] = 0.0
+            self._failing[i] = False
             return result
         raise AssertionError("unreachable: order() is never empty")
 
@@ -103,7 +106,16 @@ class Rotation(Generic[E]):
         return [e.address for e, until in zip(self.endpoints, self._down_until, strict=True)
                 if until > now]
 
+    def reachable(self) -> dict[str, bool]:
+        """Each address: False while its last call could not connect or hung, True once
+        one is answered (and before the first call: nothing says otherwise). Unlike
+        `down()` this does not lapse after `down_for`: a dead endpoint stays False until it
+        answers again."""
+        return {e.address: not failing
+                for e, failing in zip(self.endpoints, self._failing, strict=True)}
+
     def _mark_down(self, i: int, why: BaseException) -> None:
+        self._failing[i] = True
         if len(self.endpoints) == 1:
             return
         if self._down_until[i] <= self._clock():

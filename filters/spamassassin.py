@@ -138,6 +138,10 @@ class SpamAssassinFilter:
         self.cache_ttl = cache_ttl
         self.requests = 0  # spamd round trips (tests and stats)
 
+    def reachable(self) -> dict[str, bool]:
+        """{spamd address: whether the last request reached it}, for the scanner-up gauge."""
+        return self.rotation.reachable()
+
     # -- thresholds --------------------------------------------------------------------
     def _rule(self, domain: str) -> Thresholds | None:
         if self.domains is None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import re
+import signal
 import smtplib
 import socket
+import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import floodgate, free_port, wait_until
+from tests.support import FLOODGATE, ROOT, floodgate, free_port, wait_until, write_config
 from tests.test_content import eml, scanners
 from tests.test_smtp import ALIASES, client
+from tests.test_workers import children, established_inodes, socket_inodes
 
 pytest_plugins = ["tests.scanner_fixtures"]
 
@@ -103,3 +110,97 @@ def test_metrics_depend_on_no_relay_module() -> None:
     imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert [m for m in imported if m == "relay" or m.startswith("relay.")] == []
+
+
+def test_metrics_count_every_worker(tmp_path: Path, clamd) -> None:  # type: ignore[no-untyped-def]
+    """`serve --workers 2`: sessions spread over both workers, and the one endpoint counts
+    them all (it counted worker 0's alone); the oldest queued message's age, the delivery
+    outcomes, build info, and a dead clamd address's up gauge at 0."""
+    port, metrics = free_port(), free_port()
+    dead = tmp_path / "no-clamd.sock"  # first in turn: each worker's first scan finds it dead
+    hop = socket.socket()  # bound, never listening: the next hop refuses every connection
+    hop.bind(("127.0.0.1", 0))
+    config = write_config(
+        tmp_path / "relay.toml", store_url=f"sqlite:///{tmp_path}/fg.db", port=port,
+        extra_delivery='enabled = true\nscan_interval = "0.5s"',
+        extra=f'[domains."down.test"]\nnext_hop = "127.0.0.1:{hop.getsockname()[1]}"\n'
+              f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
+              f'[clamav]\naddress = ["{dead}", "{clamd.unix_address}"]\ntimeout = "3s"\n')
+    (tmp_path / "aliases.txt").write_text(ALIASES + "bob@down.test\n")
+    floodgate(config, "aliases", "import", "--format", "list", str(tmp_path / "aliases.txt"))
+    log_path = tmp_path / "relay.log"
+    files = tmp_path / "tmp"  # where the supervisor makes the workers' metric directory
+    files.mkdir()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([*FLOODGATE, "-c", str(config), "serve", "--workers", "2"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "TMPDIR": str(files)})
+    try:
+        wait_until(lambda: log_path.read_text().count(" ready ") >= 2, 60, "two workers ready")
+        workers = children(proc.pid)
+        assert len(workers) == 2, log_path.read_text()
+        assert [d.name[:18] for d in files.iterdir()] == ["floodgate-metrics-"]
+
+        # 40 sessions open at once: the kernel spreads them over both workers (all on one
+        # worker: about 2**-39), as the sockets each worker holds show
+        sessions = [smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in range(40)]
+        established = established_inodes(port)
+        per_worker = {pid: len(socket_inodes(pid) & established) for pid in workers}
+        assert all(n > 0 for n in per_worker.values()), per_worker
+        wait_until(lambda: value(scrape(metrics), "floodgate_smtp_connections") == 40,
+                   what="every worker's connections in the gauge")
+        for smtp in sessions:
+            smtp.ehlo("client.test")
+            assert smtp.docmd("MAIL FROM:<s@sender.test>")[0] == 250
+            assert smtp.docmd("RCPT TO:<ghost@example.org>")[0] == 550
+            smtp.quit()
+        samples = scrape(metrics)
+        assert decisions(samples, "rcpt", "reject", "unknown_rcpt") == 40
+        assert decisions(samples, "connect", "accept", "connect") == 40
+
+        # worker 1 dies and is restarted: what it counted stays counted (a total that went
+        # back would read as a counter reset, and rate() would count it all again)
+        one = re.search(r"worker started worker=1 pid=(\d+)", log_path.read_text())
+        assert one is not None
+        os.kill(int(one.group(1)), signal.SIGKILL)
+        wait_until(lambda: log_path.read_text().count(" ready ") >= 3, 60, "worker 1 back")
+        samples = scrape(metrics)
+        assert decisions(samples, "rcpt", "reject", "unknown_rcpt") == 40
+        assert decisions(samples, "connect", "accept", "connect") == 40
+
+        # a message: scanned (the dead clamd first), queued, deferred (next hop down)
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.sendmail("s@sender.test", ["bob@down.test"], eml("clean.eml"))
+        live = clamd.unix_address
+
+        def scanners_seen() -> bool:
+            s = scrape(metrics)
+            return (value(s, "floodgate_scanner_up", scanner="clamav", address=str(dead)) == 0
+                    and value(s, "floodgate_scanner_up", scanner="clamav", address=live) == 1)
+
+        wait_until(scanners_seen, what="the dead clamd address down, the live one up")
+        wait_until(lambda: value(scrape(metrics), "floodgate_delivery_outcomes_total",
+                                 outcome="deferred", status="4.4") >= 1,
+                   what="a deferred delivery (next hop down: 4.4.x)")
+        wait_until(lambda: value(scrape(metrics), "floodgate_smtp_connections") == 0,
+                   what="connection gauge back to 0")
+        samples = scrape(metrics)
+        assert value(samples, "floodgate_queue_oldest_message_age_seconds") > 0
+        assert value(samples, "floodgate_spool_messages") == 1
+        assert decisions(samples, "data", "accept", "accepted") == 1
+        assert value(samples, "floodgate_scan_duration_seconds_count", scanner="clamav") == 1
+        version = importlib.metadata.version("floodgate")
+        info = [labels for (name, labels), v in samples.items()
+                if name == "floodgate_build_info" and v == 1]
+        assert len(info) == 1 and ("version", version) in info[0], info
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+        assert list(files.iterdir()) == []  # the metric files go with the supervisor
+    finally:
+        hop.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children(proc.pid):
+            os.kill(pid, signal.SIGKILL)

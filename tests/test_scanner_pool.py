@@ -48,6 +48,30 @@ def test_clamd_pool_uses_both_in_turn(clamd: Clamd) -> None:
     asyncio.run(go())
 
 
+def test_reachable_says_which_address_is_down(clamd: Clamd, spamd: Spamd) -> None:
+    """What the scanner-up gauge reads: the last call's fate per address, a lone clamd's
+    too (a rotation of one marks nothing down, as there is nowhere else to go), and it does
+    not lapse with `down_for`: a dead address stays down until it answers."""
+    async def go() -> None:
+        lone = ClamAVFilter(ClamdClient(dead(), timeout=2))
+        assert lone.reachable() == {lone.client.address: True}  # nothing says otherwise yet
+        with pytest.raises(ClamdError):
+            await lone.client.instream(b"x")
+        assert lone.reachable() == {lone.client.address: False}
+
+        down = dead()
+        pool = ClamAVFilter(ClamdPool([ClamdClient(down), ClamdClient(clamd.address)],
+                                      down_for=0))
+        assert await pool.client.instream(b"clean") is None
+        assert pool.reachable() == {down: False, clamd.address: True}
+
+        spam = SpamAssassinFilter([down, spamd.address], timeout=60)
+        await spam.score(b"Subject: hi\r\n\r\nJust a note.\r\n")
+        assert spam.reachable() == {down: False, spamd.address: True}
+
+    asyncio.run(go())
+
+
 def test_clamd_pool_all_down_is_an_error() -> None:
     async def go() -> None:
         pool = ClamdPool([ClamdClient(dead(), timeout=2), ClamdClient(dead(), timeout=2)])

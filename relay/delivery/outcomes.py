@@ -5,10 +5,13 @@ cannot be spooled stays pending, to fail (and be told) again later."""
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Callable
 
 from blocklist.hosts import host_key
 from relay.config import Config
+from relay.delivery import dsn
 from relay.delivery.bounces import Bounces, failure
 from relay.delivery.spool import BOUNCED, DELIVERED, PENDING
 from relay.delivery.work import Entry, Result
@@ -18,6 +21,16 @@ from relay.logs import kv
 
 log = logging.getLogger("floodgate.delivery")
 
+_STATUS = re.compile(r"([245])\.([0-7])\.\d{1,3}")
+
+
+def status_class(status: str) -> str:
+    """`5.1.1` -> `5.1`: an enhanced status code's class and subject (RFC 3463), the few
+    values a metric label may take (a remote server's detail codes are many, and its own);
+    `other` for anything else."""
+    m = _STATUS.fullmatch(status)
+    return f"{m.group(1)}.{m.group(2)}" if m else "other"
+
 
 class Outcomes:
     def __init__(self, config: Config, events: EventWriter, bounces: Bounces):
@@ -26,6 +39,9 @@ class Outcomes:
         self.node = config.relay.node
         self.events = events
         self.bounces = bounces
+        # told each recipient's outcome (delivered, deferred or bounced) and the class of
+        # its status (`status_class`): the metrics
+        self.on_outcome: Callable[[str, str], None] = lambda outcome, status: None
 
     def apply(self, entry: Entry, results: dict[str, Result], now: float) -> None:
         """One unit's replies: delivered and deferred recipients are told at once, failed
@@ -42,6 +58,7 @@ class Outcomes:
             if result.status == DELIVERED:
                 rs.status = DELIVERED
                 self._event(entry, rcpt, "accept", "delivered", result)
+                self.on_outcome("delivered", status_class(dsn.status_of(result.reply, "2.0.0")))
             elif result.status == BOUNCED or expired:
                 failed = failure(rcpt, result, now)
                 rs.status = BOUNCED
@@ -49,6 +66,7 @@ class Outcomes:
                 entry.failures.append(failed)
             else:
                 self._event(entry, rcpt, "tempfail", "deferred", result)
+                self.on_outcome("deferred", status_class(dsn.status_of(result.reply, "4.0.0")))
 
     async def settle_failures(self, entry: Entry) -> None:
         """After a message's attempt: one DSN for its failures, then each is told."""
@@ -60,6 +78,7 @@ class Outcomes:
             for f in failures:
                 self._event(entry, f.recipient, "reject", "bounced",
                             Result(BOUNCED, f.diagnostic, f.remote_mta))
+                self.on_outcome("bounced", status_class(f.status))
 
     def _event(self, entry: Entry, rcpt: str, action: str, reason: str,
                result: Result) -> None:

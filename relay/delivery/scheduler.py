@@ -62,6 +62,14 @@ class Scheduler:
         """Messages in the queue (the spool's, as this scheduler knows it)."""
         return len(self.entries)
 
+    def oldest_received(self) -> float | None:
+        """When the oldest message not on hold was received (epoch seconds), None if there
+        is none. Read by the metrics' thread: the copy of the entries is taken in one step."""
+        held = self.held
+        received = [e.envelope.received for e in list(self.entries.values())
+                    if e.due >= 0 and e.envelope.queue_id not in held]
+        return min(received, default=None)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:

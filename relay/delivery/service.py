@@ -32,10 +32,11 @@ class DeliveryService:
         self.router = Router(config)
         self.pressure = BackPressure(config, spool)
         bounces = Bounces(spool, relay.hostname, relay.node)
+        self.outcomes = Outcomes(config, events, bounces)
         self.scheduler = Scheduler(
             settings, spool, self.router.route,
             NextHopClient(settings, relay.hostname, self.router.hosts),
-            Outcomes(config, events, bounces), self.pressure)
+            self.outcomes, self.pressure)
 
     def configure(self, config: Config) -> None:
         """What a reload may change here: the hosted domains' next hops and the null-sender
@@ -55,6 +56,10 @@ class DeliveryService:
     def queued(self) -> int:
         """Messages in the delivery queue."""
         return self.scheduler.queued
+
+    def oldest_received(self) -> float | None:
+        """When the oldest queued message not on hold was received (epoch seconds)."""
+        return self.scheduler.oldest_received()
 
     def queue_full(self) -> str | None:
         """Why new mail must wait (spool too big, disk too full), or None."""

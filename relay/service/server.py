@@ -143,8 +143,9 @@ class Relay:
     def __init__(self, config: Config, worker: int | None = None, path: str | None = None):
         """`worker`: this process's number under `serve --workers N` (None: the only one).
         Workers share the listening sockets (SO_REUSEPORT) and the spool; the supervisor
-        prepares the spool, and only worker 0 serves metrics and runs delivery. `path`: the
-        configuration file a reload reads again (None: reload the same configuration)."""
+        prepares the spool, and only worker 0 runs delivery and serves the metrics (every
+        worker's: relay/service/metrics.py). `path`: the configuration file a reload reads
+        again (None: reload the same configuration)."""
         self.config = config
         self.worker = worker
         self.path = path
@@ -174,6 +175,7 @@ class Relay:
             hopcount_limit=config.relay.hopcount_limit,
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
+        self.delivery.outcomes.on_outcome = self.metrics.delivery_outcome
         self.handler.queue_full = self.delivery.queue_full
         self.handler.null_sender_full = self.delivery.null_sender_full
         self.handler.on_decision = self.metrics.decision
@@ -282,7 +284,11 @@ class Relay:
         keep = self.config.retention
         self.tasks.append(asyncio.create_task(
             prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
-        if not self.worker:
+        if self.worker:  # worker 0 reads its live values at each scrape; the others, here
+            if self.metrics.shared is not None:
+                self.tasks.append(asyncio.create_task(self.metrics.refresh_every(),
+                                                      name="metrics"))
+        else:
             await self.delivery.start()
         log.info("ready %s", kv(node=relay.node, worker=self.worker,
                                listen=",".join(relay.listen),

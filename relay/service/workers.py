@@ -13,7 +13,8 @@ once (the schema of an empty store, the spool directories and the clean-up of th
 worker that dies (with the configuration as last reloaded), and exits when all have stopped.
 Only worker 0 runs delivery (the delivery scheduler assumes it is alone on its spool; it
 picks up the other workers' messages at its next spool scan, `delivery.scan_interval`) and
-serves metrics.
+serves metrics: every worker's, through the files of prometheus-client's multiprocess mode in
+a directory the supervisor makes and removes (relay/service/metrics.py).
 
 Caveats: verdict caches and DNSBL caches are per worker (an outbreak's first copy costs one
 clamd scan per worker); `delivery.max_spool_messages` is enforced by worker 0 only (the
@@ -33,6 +34,7 @@ import time
 from relay.config import Config, ConfigError, load_config
 from relay.delivery.spool import Spool
 from relay.logs import kv
+from relay.service import metrics
 from relay.service.reload import plan
 from relay.service.server import StartupError, prepare_store
 from relay.store.database import make_engine
@@ -44,13 +46,16 @@ RESTART_DELAY = 1.0
 MAX_DELAY = 30.0
 
 
-def _worker(config: Config, index: int, path: str | None) -> int:
+def _worker(config: Config, index: int, path: str | None, shared: str | None) -> int:
     """The child side of the fork: a whole relay. Returns the exit status."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     # not the supervisor's handler (it would signal the siblings); the relay sets its own
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from relay.service.server import serve
+
+    if shared is not None:
+        metrics.use_shared_directory(shared)
 
     try:
         serve(config, worker=index, path=path)
@@ -65,12 +70,12 @@ def _worker(config: Config, index: int, path: str | None) -> int:
     return 0
 
 
-def _spawn(config: Config, index: int, path: str | None) -> int:
+def _spawn(config: Config, index: int, path: str | None, shared: str | None) -> int:
     pid = os.fork()
     if pid == 0:  # child
         status = 1
         try:
-            status = _worker(config, index, path)
+            status = _worker(config, index, path, shared)
         finally:
             for handler in logging.getLogger().handlers:
                 handler.flush()
@@ -117,6 +122,8 @@ def serve_workers(config: Config, n: int, path: str | None = None) -> None:
                 os.kill(pid, signal.SIGHUP)
         log.info("reload passed to the workers %s", kv(workers=len(children)))
 
+    # the workers' metric files, when there is an endpoint to serve them
+    shared = metrics.shared_directory() if config.metrics.endpoint() is not None else None
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     started: dict[int, float] = {}
@@ -124,7 +131,7 @@ def serve_workers(config: Config, n: int, path: str | None = None) -> None:
     failed_startup: str | None = None
     try:
         for index in range(n):
-            children[_spawn(config, index, path)] = index
+            children[_spawn(config, index, path, shared)] = index
             started[index] = time.monotonic()
         log.info("supervising %s", kv(workers=n, pid=os.getpid()))
         while children:
@@ -135,6 +142,8 @@ def serve_workers(config: Config, n: int, path: str | None = None) -> None:
             index = children.pop(pid, None)
             if index is None:
                 continue
+            if shared is not None:
+                metrics.worker_exited(shared, pid)
             code = os.waitstatus_to_exitcode(status)
             if stopping:
                 log.info("worker stopped %s", kv(worker=index, pid=pid, status=code))
@@ -153,11 +162,13 @@ def serve_workers(config: Config, n: int, path: str | None = None) -> None:
             while not stopping and time.monotonic() < deadline:
                 time.sleep(0.1)
             if not stopping:
-                children[_spawn(config, index, path)] = index
+                children[_spawn(config, index, path, shared)] = index
                 started[index] = time.monotonic()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if shared is not None and not children:
+            metrics.remove_shared_directory(shared)
     if failed_startup:
         raise StartupError(failed_startup)
     log.info("all workers stopped")
