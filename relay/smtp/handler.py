@@ -457,6 +457,7 @@ class FloodgateSMTP(SMTP):
             raise
         refused = scanner.refused
         if refused is not Problem.NONE:
+            scanner.body.close()  # the spill file is gone before the client hears the refusal
             self._reset_timeout()
             if refused in (Problem.BARE, Problem.NUL):
                 reply = BARE_IN_DATA if refused is Problem.BARE else NUL_IN_DATA
