@@ -906,9 +906,9 @@ def _share(x: float) -> str:
 
 
 def scenario_9(s: Settings) -> list[Row]:
-    """The same MyDoom-like traffic against the reference peer stack, then the relay
-    (scripts/benchlib/outbreak.py), in the peers' network namespace; the peer's figures
-    are the baseline column."""
+    """The same MyDoom-like traffic against the reference peer stack and the relay, step
+    by step in turn (scripts/benchlib/outbreak.py), in the peers' network namespace; the
+    peer's figures are the baseline column."""
     from scripts.benchlib import peers
 
     title = "9 outbreak replay"
@@ -928,6 +928,8 @@ def scenario_9(s: Settings) -> list[Row]:
     finally:
         peers.stop(log)
     data = json.loads((work / "outbreak.json").read_text())
+    if "error" in data:
+        return [Row(title, "outbreak replay", "error", note=data["error"][:200])]
     peer, fg = data["stacks"].get("peer", {}), data["stacks"].get("floodgate", {})
     for name, got in (("peer", peer), ("floodgate", fg)):
         if "error" in got or "steps" not in got:
