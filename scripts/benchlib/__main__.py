@@ -21,6 +21,7 @@ from scripts.benchlib import scenarios as sc
 from scripts.benchlib.services import ROOT
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+ALL = "1,2,3,4,5,6,7,8,9"
 
 
 def machine() -> str:
@@ -100,7 +101,7 @@ def revision() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter runs, 1M-event report")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="scenarios, e.g. 1,2")
+    ap.add_argument("--only", default=ALL, help="scenarios, e.g. 1,2")
     ap.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     ap.add_argument("--notes", type=Path, default=Path(__file__).with_name("analysis.md"),
                     help="markdown appended under the table (default: benchlib/analysis.md)")
@@ -135,7 +136,8 @@ def main() -> None:
                  ("5", lambda: sc.scenario_5(settings, scanners)),
                  ("6", lambda: sc.scenario_6(settings)),
                  ("7", lambda: sc.scenario_7(settings)),
-                 ("8", lambda: sc.scenario_8(settings, scanners))]
+                 ("8", lambda: sc.scenario_8(settings, scanners)),
+                 ("9", lambda: sc.scenario_9(settings))]
         for key, fn in steps:
             if key not in only:
                 continue
@@ -164,7 +166,7 @@ def main() -> None:
     if args.no_readme:
         return
     head = (f"Measured by `scripts/bench{' --quick' if args.quick else ''}"
-            f"{'' if only == set('1234567') else ' --only ' + args.only}` on "
+            f"{'' if only == set(ALL.split(',')) else ' --only ' + args.only}` on "
             f"{stamp:%Y-%m-%d %H:%M} UTC (commit {rev}), in "
             f"{elapsed / 60:.0f} min, on {desc}. Every figure is set against a baseline "
             "measured in the same run: absolute numbers on a shared two-core machine mean "
@@ -176,7 +178,7 @@ def main() -> None:
             "false` (scoring would block the generator's addresses) and `[blocklist] "
             "protect_loopback = false` (scenario 2 blocks "
             f"`{sc.BLOCKED_NET}` with `floodgate block add`).\n\n")
-    if only != set("12345678"):  # the other scenarios' rows from the last run that had them
+    if only != set(ALL.split(",")):  # the other scenarios' rows from the last run that had them
         earlier = _earlier_rows(workdir, only)
         if earlier:
             rows = sorted([*rows, *earlier], key=lambda r: r.scenario.split()[0])

@@ -1,5 +1,5 @@
-"""The scenarios of the performance issue (1-7) and of hostile single clients (8), each
-with its baseline from the same run.
+"""The scenarios of the performance issue (1-7), of hostile single clients (8) and of the
+outbreak replayed against Postfix + amavisd-new (9), each with its baseline from the same run.
 
 Every scenario returns `Row`s; `run.py` prints them and writes the README table. Relays get
 the demo configuration adapted by `services.relay_config` (own port, store, spool; scoring off
@@ -891,3 +891,81 @@ def _p99(values: list[float]) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+# -- scenario 9: the outbreak replayed against Postfix + amavisd-new and the relay -------------
+
+def _secs(x: float, grace: float) -> str:
+    if x == float("inf"):
+        return f"> {grace:.0f} s"  # not arrived: each was watched at least `grace` seconds
+    return f"{x:.2f} s" if x < 10 else f"{x:.0f} s"
+
+
+def _share(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def scenario_9(s: Settings) -> list[Row]:
+    """The same MyDoom-like traffic against the reference peer stack and the relay, step
+    by step in turn (scripts/benchlib/outbreak.py), in the peers' network namespace; the
+    peer's figures are the baseline column."""
+    from scripts.benchlib import peers
+
+    title = "9 outbreak replay"
+    why = peers.available()
+    if why:
+        return [Row(title, "Postfix + amavisd-new against the relay", "not measured",
+                    note=why)]
+    work = s.workdir / "s9"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "peers.log"
+    print("  scenario 9: setting up the peer stack (Postfix + amavisd-new)", flush=True)
+    try:
+        peers.setup(log)
+        cmd = ["ip", "netns", "exec", peers.NETNS, PY, "-m", "scripts.benchlib.outbreak",
+               "--workdir", str(work), *(["--quick"] if s.quick else [])]
+        subprocess.run(cmd, cwd=ROOT, check=True, timeout=1800)
+    finally:
+        peers.stop(log)
+    data = json.loads((work / "outbreak.json").read_text())
+    if "error" in data:
+        return [Row(title, "outbreak replay", "error", note=data["error"][:200])]
+    peer, fg = data["stacks"].get("peer", {}), data["stacks"].get("floodgate", {})
+    for name, got in (("peer", peer), ("floodgate", fg)):
+        if "error" in got or "steps" not in got:
+            return [Row(title, f"{name} run", "error", note=str(got.get("error"))[:200])]
+    grace = float(data["mix"]["grace"])
+
+    def backlog(x: dict[str, Any], queue: str) -> str:
+        return (f"{_share(x['within'])}; backlog {x['backlog_growth_per_s']:+.1f}/s "
+                f"({queue} {x['queued_at_window_end']}, sessions open "
+                f"{x['open_at_window_end']} at {data['mix']['window']:g} s)")
+
+    out: list[Row] = []
+    for p, f in zip(peer["steps"], fg["steps"], strict=True):
+        r = f["rates"]
+        what = (f"{f['multiple']}x: {r['worm']:g} worm copies/s + {r['dictionary']:g} "
+                f"dictionary sessions/s, {r['legit']:g} legitimate/s")
+        load = (f"load average at the start {p['load_average']:.1f} (Postfix run), "
+                f"{f['load_average']:.1f} (relay run)")
+        ratio = (_ratio(f["e2e_p99"], p["e2e_p99"]) if p["e2e_p99"] != float("inf")
+                 else "< " + _ratio(f["e2e_p99"], grace))
+        out.append(Row(
+            title, f"{what}: legitimate mail end to end p50 / p99 (relay; baseline Postfix + "
+            "amavisd-new)", f"{_secs(f['e2e_p50'], grace)} / {_secs(f['e2e_p99'], grace)}",
+            f"{_secs(p['e2e_p50'], grace)} / {_secs(p['e2e_p99'], grace)}", ratio,
+            "p99 < 60 s", f["e2e_p99"] < 60,
+            f"{f['legit_sent']} / {p['legit_sent']} legitimate messages (relay / Postfix); "
+            f"{load}"))
+
+        worm_f, worm_p = (", ".join(f"{n} x {c}" for c, n in x["sessions"]["worm"]["codes"]
+                                    .items()) for x in (f, p))
+        out.append(Row(
+            title, f"{f['multiple']}x: legitimate mail delivered within {f['within_s']:g} s; "
+            "backlog growth", backlog(f, "spool"), backlog(p, "Postfix queue"),
+            _ratio(f["within"], p["within"]), ">= 99%", f["within"] >= 0.99,
+            f"worm copies answered {worm_f} by the relay, {worm_p} by Postfix (then "
+            f"discarded by amavis, {p['filtered_per_s']:g} msgs/s through amavis); "
+            f"machine CPU busy {f['cpu_busy']:.0%} (relay run) / {p['cpu_busy']:.0%} "
+            "(Postfix run)"))
+    return out
