@@ -103,7 +103,7 @@ def hosts(ctx: click.Context, since: str, top: int, reason: str | None, fmt: str
 @click.option("--since", default="48h", show_default=True)
 @click.option("--bucket", type=click.Choice(list(BUCKETS)), default="5m", show_default=True)
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also draw a stacked chart into this PNG file.")
+              help="Also draw a stacked chart into this PNG file (the charts extra).")
 @FORMAT
 @click.pass_context
 def timeline(ctx: click.Context, since: str, bucket: str, png: Path | None, fmt: str) -> None:
