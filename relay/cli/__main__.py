@@ -2,4 +2,5 @@
 
 from relay.cli.main import main
 
-raise SystemExit(main())
+# prog_name: usage lines and the completion variable (_FLOODGATE_COMPLETE) say "floodgate"
+raise SystemExit(main(prog_name="floodgate"))

@@ -65,7 +65,7 @@ def _report_skipped(rendered: Rendered) -> None:
         log.info("not exported %s: %s", network, why)
 
 
-@click.group()
+@click.group(short_help="Firewall export of the active blocks.")
 def blocklist() -> None:
     """Firewall export of the active blocks (nftables, ipset, iptables, plain, json)."""
 

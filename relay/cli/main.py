@@ -36,7 +36,19 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from relay.cli.version import version_line
+
+    click.echo(version_line())
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the versions of Floodgate, aiosmtpd and "
+              "Python, and exit.")
 @click.option("-c", "--config", "config", metavar="FILE",
               help="Configuration file [env FLOODGATE_CONFIG; default ./floodgate.toml].")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -54,7 +66,7 @@ def main(ctx: click.Context, config: str | None, log_level: str, log_format: str
     logs.setup(log_level.upper(), log_format)
 
 
-@main.command("check-config")
+@main.command("check-config", short_help="Validate the configuration.")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
     """Validate the configuration: prints "ok", or each problem with its key."""
@@ -226,7 +238,7 @@ def aliases_count(ctx: click.Context) -> None:
     out.print(table)
 
 
-@main.command()
+@main.command(short_help="Run the content filters on messages offline.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--rcpt", "rcpts", multiple=True, help="Recipient (for per-domain thresholds).")
 @click.pass_context
@@ -261,7 +273,7 @@ def scan(ctx: click.Context, files: tuple[str, ...], rcpts: tuple[str, ...]) -> 
     sys.exit(1 if refused else 0)
 
 
-@main.command()
+@main.command(short_help="Accept and file all mail: a stand-in next hop.")
 @click.option("--listen", default="127.0.0.1:2600", show_default=True, help="host:port")
 @click.option("--dir", "directory", default="var/sink", show_default=True,
               type=click.Path(file_okay=False), help="Where received messages are filed.")

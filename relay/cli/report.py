@@ -4,6 +4,7 @@ wants, from the store's rollups; rich tables on a terminal, CSV/JSON for scripts
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from importlib.util import find_spec
 from pathlib import Path
 
 import click
@@ -102,11 +103,13 @@ def hosts(ctx: click.Context, since: str, top: int, reason: str | None, fmt: str
 @click.option("--since", default="48h", show_default=True)
 @click.option("--bucket", type=click.Choice(list(BUCKETS)), default="5m", show_default=True)
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also draw a stacked chart into this PNG file.")
+              help="Also draw a stacked chart into this PNG file (the charts extra).")
 @FORMAT
 @click.pass_context
 def timeline(ctx: click.Context, since: str, bucket: str, png: Path | None, fmt: str) -> None:
     """Outcomes per time bucket (the table leaves out empty buckets and outcomes)."""
+    if png is not None and find_spec("matplotlib") is None:  # an optional extra
+        cli.fail("--png needs the charts extra: pip install 'floodgate[charts]'")
     config = cli.load(ctx)
     start, now = rp.since_now(_since(since))
     tl = rp.timeline_report(cli.open_store(config), since=start, now=now, step=BUCKETS[bucket])

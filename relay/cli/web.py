@@ -7,7 +7,7 @@ import click
 from relay.cli import common as cli
 
 
-@click.command("web")
+@click.command("web", short_help="Serve the web console, the JSON API and the feeds.")
 @click.option("--listen", default=None, metavar="HOST:PORT",
               help="Override web.listen [default: 127.0.0.1:8025].")
 @click.pass_context

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from importlib.util import find_spec
 
 from pydantic import Field, field_validator
 
@@ -22,4 +23,9 @@ class StoreConfig(Strict):
     def _url(cls, v: str) -> str:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
             raise ValueError("expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        # psycopg is an optional extra (a SQLite install does without it): say so here, at
+        # check-config and start-up, rather than as an ImportError from the first query
+        if v.startswith("postgresql") and find_spec("psycopg") is None:
+            raise ValueError("a postgresql:// store needs the postgresql extra: "
+                             "pip install 'floodgate[postgresql]'")
         return v
