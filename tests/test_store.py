@@ -42,3 +42,16 @@ def test_existing_store_keeps_its_page_size(tmp_path: Path) -> None:
             assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_a_plain_postgresql_url_uses_psycopg(postgres) -> None:  # type: ignore[no-untyped-def]
+    """`postgresql://` is what operators write; SQLAlchemy would pick psycopg2 for it,
+    which is not installed (ModuleNotFoundError at the first connection)."""
+    url = postgres.create_database().replace("postgresql+psycopg://", "postgresql://")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("select 1").scalar() == 1
+        assert engine.dialect.driver == "psycopg"
+    finally:
+        engine.dispose()

@@ -57,6 +57,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; Floodgate ships psycopg (3)
+        url = parsed.set(drivername="postgresql+psycopg")  # type: ignore[assignment]
     # A server that went away must fail fast: the relay logs it and carries on. Keepalives
     # and tcp_user_timeout end a connection whose server vanished mid-query (a crash, a
     # firewall dropping packets), which would otherwise wait forever. A `?key=value` in the
