@@ -116,3 +116,23 @@ def test_children_log_as_the_relay_does(tmp_path: Path) -> None:
         assert re.search(rf"^<2>  File \".*{where}\"", text, re.M), text
     assert "Traceback" in text
     assert all(line.startswith("<2>") for line in text.splitlines()), text
+
+
+def test_a_command_that_cannot_start_says_so_as_an_error_under_journald(tmp_path: Path) -> None:
+    """A missing configuration is printed by the CLI itself, outside logging: under journald
+    it must still be an error (`<3>`), or `journalctl -p warning` shows nothing of why
+    `serve` would not start."""
+    log = tmp_path / "stderr"
+    env = env_without_journal(JOURNAL_STREAM=journal_stream(log))
+    with log.open("w") as stderr:
+        done = subprocess.run([sys.executable, "-m", "relay.cli", "-c",
+                               str(tmp_path / "missing.toml"), "serve"],
+                              stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=60)
+    assert done.returncode == 2
+    lines = log.read_text().splitlines()
+    assert lines and all(line.startswith("<3>") for line in lines), lines
+    assert "file not found" in lines[0]
+    plain = subprocess.run([sys.executable, "-m", "relay.cli", "-c",
+                            str(tmp_path / "missing.toml"), "serve"], capture_output=True,
+                           text=True, env=env_without_journal(), timeout=60)
+    assert plain.stderr.startswith(f"{tmp_path / 'missing.toml'}: file not found")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from relay.config import Config, ConfigError, config_path, load_config
+from relay.logs import error_prefix
 from relay.store.database import StoreError, current_revision, describe, head_revision, make_engine
 from relay.store.database import upgrade as upgrade_schema
 
@@ -20,7 +21,8 @@ out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]floodgate: error:[/] {escape(message)}", highlight=False, markup=True)
+    err.print(f"{error_prefix()}[bold red]floodgate: error:[/] {escape(message)}",
+              highlight=False, markup=True)
     sys.exit(code)
 
 
@@ -30,7 +32,7 @@ def load(ctx: click.Context) -> Config:
         return load_config(path)
     except ConfigError as e:
         for problem in e.problems:
-            err.print(f"{e.path}: {problem}", highlight=False, markup=False)
+            err.print(f"{error_prefix()}{e.path}: {problem}", highlight=False, markup=False)
         sys.exit(2)
 
 

@@ -120,6 +120,7 @@ def allow_add(ctx: click.Context, network: str, reason: str) -> None:
 @click.argument("network")
 @click.pass_context
 def allow_remove(ctx: click.Context, network: str) -> None:
+    """Take NETWORK off the store's allowlist (it can be blocked again)."""
     net = _network(network)
     try:
         ops.allow_remove(cli.open_store(cli.load(ctx)), net, actor=actor())

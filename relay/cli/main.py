@@ -74,7 +74,7 @@ def check_config(ctx: click.Context) -> None:
     click.echo("ok")
 
 
-@main.command()
+@main.command(short_help="Run the relay until SIGTERM; SIGHUP reloads.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Relay processes sharing the listening sockets (SO_REUSEPORT); "
               "worker 0 runs delivery.")

@@ -127,9 +127,19 @@ def resolve(fmt: str) -> Format:
     return fmt  # type: ignore[return-value]
 
 
+_chosen: Format = "plain"
+
+
+def error_prefix() -> str:
+    """What a line written to stderr outside logging (the CLI's own errors: a missing or
+    broken configuration) starts with, so journald files it as an error too."""
+    return f"<{PRIORITY[logging.ERROR]}>" if _chosen == "journal" else ""
+
+
 def setup(level: str = "INFO", fmt: str = "auto") -> None:
     """Log to stderr in `fmt` at `level`, for this process and the children it starts."""
-    chosen = resolve(fmt)
+    global _chosen
+    chosen = _chosen = resolve(fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if chosen == "journal" else PlainFormatter())
     root = logging.getLogger()

@@ -21,6 +21,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "relay.hostname",      # the greeting, Received: lines, delivery's EHLO and DSNs
     "relay.listen",        # bound sockets
     "relay.spool_dir",     # the spool the delivery queue and open sessions write to
+    "relay.state_dir",     # where spool_dir and a SQLite store.url were resolved at start
     "store",               # the engine, the event writer, the polling intervals, ipv6_prefix
     "delivery",            # the scheduler's queue, connections and timers
     "metrics",             # the bound /metrics endpoint
