@@ -78,6 +78,11 @@ def test_issue_example_works_as_written(tmp_path: Path) -> None:
     (("catch_all = false", "catch_all = false\n[scoring.weights]\nunknwn_rcpt = 3"),
      "scoring.weights.unknwn_rcpt: unknown key: not an event reason (did you mean "
      "'unknown_rcpt'?)"),
+    # two spellings of one domain: one rule would silently replace the other
+    (("catch_all = false", 'catch_all = false\n[spamassassin]\n'
+      '[spamassassin.domains."bücher.example"]\ntag_score = 3\nreject_score = 6\n'
+      '[spamassassin.domains."XN--BCHER-KVA.example."]\ntag_score = 4\nreject_score = 8'),
+     "spamassassin.domains: 'XN--BCHER-KVA.example.': same domain as 'bücher.example'"),
 ])
 def test_mistakes_name_their_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
     path = tmp_path / "floodgate.toml"

@@ -60,4 +60,11 @@ class SpamAssassinConfig(SpamThresholds):
     @field_validator("domains")
     @classmethod
     def _domains(cls, v: dict[str, SpamThresholds]) -> dict[str, SpamThresholds]:
-        return {normalise_domain(k): t for k, t in v.items()}  # as filters.spamassassin looks
+        out: dict[str, SpamThresholds] = {}
+        seen: dict[str, str] = {}
+        for name, limits in v.items():
+            key = normalise_domain(name)  # as filters.spamassassin looks the domain up
+            if key in seen:
+                raise ValueError(f"{name!r}: same domain as {seen[key]!r}")
+            seen[key], out[key] = name, limits
+        return out

@@ -4,7 +4,8 @@ Writing a batch holds the GIL for most of its time (building parameters; the SQL
 releases and retakes it around every row), and a thread doing that next to the event loop
 made them fight for the GIL: in a dictionary attack the writer thread cost the loop 40% of
 its rate (scripts/bench scenario 2: 4,000 -> 6,300 refusals/s with the writer held back).
-So each relay process starts one child (`python -m relay.events.process URL`) and sends it each
+So each relay process starts one child (`python -m relay.events.process LEVEL`, the store
+URL in its environment, never on a command line) and sends it each
 batch as tuples down a pipe; the child writes them (events and rollups, one transaction)
 and answers one line per batch, `ok` or `err <why>`. The parent keeps the batch until the
 answer comes, so a failed write, a dead child or a store that is down loses nothing that
