@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, String, and_, case, delete, func, not_, or_, select, update
@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 
 from blocklist.export import utc
+from blocklist.replay import EventRow
 from blocklist.scoring import BlockDecision, BlockState, Offences
 from relay.store.database import bump_generation
 from relay.store.sqltypes import as_event_time
@@ -108,6 +109,27 @@ def host_events(engine: Engine, host: str, since: datetime) -> list[Offences]:
             .group_by(Event.host, Event.reason))
     with engine.connect() as conn:
         return [Offences(h, r, int(n), utc(a), utc(b)) for h, r, n, a, b in conn.execute(stmt)]
+
+
+def events_in_order(engine: Engine, *, since: datetime, reasons: list[str]
+                    ) -> Iterator[EventRow]:
+    """Events of `reasons` since `since`, oldest first, for a replay (blocklist/replay.py):
+    one by one, as the running tally saw them. The hosts summary row is no host's."""
+    stmt = (select(Event.ts, Event.host, Event.reason, func.coalesce(Event.count, 1),
+                   func.coalesce(Event.sender, "") != "", Event.detail)
+            .where(Event.ts >= since, Event.reason.in_(reasons), Event.host != SUMMARY_HOST)
+            .order_by(Event.ts, Event.id))
+    with engine.connect() as conn:
+        for ts, host, reason, count, sender, detail in conn.execution_options(
+                yield_per=10_000).execute(stmt):
+            yield EventRow(utc(ts), host, reason, int(count), bool(sender),
+                           detail if reason == "blocked" else "")
+
+
+def block_rows(engine: Engine) -> list[tuple[BlockState, datetime]]:
+    """Every block row with the time its latest block was made (`created_at`)."""
+    with engine.connect() as conn:
+        return [(_state(b), utc(b.created_at)) for b in conn.execute(select(_BLOCK))]
 
 
 def write_decisions(engine: Engine, decisions: list[BlockDecision], node: str,

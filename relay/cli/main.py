@@ -301,6 +301,7 @@ def _register() -> None:
         "allow": "relay.cli.hosts:allow",
         "hosts": "relay.cli.hosts:hosts",
         "report": "relay.cli.report:report",
+        "replay": "relay.cli.replay:replay",
         "blocklist": "relay.cli.blocklist:blocklist",
         "queue": "relay.cli.queue:queue",
         "web": "relay.cli.web:web",
