@@ -54,7 +54,7 @@ def test_bash_completion_script_completes_commands(tmp_path: Path) -> None:
         source "$1"
         ask() { COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=()
                      _floodgate_completion floodgate; echo "${COMPREPLY[*]}"; }
-        ask floodgate rep
+        ask floodgate repo
         ask floodgate report ""
     """
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",

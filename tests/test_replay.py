@@ -5,11 +5,16 @@ have been made."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from blocklist import blocks
+from blocklist.protection import Protection
+from blocklist.replay import Actual, EventRow, Policy, Replay, compare
+from relay.config.blocklist import BlocklistConfig
+from relay.config.scoring import DEFAULT_WEIGHTS
 from relay.store.database import make_engine
 from relay.store.tables import Event
 from tests.support import floodgate, wait_until
@@ -94,3 +99,64 @@ def test_replay_refuses_a_misspelt_weight(attacked) -> None:  # type: ignore[no-
     assert proc.returncode == 2
     assert "'unknwn_rcpt'" in proc.stderr
     assert "did you mean 'unknown_rcpt'?" in proc.stderr
+
+
+# -- the replay's rules, with known answers over rows ----------------------------------
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+CFG = BlocklistConfig(block_time=3600, escalation=2, recidive_window=86_400)
+
+
+def policy(protection: Protection | None = None, network_threshold: float = 30) -> Policy:
+    return Policy(weights=dict(DEFAULT_WEIGHTS), threshold=10,
+                  network_threshold=network_threshold, window=3600, duration=CFG.duration,
+                  recidive_window=CFG.recidive_window,
+                  protected=(protection or Protection.build([], [], loopback=False)).why,
+                  floor=-5)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def guesses(host: str, n: int, start: float = 0) -> list[EventRow]:
+    return [EventRow(at(start + i), host, "unknown_rcpt") for i in range(n)]
+
+
+def test_a_block_starts_at_the_crossing_offence_and_knocking_extends_it() -> None:
+    events = [*guesses("192.0.2.7", 12),
+              EventRow(at(600), "192.0.2.7", "blocked", detail="192.0.2.7")]
+    [block] = Replay(policy()).run(events)
+    assert (block.network, block.start, block.score, block.offences) == ("192.0.2.7", at(9),
+                                                                        10, 10)
+    assert block.expires == at(600 + 3600)
+
+
+def test_refusals_by_a_block_the_policy_never_made_are_no_offences() -> None:
+    events = [EventRow(at(i), "192.0.2.7", "blocked", detail="192.0.2.7") for i in range(30)]
+    assert Replay(policy()).run(events) == []
+
+
+def test_a_host_back_within_the_recidive_window_is_blocked_for_longer() -> None:
+    made = Replay(policy()).run([*guesses("192.0.2.7", 10), *guesses("192.0.2.7", 10, 7200)])
+    assert [(b.level, b.expires - b.start) for b in made] == [
+        (1, timedelta(hours=1)), (2, timedelta(hours=2))]
+
+
+def test_a_network_is_blocked_when_its_hosts_together_reach_its_threshold() -> None:
+    events = [e for i in range(8) for e in guesses(f"192.0.2.{i + 1}", 9, i * 10)]
+    protected = Protection.build(["192.0.2.1"], [], loopback=False)
+    assert Replay(policy(protected)).run(events) == []  # an allowlisted host in it
+    [block] = Replay(policy()).run(events)
+    assert (block.network, block.kind, block.score) == ("192.0.2.0/24", "network", 30)
+    assert block.start == at(32) and block.reason == "unknown_rcpt=30"
+    assert Replay(policy(network_threshold=0)).run(events) == []
+
+
+def test_only_blocks_made_since_the_start_are_compared() -> None:
+    made = Replay(policy()).run([*guesses("192.0.2.7", 10), *guesses("192.0.2.8", 10, 100)])
+    actual = [Actual("192.0.2.8", at(109), 10, 1, ""), Actual("192.0.2.9", at(50), 10, 1, ""),
+              Actual("192.0.2.6", at(0), 10, 1, "")]
+    result = compare(made, actual, at(20))
+    assert [(b.network, real) for b, real in result.blocked] == [("192.0.2.8", True)]
+    assert [a.network for a in result.not_blocked] == ["192.0.2.9"]
