@@ -39,7 +39,8 @@ def _weights(_ctx: click.Context, _param: click.Parameter,
         try:
             reason = event_reason(key.strip())
         except ValueError as e:
-            raise click.BadParameter(f"{key.strip()!r}: {e}") from None
+            why = str(e).removeprefix("unknown key: ")
+            raise click.BadParameter(f"{key.strip()!r} is {why}") from None
         try:
             weights[reason] = float(number)
         except ValueError:
@@ -135,6 +136,16 @@ def _json(result: Comparison, start: datetime, now: datetime, policy: Policy,
     }
 
 
+def _tidy(table: Table) -> None:
+    """Nothing cut short: a wide table scrolls rather than lies (as `report` prints)."""
+    table.padding = (0, 1)
+    table.collapse_padding = True
+    table.pad_edge = False
+    for col in table.columns:
+        col.no_wrap = True
+        col.min_width = max(len(str(c)) for c in [col.header, *col.cells])
+
+
 def _table(result: Comparison, start: datetime, policy: Policy,
            changes: dict[str, tuple[float, float]]) -> None:
     out = cli.out
@@ -148,9 +159,11 @@ def _table(result: Comparison, start: datetime, policy: Policy,
     for b, real in result.blocked:
         table.add_row(b.network, b.kind, _when(b.start), f"{b.score:g}", str(b.offences),
                       str(b.level), _when(b.expires), b.reason, "yes" if real else "NEW")
-    out.print(table)
+    _tidy(table)
+    out.print(table if result.blocked else table.title, highlight=False)
     gone = Table("network", "blocked at (UTC)", "score", "level", "reason",
                  title=f"would not have been blocked: {len(result.not_blocked)}")
     for a in result.not_blocked:
         gone.add_row(a.network, _when(a.created), f"{a.score:g}", str(a.level), a.reason)
-    out.print(gone)
+    _tidy(gone)
+    out.print(gone if result.not_blocked else gone.title, highlight=False)
