@@ -106,6 +106,7 @@ class HostRow(BaseModel):
     protocol: int
     other: int
     tempfail: int
+    observed: int  # refusals observe mode recorded but did not make
     score: float
     blocked_until: str | None
 
