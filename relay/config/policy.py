@@ -17,8 +17,9 @@ class PolicyConfig(Strict):
     mode: Mode = Field(
         default="enforce",
         description=(
-            '`"observe"`: refusals by scoring, blocking and DNSBL are recorded as would-have-'
-            "refused (event action `observe`) and the session goes on"
+            '`"observe"`: refusals by scoring, blocking and DNSBL are recorded as '
+            "would-have-refused (event action `observe`, the reason and `554` they would "
+            "have carried) and the session goes on"
         ))
     # [policy.domains] "example.org" = "observe": that domain's mode, overriding `mode`
     domains: dict[str, Mode] = Field(default_factory=dict)
