@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 
 from blocklist.export import Entry, Settings, utc
 from blocklist.protection import Protection
+from blocklist.scoring import OBSERVE_SOURCE
 from relay.config import Config
 from relay.store.tables import Allow, Block
 
@@ -23,7 +24,8 @@ def load(engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
             entries = _load_sqlite(conn.connection.driver_connection, now)
         else:
             rows = conn.execute(select(Block.network, Block.reason, Block.score,
-                                       Block.expires).where(Block.expires > now)).all()
+                                       Block.expires).where(Block.expires > now,
+                                                            Block.source != OBSERVE_SOURCE)).all()
             entries = [Entry(n, r or "", float(s or 0.0), utc(e)) for n, r, s, e in rows]
         allow = list(conn.execute(select(Allow.network)).scalars())
     return [e for e in entries if e.expires > now], allow
@@ -43,7 +45,8 @@ def _load_sqlite(db: Any, now: datetime) -> list[Entry]:
     total = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     column = "+expires" if live * 3 >= total else "expires"
     rows = db.execute(f"SELECT network, coalesce(reason, ''), coalesce(score, 0.0), "
-                      f"expires || '+00:00' FROM {table} WHERE {column} > ?", (at,))
+                      f"expires || '+00:00' FROM {table} WHERE {column} > ? AND source != ?",
+                      (at, OBSERVE_SOURCE))
     new, parse = tuple.__new__, datetime.fromisoformat  # no per-row Python frame
     return [new(Entry, (n, r, float(s), parse(e))) for n, r, s, e in rows]
 
@@ -68,6 +71,10 @@ def settings(config: Config, now: datetime) -> Settings:
 
 
 def snapshot(config: Config, engine: Engine, now: datetime) -> tuple[list[Entry], list[str]]:
-    """Active blocks, and every network never to block (blocklist.protection)."""
+    """Active blocks, and every network never to block (blocklist.protection). None while a
+    hosted domain observes ([policy]): a firewall cannot tell one domain's mail from
+    another's, and the gate lets such hosts in to RCPT."""
     entries, allow = load(engine, now)
+    if config.observed():
+        entries = []
     return entries, Protection.of_config(config).with_allow(allow).networks()

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, insert, select
 from blocklist import blocks
 from blocklist.hosts import host_key
 from blocklist.protection import Protection
-from blocklist.scoring import BlockState, score_hosts
+from blocklist.scoring import OBSERVE_SOURCE, BlockState, score_hosts
 from relay.config import Config
 from relay.store.tables import Event
 from relay.store.web_tables import AuditEntry
@@ -168,7 +168,7 @@ class HostView:
     window: float
     reasons: list[ReasonRow]
     events: list[EventRow]  # the most recent rows, newest first
-    state: str  # never | blocked | expired | pending | clear
+    state: str  # never | blocked | observed | expired | pending | clear
     why: str
     block: BlockState | None  # the host's own block row, active or history
 
@@ -205,10 +205,14 @@ def _state(config: Config, engine: Engine, key: str, own: BlockState | None, sco
     never = protection(config, engine).why(key)
     if never:
         return "never", f"never blocked: {never}"
+    if own is not None and own.expires > now and own.source == OBSERVE_SOURCE:
+        return "observed", (f"not blocked (observe mode): would have been blocked until "
+                            f"{_when(own.expires)} UTC, level {own.level}: {own.reason}")
     if own is not None and own.expires > now:
         return "blocked", (f"blocked until {_when(own.expires)} UTC, level {own.level}, "
                            f"{own.source}: {own.reason}")
-    wider = covering(key, blocks.active_blocks(engine, now))
+    wider = covering(key, [b for b in blocks.active_blocks(engine, now)
+                           if b.source != OBSERVE_SOURCE])
     if wider is not None:
         return "blocked", (f"blocked: inside {wider.network} until {_when(wider.expires)} "
                            f"UTC, level {wider.level}, {wider.source}: {wider.reason}")

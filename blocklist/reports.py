@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 
 from blocklist.blocks import utc
-from blocklist.scoring import BlockState
+from blocklist.scoring import OBSERVE_SOURCE, BlockState
 from relay.reasons import Reason
 from relay.store.rollups import (
     DELIVERY,
@@ -41,7 +41,7 @@ REJECTS: tuple[str, ...] = tuple(r.value for r in (
     Reason.DNSBL, Reason.BLOCKED, Reason.PROTOCOL))
 OUTCOMES = ("accepted", *REJECTS, "other", "tempfail")
 HOST_FIELDS = ("host", "connections", "accepted", "rejected", *REJECTS, "other", "tempfail",
-               "score", "blocked_until")
+               "observed", "score", "blocked_until")
 
 Row = tuple[Any, ...]  # (key columns..., count)
 
@@ -91,6 +91,7 @@ class HostReport:
     accepted: int = 0
     rejected: int = 0
     tempfail: int = 0
+    observed: int = 0  # refusals observe mode ([policy]) recorded but did not make
     refused: Counter[str] = field(default_factory=Counter)  # rejections by reason
     seen: Counter[str] = field(default_factory=Counter)  # every event by reason
     score: float = 0.0
@@ -104,7 +105,8 @@ class HostReport:
         """One flat record in HOST_FIELDS order (CSV, JSON)."""
         return {"host": self.host, "connections": self.connections, "accepted": self.accepted,
                 "rejected": self.rejected, **{r: self.refused[r] for r in REJECTS},
-                "other": self.other, "tempfail": self.tempfail, "score": self.score,
+                "other": self.other, "tempfail": self.tempfail, "observed": self.observed,
+                "score": self.score,
                 "blocked_until": self.blocked_until.isoformat() if self.blocked_until else None}
 
 
@@ -126,6 +128,8 @@ def aggregate_hosts(rows: Iterable[Row]) -> dict[str, HostReport]:
             h.refused[reason] += n
         elif action == "tempfail":
             h.tempfail += n
+        elif action == "observe":
+            h.observed += n
         elif reason == "accepted":
             h.accepted += n
     return hosts
@@ -206,6 +210,7 @@ def hosts_report(engine: Engine, *, since: datetime, top: int, reason: str | Non
                  weights: dict[str, float], score_since: datetime,
                  active: Sequence[BlockState]) -> list[HostReport]:
     """The `report hosts` rows: counts since `since`, score over the scoring window."""
+    enforced = [b for b in active if b.source != OBSERVE_SOURCE]  # observe: not blocked
     with engine.connect() as conn:
         chosen = top_hosts(conn, since, top, reason) if top > 0 else None
         if chosen == []:
@@ -219,7 +224,7 @@ def hosts_report(engine: Engine, *, since: datetime, top: int, reason: str | Non
     for h in ranked:
         other = scored.get(h.host)
         h.score = score(other, weights) if other is not None else 0.0
-        h.blocked_until = blocked_until(h.host, active)
+        h.blocked_until = blocked_until(h.host, enforced)
     return ranked
 
 

@@ -100,6 +100,11 @@ def score_networks(hosts: dict[str, HostScore], skip: Callable[[str], bool]
     return nets
 
 
+# The source of a block the scorer made in observe mode ([policy]): recorded, shown in
+# `hosts show` as would-have-blocked, never refused by the gate nor exported to a firewall.
+OBSERVE_SOURCE = "observe"
+
+
 @dataclass(frozen=True, slots=True)
 class BlockState:
     """What the store says about a network's block (active or expired history)."""

@@ -15,6 +15,8 @@ class Action(enum.StrEnum):
     ACCEPT = "accept"
     TEMPFAIL = "tempfail"
     REJECT = "reject"
+    # a refusal that observe mode ([policy]) only records; the relay sets it, no filter does
+    OBSERVE = "observe"
 
 
 class Stage(enum.StrEnum):

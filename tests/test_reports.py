@@ -77,7 +77,7 @@ def host_row(host: str, conn: int, acc: int, rej: int, tempfail: int, score: flo
     row: dict[str, object] = {"host": host, "connections": conn, "accepted": acc,
                               "rejected": rej}
     row.update({r: refused.get(r, 0) for r in rp.REJECTS})
-    row.update(other=refused.get("other", 0), tempfail=tempfail, score=score,
+    row.update(other=refused.get("other", 0), tempfail=tempfail, observed=0, score=score,
                blocked_until=None)
     return row
 

@@ -85,7 +85,8 @@ def hosts(ctx: click.Context, since: str, top: int, reason: str | None, fmt: str
         return
     # a terminal is narrow: refusal columns nobody scored are left out (CSV/JSON keep all)
     fields = ["connections", "accepted", "rejected",
-              *(f for f in (*rp.REJECTS, "other", "tempfail") if any(r[f] for r in records))]
+              *(f for f in (*rp.REJECTS, "other", "tempfail", "observed")
+                 if any(r[f] for r in records))]
     blocked = any(h.blocked_until for h in rows)
     table = Table("host", *(SHORT.get(f, f) for f in fields), "score",
                   *(["blocked until"] if blocked else []),

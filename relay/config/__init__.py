@@ -21,6 +21,7 @@ from relay.config.domains import DomainConfig
 from relay.config.firewall import FirewallConfig
 from relay.config.limits import LimitsConfig
 from relay.config.metrics import MetricsConfig
+from relay.config.policy import PolicyConfig
 from relay.config.relay import RelayConfig
 from relay.config.retention import RetentionConfig
 from relay.config.scoring import ScoringConfig
@@ -40,6 +41,7 @@ class Config(Strict):
     store: StoreConfig = StoreConfig()
     domains: dict[str, DomainConfig] = Field(min_length=1)
     scoring: ScoringConfig = ScoringConfig()
+    policy: PolicyConfig = PolicyConfig()
     dnsbl: DnsblConfig = DnsblConfig()
     clamav: ClamAVConfig | None = None
     spamassassin: SpamAssassinConfig | None = None
@@ -61,11 +63,18 @@ class Config(Strict):
             if key in seen:
                 raise ValueError(f"domains.{name!r}: same domain as {seen[key]!r}")
             seen[key] = name
+        for name in self.policy.domains:
+            if name not in seen:
+                raise ValueError(f"policy.domains.{name!r}: not a hosted domain")
         return self
 
     def hosted(self) -> dict[str, DomainConfig]:
         """Hosted domains keyed by their normalised (lower-case, A-label) form."""
         return {normalise_domain(k): v for k, v in self.domains.items()}
+
+    def observed(self) -> frozenset[str]:
+        """Hosted domains in observe mode ([policy]), normalised."""
+        return self.policy.observed(list(self.hosted()))
 
     def postmaster(self) -> str:
         """`relay.postmaster`, else postmaster at the first hosted domain."""

@@ -6,6 +6,7 @@ deciding the same block converge on one row.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,7 @@ from sqlalchemy import Engine
 from blocklist import blocks
 from blocklist.protection import Protection
 from blocklist.scoring import (
+    OBSERVE_SOURCE,
     BlockDecision,
     BlockState,
     Offences,
@@ -34,14 +36,17 @@ log = logging.getLogger("floodgate.scoring")
 
 class Scorer:
     def __init__(self, engine: Engine, scoring: ScoringConfig, blocklist: BlocklistConfig,
-                 protection: Protection, node: str):
+                 protection: Protection, node: str, observe: bool = False):
         self.engine = engine
         self.node = node
-        self.configure(scoring, blocklist, protection)
+        self.configure(scoring, blocklist, protection, observe)
 
     def configure(self, scoring: ScoringConfig, blocklist: BlocklistConfig,
-                  protection: Protection) -> None:
-        """New thresholds, weights and durations (a reload): the next run uses them."""
+                  protection: Protection, observe: bool = False) -> None:
+        """New thresholds, weights and durations (a reload): the next run uses them.
+        `observe`: every hosted domain observes ([policy]); new blocks are written with
+        source `observe`, which the gate only records and the firewall never gets."""
+        self.observe = observe
         self.scoring = scoring
         self.blocklist = blocklist
         self.protection = protection
@@ -94,7 +99,8 @@ class Scorer:
         common = dict(duration=self.blocklist.duration,
                       recidive_window=self.blocklist.recidive_window,
                       protected=protection.why, weights=self.weights, now=now)
-        decisions = decide(scores, existing, threshold=self.scoring.threshold, **common)
+        decisions = self._source(
+            decide(scores, existing, threshold=self.scoring.threshold, **common))
         if not self.scoring.network_threshold:
             return decisions
         decided = {d.network for d in decisions}
@@ -104,8 +110,15 @@ class Scorer:
             return host in decided or (block is not None and block.expires > now)
 
         nets = score_networks(scores, paid)
-        return decisions + decide(nets, existing, threshold=self.scoring.network_threshold,
-                                  **common)
+        return decisions + self._source(
+            decide(nets, existing, threshold=self.scoring.network_threshold, **common))
+
+    def _source(self, decisions: list[BlockDecision]) -> list[BlockDecision]:
+        """Observe mode: new blocks are the scorer's record of what it would have done."""
+        if not self.observe:
+            return decisions
+        return [dataclasses.replace(d, source=OBSERVE_SOURCE) if d.new else d
+                for d in decisions]
 
     @staticmethod
     def _log(decisions: list[BlockDecision]) -> None:

@@ -33,6 +33,7 @@ from relay.service.reload import plan
 from relay.service.scanners import build_dnsbl, build_scanners
 from relay.smtp.fast import protocol_for
 from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
+from relay.smtp.observe import Observe
 from relay.smtp.pipeline import Pipeline
 from relay.store import aliases
 from relay.store.database import (
@@ -139,6 +140,16 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def observe_of(config: Config) -> Observe:
+    """[policy]: the hosted domains whose blocking and DNSBL refusals are only recorded."""
+    observed = config.observed()
+    return Observe(observed, everywhere=observed == frozenset(config.hosted()))
+
+
+def observes_all(config: Config) -> bool:
+    return observe_of(config).everywhere
+
+
 class Relay:
     def __init__(self, config: Config, worker: int | None = None, path: str | None = None):
         """`worker`: this process's number under `serve --workers N` (None: the only one).
@@ -161,7 +172,7 @@ class Relay:
         protection = Protection.of_config(config)
         self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
         self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
-                             config.relay.node)
+                             config.relay.node, observe=observes_all(config))
         self.metrics = Metrics()
         # the scanner sections and the filters built from them, reused while unchanged
         self.scanners: tuple[tuple[object, ...], list[Filter]] | None = None
@@ -172,7 +183,7 @@ class Relay:
             max_recipients=config.relay.max_recipients, ipv6_prefix=store.ipv6_prefix,
             gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
             limits=config.limits, postmaster=config.postmaster(),
-            hopcount_limit=config.relay.hopcount_limit,
+            hopcount_limit=config.relay.hopcount_limit, observe=observe_of(config),
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.delivery.outcomes.on_outcome = self.metrics.delivery_outcome
@@ -357,11 +368,12 @@ class Relay:
         self.handler.configure(
             pipeline=Pipeline(chain), max_recipients=config.relay.max_recipients,
             limits=config.limits, postmaster=config.postmaster(),
-            hopcount_limit=config.relay.hopcount_limit)
+            hopcount_limit=config.relay.hopcount_limit, observe=observe_of(config))
         self.metrics.rewatch(chain)
         self.delivery.configure(config)
         self.events.offences = config.scoring.offences()
-        self.scorer.configure(config.scoring, config.blocklist, protection)
+        self.scorer.configure(config.scoring, config.blocklist, protection,
+                              observes_all(config))
         if self.running is not None:
             self.running.configure(config.scoring)
         self.gate.base_protection = protection

@@ -30,7 +30,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from blocklist.hosts import host_key
-from blocklist.scoring import BlockState
+from blocklist.scoring import OBSERVE_SOURCE, BlockState
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay.config.limits import LimitsConfig
@@ -45,6 +45,7 @@ from relay.smtp.addresses import control_problem, is_postmaster, routing_problem
 from relay.smtp.body import Body, Budget, DataScanner, Problem, read_data
 from relay.smtp.error_limits import SessionErrors
 from relay.smtp.hops import hop_count
+from relay.smtp.observe import Observe, observed
 from relay.smtp.pipeline import Pipeline
 
 log = logging.getLogger("floodgate.smtp")
@@ -120,6 +121,8 @@ class RelaySession(Session):
         self.errors = SessionErrors(limits or LimitsConfig())
         # loop.time() by which the reply to the message in hand must be sent
         self.reply_deadline: float | None = None
+        self.deferred: Verdict | None = None  # observe mode: DNSBL's refusal, for RCPT
+        self.observed: set[str] = set()  # reasons recorded as would-have-refused
 
 
 class FloodgateSMTP(SMTP):
@@ -539,7 +542,7 @@ class RelayHandler:
                  gate: Callable[[str], BlockState | None] = lambda client: None,
                  protected: Callable[[str], str | None] = lambda client: None,
                  limits: LimitsConfig | None = None, postmaster: str = "",
-                 hopcount_limit: int = 50):
+                 hopcount_limit: int = 50, observe: Observe | None = None):
         """`postmaster`: where <postmaster> and an unknown postmaster@<hosted domain> go
         ("" refuses them like any other address)."""
         self.node = node
@@ -554,7 +557,8 @@ class RelayHandler:
         # DATA held in memory by all sessions together; past it every message spills
         self.data_budget = Budget(self.limits.data_memory_total)
         self.configure(pipeline=pipeline, max_recipients=max_recipients, limits=self.limits,
-                       postmaster=postmaster, hopcount_limit=hopcount_limit)
+                       postmaster=postmaster, hopcount_limit=hopcount_limit,
+                       observe=observe or Observe())
         self.connections: set[FloodgateSMTP] = set()
         # Why new mail must wait (spool or disk full), or None; set by the delivery service.
         self.queue_full: Callable[[], str | None] = lambda: None
@@ -566,7 +570,7 @@ class RelayHandler:
         self.on_event: Callable[[EventRecord], None] = lambda event: None
 
     def configure(self, *, pipeline: Pipeline, max_recipients: int, limits: LimitsConfig,
-                  postmaster: str, hopcount_limit: int) -> None:
+                  postmaster: str, hopcount_limit: int, observe: Observe) -> None:
         """What a reload may change. Each command reads these when it runs, so an open
         session's next command sees them; a session keeps the error limits it began with."""
         self.pipeline = pipeline
@@ -576,6 +580,7 @@ class RelayHandler:
         self.data_budget.total = limits.data_memory_total
         self.postmaster = postmaster
         self.hopcount_limit = hopcount_limit
+        self.observe = observe
 
     @property
     def open_connections(self) -> int:
@@ -623,8 +628,8 @@ class RelayHandler:
         """The connect gate, asked before any SMTP state exists for the connection: the
         554 for a blocked client (recorded: knocking while blocked counts), or None."""
         verdict = self.blocked(client)
-        if verdict is None:
-            return None
+        if verdict is None or verdict.action == Action.OBSERVE or self.observe.defers:
+            return None  # observe mode: on_connect or RCPT records it, with the session
         self._record(new_session_id(), client, "", Stage.CONNECT, verdict)
         return verdict.reply.encode() + b"\r\n"
 
@@ -634,10 +639,12 @@ class RelayHandler:
         block = self.gate(client)
         if block is None:
             return None
-        return Verdict.reject(
+        verdict = Verdict.reject(
             554, "5.7.1", "blocked",
             f"Service unavailable; client [{client}] is blocked until "
             f"{block.expires.strftime('%Y-%m-%d %H:%M UTC')}", detail=block.network)
+        # a block the scorer made in observe mode only ever records (OBSERVE action)
+        return observed(verdict) if block.source == OBSERVE_SOURCE else verdict
 
     async def on_connect(self, session: RelaySession) -> Verdict:
         """The CONNECT filters (DNSBL) unless protected; the gate was asked at the door."""
@@ -645,10 +652,39 @@ class RelayHandler:
         if not self.protected(session.client):
             ctx = Context(client=session.client)
             verdict = await self.pipeline.run(Stage.CONNECT, ctx)
+        if verdict is not None and verdict.reason == "dnsbl" and self.observe.defers:
+            session.deferred, verdict = verdict, None
         if verdict is None or verdict.action == Action.ACCEPT:
             verdict = CONNECTED
         self.record(session, None, Stage.CONNECT, verdict)
+        if verdict is CONNECTED:  # observe mode: what would have been refused here
+            for would in (self.blocked(session.client), session.deferred):
+                if would is not None and (self.observe.everywhere
+                                          or would.action == Action.OBSERVE):
+                    self.would_refuse(session, None, Stage.CONNECT, would)
         return verdict
+
+    def would_refuse(self, session: RelaySession, envelope: Envelope | None, stage: str,
+                     verdict: Verdict, recipient: str = "") -> None:
+        """Observe mode: the refusal recorded as one that would have been made, once per
+        session and reason (enforced, the first would have ended the session)."""
+        if verdict.reason not in session.observed:
+            session.observed.add(verdict.reason)
+            self.record(session, envelope, stage, observed(verdict), recipient=recipient)
+
+    def policy_refusal(self, session: RelaySession, envelope: Envelope,
+                       address: str) -> Verdict | None:
+        """The gate's re-check and a deferred DNSBL refusal at RCPT: said for an enforcing
+        domain's recipient, only recorded for an observing one's."""
+        refusal = None
+        for would in (self.blocked(session.client), session.deferred):
+            if would is None:
+                continue
+            if would.action == Action.OBSERVE or self.observe.of(address):
+                self.would_refuse(session, envelope, Stage.RCPT, would, address)
+            elif refusal is None:
+                refusal = would
+        return refusal
 
     def admit(self, session: RelaySession) -> Verdict | None:
         """The connection limits, checked as the TCP connection is made; a refusal is
@@ -689,6 +725,8 @@ class RelayHandler:
                           envelope: Envelope, address: str, mail_options: list[str]) -> str:
         full = self.queue_full()
         verdict = self.blocked(session.client)
+        if verdict is not None and (verdict.action == Action.OBSERVE or self.observe.defers):
+            verdict = None  # observe mode: RCPT decides, by the recipient's domain
         if verdict is None:
             verdict = queue_full(full) if full is not None else size_problem(address, sender=True)
         if (verdict is None and address.strip() == NULL_SENDER_TEXT
@@ -706,7 +744,7 @@ class RelayHandler:
                           envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         session.rcpt_attempts += 1
         full = self.queue_full()
-        blocked = self.blocked(session.client)
+        blocked = self.policy_refusal(session, envelope, address)
         if blocked is not None:
             verdict: Verdict | None = blocked
         elif full is not None:

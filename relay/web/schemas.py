@@ -83,7 +83,8 @@ class HostDetail(BaseModel):
     threshold: float
     window_seconds: float
     reasons: list[ReasonRow]
-    state: str = Field(description="never | blocked | expired | pending | clear")
+    state: str = Field(description="never | blocked | observed (observe mode: would have "
+                                   "been blocked) | expired | pending | clear")
     why: str
     block: BlockOut | None
     events: list[EventRow]
@@ -106,6 +107,7 @@ class HostRow(BaseModel):
     protocol: int
     other: int
     tempfail: int
+    observed: int  # refusals observe mode recorded but did not make
     score: float
     blocked_until: str | None
 

@@ -1,0 +1,41 @@
+"""`[policy]`: enforce the refusals of scoring, blocking and DNSBL, or only record them
+(observe mode), for every hosted domain or per domain."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from filters.address import normalise_domain
+from relay.config.types import Strict
+
+Mode = Literal["enforce", "observe"]
+
+
+class PolicyConfig(Strict):
+    mode: Mode = Field(
+        default="enforce",
+        description=(
+            '`"observe"`: refusals by scoring, blocking and DNSBL are recorded as '
+            "would-have-refused (event action `observe`, the reason and `554` they would "
+            "have carried) and the session goes on"
+        ))
+    # [policy.domains] "example.org" = "observe": that domain's mode, overriding `mode`
+    domains: dict[str, Mode] = Field(default_factory=dict)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: dict[str, Mode]) -> dict[str, Mode]:
+        out: dict[str, Mode] = {}
+        seen: dict[str, str] = {}
+        for name, mode in v.items():
+            key = normalise_domain(name)
+            if key in seen:
+                raise ValueError(f"{name!r}: same domain as {seen[key]!r}")
+            seen[key], out[key] = name, mode
+        return out
+
+    def observed(self, hosted: list[str]) -> frozenset[str]:
+        """The hosted domains (normalised) whose mode is observe."""
+        return frozenset(d for d in hosted if self.domains.get(d, self.mode) == "observe")
