@@ -303,6 +303,7 @@ def _register() -> None:
         "report": "relay.cli.report:report",
         "blocklist": "relay.cli.blocklist:blocklist",
         "queue": "relay.cli.queue:queue",
+        "trace": "relay.cli.trace:trace",
         "web": "relay.cli.web:web",
         "token": "relay.cli.web:token",
     })
