@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import re
 import smtplib
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
 
 from relay.store.database import make_engine
 from relay.store.tables import Event
+from tests.sink import Sink
 from tests.support import floodgate, split_ref, wait_until
+from tests.test_delivery import start as deliver_to
 from tests.test_smtp import ALIASES
 from tests.web_support import READ, relay_extra, web_starter
 
@@ -47,12 +50,14 @@ def refuse_unknown(relay) -> str:  # type: ignore[no-untyped-def]
     return ref
 
 
-def queue(relay, sender: str, rcpt: str, message: bytes) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def queue(relay, sender: str, rcpt: str, message: bytes,  # type: ignore[no-untyped-def]
+          also: tuple[str, ...] = ()) -> tuple[str, str]:
     """An accepted message: (its queue id, the session's reference), from the 250."""
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as smtp:
         smtp.ehlo("sender.test")
         smtp.mail(sender)
-        assert smtp.rcpt(rcpt)[0] == 250
+        for to in (rcpt, *also):
+            assert smtp.rcpt(to)[0] == 250
         code, text = smtp.data(message)
     assert code == 250
     reply, ref = split_ref(text)
@@ -126,3 +131,36 @@ def test_the_api_returns_what_the_cli_prints(start_relay, start_web, sqlite_url)
         assert api.get("/api/trace").status_code == 422
     with web.client() as anon:
         assert anon.get("/api/trace", params={"ref": ref}).status_code == 401
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    yield s
+    s.down()
+
+
+def test_the_story_goes_on_to_each_delivery_attempt_and_the_dsn(start_relay, sqlite_url,  # type: ignore[no-untyped-def]
+                                                                sink) -> None:
+    sink.up()
+    sink.set_reply("busy@dest.test", "451 4.3.0 Mailbox busy, try later")
+    sink.set_reply("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")
+    relay = deliver_to(start_relay, sqlite_url, sink.hop)
+    queue_id, ref = queue(relay, "author@sender.test", "ok@dest.test", MESSAGE, also=(
+        "busy@dest.test", "gone@dest.test"))
+    wait_until(lambda: sink.attempts("busy@dest.test") >= 2, what="a retry of busy@")
+    wait_until(lambda: reasons_stored(sqlite_url, "deferred") >= 2
+               and reasons_stored(sqlite_url, "delivered") >= 2, what="the DSN delivered")
+
+    [story] = trace_json(relay, ref)["sessions"]
+    delivery = [(e["recipient"], e["reason"], e["queue_id"]) for e in story["events"]
+                if e["stage"] == "delivery"]
+    assert ("ok@dest.test", "delivered", queue_id) in delivery
+    assert delivery.count(("busy@dest.test", "deferred", queue_id)) >= 2
+    [bounce] = [e for e in story["events"] if e["reason"] == "bounced"]
+    assert bounce["recipient"] == "gone@dest.test" and "550 5.1.1" in bounce["detail"]
+    dsn_id = bounce["detail"].rsplit("dsn=", 1)[1]
+    assert ("author@sender.test", "delivered", dsn_id) in delivery  # the DSN, to the sender
+    shown = floodgate(relay.config, "trace", queue_id).stdout
+    assert re.search(r" delivery +tempfail +deferred +451  to=busy@dest\.test .*"
+                     r"reply=451 4\.3\.0 Mailbox busy", shown), shown

@@ -9,6 +9,7 @@ with the next hop's reply, a bounce) are added by its queue id. A reference is a
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from relay.store.tables import Event
 
 EVENTS = Event.__table__
 MAX_SESSIONS = 50  # a search matching more shows the newest; the rest are counted
+_DSN = re.compile(r"\bdsn=([0-9A-Fa-f]+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +121,22 @@ def find(engine: Engine, q: Query) -> Trace:
             rows += conn.execute(select(EVENTS).where(Event.session.in_(sessions))).all()
         queue_ids |= {r.queue_id for r in rows if r.queue_id}
         seen = {r.id for r in rows}
-        if queue_ids:
-            rows += [r for r in conn.execute(
-                select(EVENTS).where(Event.queue_id.in_(sorted(queue_ids)))).all()
-                if r.id not in seen]
+        asked: set[str] = set()
+        while queue_ids - asked:  # the messages, then the DSNs their bounces sent
+            ask = sorted(queue_ids - asked)
+            asked |= queue_ids
+            new = [r for r in conn.execute(
+                select(EVENTS).where(Event.queue_id.in_(ask))).all() if r.id not in seen]
+            seen |= {r.id for r in new}
+            rows += new
+            queue_ids |= {d for r in new for d in _dsn_ids(r)}
     rows.sort(key=lambda r: (r.ts, r.id))
     return Trace(_stories(rows), more)
+
+
+def _dsn_ids(row: Row[Any]) -> list[str]:
+    """The DSN a bounce event says was sent (relay/delivery/outcomes.py: `dsn=ID`)."""
+    return _DSN.findall(row.detail) if row.reason == "bounced" else []
 
 
 def _stories(rows: list[Row[Any]]) -> list[Story]:
@@ -139,6 +151,8 @@ def _stories(rows: list[Row[Any]]) -> list[Story]:
             story = stories[key] = Story(r.session, r.node, r.client, r.helo, r.sender)
         if r.queue_id:
             owner.setdefault(r.queue_id, key)
+        for dsn_id in _dsn_ids(r):  # the DSN's delivery is part of the story
+            owner.setdefault(dsn_id, key)
         story.helo = story.helo or r.helo
         story.sender = story.sender or r.sender
         story.steps.append(Step(
