@@ -106,6 +106,9 @@ def find(engine: Engine, q: Query) -> Trace:
     if q.empty():
         raise ValueError("give a reference or at least one of sender, recipient, client, "
                          "Message-ID")
+    if any("\x00" in v for v in (q.ref, q.sender, q.recipient, q.client, q.message_id)
+           if v):
+        return Trace([], 0)  # events hold client text escaped: no NUL (PostgreSQL refuses it)
     with engine.connect() as conn:
         seeds = conn.execute(
             select(Event.session, Event.queue_id, func.max(Event.ts).label("last"))
