@@ -41,7 +41,7 @@ def _line(step: tr.Step) -> str:
             + " ".join(w for w in what if w))
 
 
-@click.command("trace")
+@click.command("trace", short_help="A session's or message's whole story, from the events.")
 @click.argument("ref", required=False)
 @click.option("--from", "sender", metavar="ADDR", help="Envelope sender (MAIL FROM).")
 @click.option("--to", "recipient", metavar="ADDR", help="A recipient (RCPT TO).")
