@@ -54,6 +54,25 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
         time.sleep(0.02)
 
 
+REF = re.compile(r"^(.*) \[ref ([0-9a-f]{12})\]$", re.S)
+
+
+def split_ref(reply: str | bytes) -> tuple[str, str]:
+    """(the reply's text, its session reference) for a reply that ends a transaction or
+    refuses: `550 5.1.1 User unknown [ref 3f9a1c2b7e10]`. Fails the test when the reply
+    carries no reference, so a test comparing the text also checks the reference is there."""
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    m = REF.match(text)
+    if m is None:
+        raise AssertionError(f"no [ref ...] at the end of {text!r}")
+    return m.group(1), m.group(2)
+
+
+def unref(reply: str | bytes) -> str:
+    """The reply's text without its (required) `[ref ...]`: what tests compare."""
+    return split_ref(reply)[0]
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

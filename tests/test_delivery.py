@@ -29,7 +29,7 @@ from relay.events.writer import EventWriter
 from relay.store.database import make_engine
 from relay.store.tables import Event
 from tests.sink import Sink
-from tests.support import RelayProcess, floodgate, port_open, wait_until, write_config
+from tests.support import RelayProcess, floodgate, port_open, unref, wait_until, write_config
 
 FAST = {"min_backoff": '"0.2s"', "max_backoff": '"1s"', "scan_interval": '"0.2s"',
         "connect_timeout": '"2s"', "command_timeout": '"10s"'}
@@ -85,7 +85,7 @@ def send(relay: RelayProcess, rcpts: list[str], data: bytes,
             assert code == 250, reply
         code, reply = smtp.data(data)
         assert code == 250, reply
-        return reply.decode().rsplit(" ", 1)[1]
+        return unref(reply).rsplit(" ", 1)[1]
 
 
 def queue_dir(relay: RelayProcess) -> Path:

@@ -10,7 +10,7 @@ import pytest
 from relay.delivery.spool import read_file
 from tests.hardening_support import Raw, events, spooled
 from tests.sink import Sink
-from tests.support import wait_until
+from tests.support import unref, wait_until
 from tests.test_delivery import delivery_settings
 
 
@@ -125,12 +125,12 @@ def test_more_than_50_received_lines_is_a_loop(start_relay, sqlite_url) -> None:
     body_hops = b"Subject: quoted\r\n\r\n" + trace(80)  # in the body: not hops
     with Raw(relay.port) as raw:
         assert raw.cmd("EHLO c.test").startswith("250 ")
-        assert send(raw, "alice@example.org", trace(51) + b"Subject: x\r\n\r\nloop\r\n") \
+        assert unref(send(raw, "alice@example.org", trace(51) + b"Subject: x\r\n\r\nloop\r\n")) \
             == "554 5.4.6 Too many hops"
         assert send(raw, "alice@example.org", trace(50, folded=True) + body_hops) \
             .startswith("250 ")
-        assert send(raw, "alice@example.org",
-                    trace(30) + b"RECEIVED : x\r\n" * 21 + b"\r\nbody\r\n") \
+        assert unref(send(raw, "alice@example.org",
+                          trace(30) + b"RECEIVED : x\r\n" * 21 + b"\r\nbody\r\n")) \
             == "554 5.4.6 Too many hops"
     assert len(spooled(relay)) == 1
     loops = events(sqlite_url, lambda e: e.reason == "too_many_hops", at_least=2)
@@ -143,5 +143,5 @@ def test_hopcount_limit_is_configurable(start_relay, sqlite_url) -> None:  # typ
     with Raw(relay.port) as raw:
         assert raw.cmd("EHLO c.test").startswith("250 ")
         assert send(raw, "alice@example.org", trace(3) + b"\r\nok\r\n").startswith("250 ")
-        assert send(raw, "alice@example.org", trace(4) + b"\r\nloop\r\n") \
+        assert unref(send(raw, "alice@example.org", trace(4) + b"\r\nloop\r\n")) \
             == "554 5.4.6 Too many hops"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from relay.events.process import EventProcess, WriterDown
-from relay.events.record import EventRecord, as_row
+from relay.events.record import FIELDS, EventRecord, as_row
 from relay.events.writer import EventWriter
 from relay.store.database import make_engine, upgrade
 from tests.support import event_count
@@ -124,7 +124,7 @@ answers, log = sys.argv[1].split(","), open(sys.argv[2], "a")
 frames = [read_frame(0) for _ in range(2)]
 while True:
     for rows, answer in zip(frames, answers):
-        log.write(repr([r[-4] for r in marshal.loads(rows)]) + " " + answer + "\\n")
+        log.write(repr([r[RECIPIENT] for r in marshal.loads(rows)]) + " " + answer + "\\n")
         log.flush()
         sys.stdout.write(answer.replace("_", " ") + "\\n")
         sys.stdout.flush()
@@ -133,7 +133,7 @@ while True:
         frames = [read_frame(0)]
     except EOFError:
         break
-"""
+""".replace("RECIPIENT", str(FIELDS.index("recipient")))  # the row's recipient: the batch's tag
 
 
 def batch(tag: str, n: int = 2) -> list[tuple[object, ...]]:

@@ -8,7 +8,7 @@ import pytest
 from relay.config.limits import LimitsConfig
 from relay.hosts.limits import ConnectionLimiter
 from tests.hardening_support import Raw, events
-from tests.support import wait_until
+from tests.support import unref, wait_until
 
 
 def limits(**keys: object) -> str:
@@ -50,7 +50,7 @@ def test_global_cap(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped
     relay = start_relay(sqlite_url, extra=limits(max_connections=2))
     held = [Raw(relay.port), Raw(relay.port)]
     with Raw(relay.port) as raw:
-        assert raw.banner == "421 4.3.2 Too many connections, try again later"
+        assert unref(raw.banner) == "421 4.3.2 Too many connections, try again later"
     for h in held:
         h.close()
     events(sqlite_url, lambda e: e.reason == "busy")

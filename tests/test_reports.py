@@ -374,13 +374,14 @@ def test_migration_0003_fills_rollups_from_existing_events(store_url: str) -> No
     rows = records(KNOWN, datetime(2026, 3, 1, 12, 30, 59, 123456, tzinfo=UTC),
                    timedelta(seconds=41, microseconds=7))
     # as the code of 0002's time wrote them (a DateTime, text on SQLite; see 0006)
-    # (no `count` either: 0007 adds it)
+    # (no `count` either: 0007 adds it; nor `session` and `message_id`: 0008)
+    later = ("count", "session", "message_id")
     legacy = Table("events", MetaData(), *(
         Column(c.name, DateTime(timezone=True) if c.name == "ts" else c.type)
-        for c in Event.__table__.columns if c.name not in ("id", "count")))
+        for c in Event.__table__.columns if c.name not in ("id", *later)))
     with engine.begin() as conn:
         conn.execute(insert(legacy), [{k: getattr(r, k) for k in r.__dataclass_fields__
-                                       if k != "count"} for r in rows])
+                                       if k not in later} for r in rows])
     assert upgrade(engine) == ("0002", head_revision())  # 0003 and later ones
     with engine.connect() as conn:  # the migration builds exactly what the models say
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from relay.delivery.spool import read_file
 from relay.store.database import make_engine
 from relay.store.tables import Event
-from tests.support import event_count, floodgate, free_port, wait_until
+from tests.support import event_count, floodgate, free_port, unref, wait_until
 from tests.test_smtp import ALIASES, MESSAGE, client, spooled
 
 
@@ -56,7 +56,7 @@ def test_sigkill_right_after_250_loses_nothing(start_relay, sqlite_url) -> None:
     relay.signal(signal.SIGKILL)  # the moment the 250 is read
     relay.proc.wait()
     assert reply.startswith("250 2.0.0 Ok: queued as ")
-    queue_id = reply.rsplit(" ", 1)[1]
+    queue_id = unref(reply).rsplit(" ", 1)[1]
     [path] = spooled(relay)
     assert path.stem == queue_id
     envelope, message = read_file(path)

@@ -304,6 +304,7 @@ def _register() -> None:
         "replay": "relay.cli.replay:replay",
         "blocklist": "relay.cli.blocklist:blocklist",
         "queue": "relay.cli.queue:queue",
+        "trace": "relay.cli.trace:trace",
         "web": "relay.cli.web:web",
         "token": "relay.cli.web:token",
     })

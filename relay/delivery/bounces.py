@@ -29,22 +29,24 @@ class Bounces:
         self.hostname = hostname
         self.node = node
 
-    async def send(self, envelope: Envelope, failures: list[dsn.Failure]) -> bool:
-        """Queue a DSN for `failures`; True once it is on disk (or none is due)."""
+    async def send(self, envelope: Envelope, failures: list[dsn.Failure]) -> str | None:
+        """Queue a DSN for `failures`: its queue id once it is on disk ("" when none is
+        due), None when it could not be written. The id goes into the bounce events, so
+        `floodgate trace` follows the DSN too."""
         if not dsn.wants_dsn(envelope):
             log.info("no DSN for the null sender %s", kv(queue_id=envelope.queue_id,
                                                         rcpts=len(failures)))
-            return True
+            return ""
         try:
             _, message = await asyncio.to_thread(self.spool.read, envelope.queue_id)
             report, body = dsn.build(envelope, message, failures, hostname=self.hostname,
                                      node=self.node)
             await asyncio.to_thread(self.spool.write, report, body)
         except FileNotFoundError:
-            return True
+            return ""
         except OSError as e:
             log.error("cannot queue a DSN %s", kv(queue_id=envelope.queue_id, error=e))
-            return False
+            return None
         log.info("dsn queued %s", kv(queue_id=envelope.queue_id, dsn=report.queue_id,
                                      to=f"<{envelope.mail_from}>", rcpts=len(failures)))
-        return True
+        return report.queue_id

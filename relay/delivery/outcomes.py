@@ -71,20 +71,26 @@ class Outcomes:
     async def settle_failures(self, entry: Entry) -> None:
         """After a message's attempt: one DSN for its failures, then each is told."""
         failures, entry.failures = entry.failures, []
-        if failures and not await self.bounces.send(entry.envelope, failures):
+        if not failures:
+            return
+        dsn_id = await self.bounces.send(entry.envelope, failures)
+        if dsn_id is None:
             for f in failures:  # no DSN on disk: keep them pending, to fail again later
                 entry.state.recipients[f.recipient].status = PENDING
-        elif failures:
-            for f in failures:
-                self._event(entry, f.recipient, "reject", "bounced",
-                            Result(BOUNCED, f.diagnostic, f.remote_mta))
-                self.on_outcome("bounced", status_class(f.status))
+            return
+        for f in failures:
+            self._event(entry, f.recipient, "reject", "bounced",
+                        Result(BOUNCED, f.diagnostic, f.remote_mta), dsn_id=dsn_id)
+            self.on_outcome("bounced", status_class(f.status))
 
     def _event(self, entry: Entry, rcpt: str, action: str, reason: str,
-               result: Result) -> None:
+               result: Result, dsn_id: str = "") -> None:
+        """`dsn_id`: the queue id of the DSN sent for a bounce (`floodgate trace` follows it)."""
         envelope = entry.envelope
         code = int(result.reply[:3]) if result.reply[:3].isdigit() else 0
         detail = f"hop={result.hop} reply={result.reply}" if result.hop else result.reply
+        if dsn_id:
+            detail = f"{detail} dsn={dsn_id}"
         self.events.emit(EventRecord(
             ts=EventRecord.now(), node=self.node, client=envelope.client,
             host=host_key(envelope.client, self.ipv6_prefix) if envelope.client

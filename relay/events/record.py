@@ -33,6 +33,9 @@ class EventRecord:
     detail: str = ""
     size: int | None = None
     queue_id: str = ""
+    # the SMTP session: the `[ref ...]` its replies carry (relay/smtp/replies.py with_ref)
+    session: str = ""
+    message_id: str = ""  # the accepted message's Message-ID header field, as sent
 
     @staticmethod
     def now() -> datetime:

@@ -136,7 +136,7 @@ class EventWriter:
             return
         self.summary[key] = dataclasses.replace(
             record, host=SUMMARY_HOST, client=SUMMARY_HOST, helo="", sender="", recipient="",
-            detail="", size=None, queue_id="")
+            detail="", size=None, queue_id="", session="", message_id="")
 
     def _merge(self, row: EventRecord, record: EventRecord) -> None:
         """Count `record` (itself a row of one or more events) into `row`."""

@@ -45,6 +45,7 @@ from relay.smtp.addresses import control_problem, is_postmaster, routing_problem
 from relay.smtp.body import Body, Budget, DataScanner, Problem, read_data
 from relay.smtp.error_limits import SessionErrors
 from relay.smtp.hops import hop_count
+from relay.smtp.message_id import message_id_of
 from relay.smtp.observe import Observe, observed
 from relay.smtp.pipeline import Pipeline
 
@@ -236,7 +237,11 @@ class FloodgateSMTP(SMTP):
         await super()._handle_client()
 
     def _hang_up(self, reply: str) -> None:
+        """The last reply, with the session's reference: it ends the session."""
         self._greeted = True
+        session = self.session
+        if isinstance(session, RelaySession):
+            reply = replies.with_ref(reply, session.sid)
         if self.transport is not None and not self.transport.is_closing():
             # private read: aiosmtpd's push() would count and classify this last reply
             self._writer.write(reply.encode() + b"\r\n")
@@ -285,7 +290,9 @@ class FloodgateSMTP(SMTP):
         self.relay.disconnected(self)
         self._hang_up(reply)
 
-    async def push(self, status: Any) -> None:
+    async def push(self, status: Any, *, ref: bool = False) -> None:
+        """`ref`: the reply ends a transaction (DATA's) and carries the session's reference
+        (`replies.with_ref`), added after aiosmtpd's own replies are rewritten."""
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         if not self._greeted:  # the 220 greeting carries no enhanced code
             self._greeted = True
@@ -296,6 +303,8 @@ class FloodgateSMTP(SMTP):
             text, reason, stage = replies.classify(text)
             if reason is not None:
                 self.relay.protocol_refusal(self, text, reason, stage)
+            if ref and isinstance(self.session, RelaySession):
+                text = replies.with_ref(text, self.session.sid)
         await self._count_reply(text)
         await super().push(text)
         if self._close_after_reply and self.transport is not None:
@@ -393,7 +402,7 @@ class FloodgateSMTP(SMTP):
         self.relay.record(session, self.envelope, stage, dataclasses.replace(
             verdict, detail=(arg or "")[:COMMAND_LIMIT]),
             recipient=(arg or "") if stage == Stage.RCPT else "")
-        await self.push(verdict.reply)
+        await self.push(verdict.reply, ref=True)
         return True
 
     @syntax("NOOP [ignored]")
@@ -424,7 +433,7 @@ class FloodgateSMTP(SMTP):
         assert isinstance(session, RelaySession)
         if (self.envelope is not None and self.envelope.mail_from is not None
                 and not self.envelope.rcpt_tos and session.rcpt_attempts and not arg):
-            await self.push(NO_VALID_RCPTS)
+            await self.push(NO_VALID_RCPTS, ref=True)
             return
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -465,11 +474,11 @@ class FloodgateSMTP(SMTP):
             if refused in (Problem.BARE, Problem.NUL):
                 reply = BARE_IN_DATA if refused is Problem.BARE else NUL_IN_DATA
                 self.relay.protocol_refusal(self, reply, "protocol", "data")
-                await self.push(reply)
+                await self.push(reply, ref=True)
             elif refused is Problem.TOO_LONG:
-                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)", ref=True)
             else:
-                await self.push("552 Error: Too much mail data")
+                await self.push("552 Error: Too much mail data", ref=True)
             self._set_post_data_state()
             return
         if scanner.body.spilled:  # read back off the loop; the file goes when DATA ends
@@ -495,7 +504,7 @@ class FloodgateSMTP(SMTP):
             session.reply_deadline = None
             self._reset_timeout()
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push("250 OK" if status is MISSING else status, ref=True)
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("502 5.5.1 AUTH not available on this MX")
@@ -591,16 +600,17 @@ class RelayHandler:
 
     def record(self, session: RelaySession, envelope: Envelope | None, stage: str,
                verdict: Verdict, *, recipient: str = "", size: int | None = None,
-               queue_id: str = "") -> None:
+               queue_id: str = "", message_id: str = "") -> None:
         """One decision: an event row for the store and a log line for the operator."""
         sender = envelope.mail_from if envelope is not None and envelope.mail_from else ""
         self._record(session.sid, session.client, session.helo, stage, verdict,
                      sender=sender if envelope is not None else None,
-                     recipient=recipient, size=size, queue_id=queue_id)
+                     recipient=recipient, size=size, queue_id=queue_id,
+                     message_id=message_id)
 
     def _record(self, sid: str, client: str, helo: str, stage: str, verdict: Verdict, *,
                 sender: str | None = None, recipient: str = "", size: int | None = None,
-                queue_id: str = "") -> None:
+                queue_id: str = "", message_id: str = "") -> None:
         """`sender` None: no transaction yet (the log line then has no sender field)."""
         # client-chosen text (HELO, addresses, virus names) is stored escaped: no NUL for
         # PostgreSQL to refuse, no terminal escapes for a report to replay. The stage goes
@@ -612,7 +622,7 @@ class RelayHandler:
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=printable(helo)[:255], sender=printable(sender or "")[:320],
             recipient=printable(recipient), detail=printable(verdict.detail), size=size,
-            queue_id=queue_id,
+            queue_id=queue_id, session=sid, message_id=printable(message_id)[:255],
         )
         self.events.emit(event)
         self.on_event(event)
@@ -630,8 +640,9 @@ class RelayHandler:
         verdict = self.blocked(client)
         if verdict is None or verdict.action == Action.OBSERVE or self.observe.defers:
             return None  # observe mode: on_connect or RCPT records it, with the session
-        self._record(new_session_id(), client, "", Stage.CONNECT, verdict)
-        return verdict.reply.encode() + b"\r\n"
+        sid = new_session_id()
+        self._record(sid, client, "", Stage.CONNECT, verdict)
+        return replies.with_ref(verdict.reply, sid).encode() + b"\r\n"
 
     def blocked(self, client: str) -> Verdict | None:
         """The 554 for a client the gate blocks now, or None. Asked at the door and again
@@ -735,7 +746,7 @@ class RelayHandler:
             verdict = null_sender_share(over)
         if verdict is not None:
             self.record(session, envelope, Stage.MAIL, verdict)
-            return verdict.reply
+            return replies.with_ref(verdict.reply, session.sid)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -770,7 +781,8 @@ class RelayHandler:
             envelope.rcpt_tos.append(self.postmaster if verdict.reason == "postmaster"
                                      else address)
             envelope.rcpt_options.extend(rcpt_options)
-        return verdict.reply
+            return verdict.reply
+        return replies.with_ref(verdict.reply, session.sid)
 
     def _postmaster(self) -> Verdict:
         """RFC 5321 4.5.1: <postmaster> must be accepted, and postmaster at every domain
@@ -845,7 +857,7 @@ class RelayHandler:
                                   detail=notes)
         session.errors.delivered()
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
-                    size=spooled.size, queue_id=queue_id)
+                    size=spooled.size, queue_id=queue_id, message_id=message_id_of(data))
         return accepted.reply
 
     def _write(self, envelope: SpoolEnvelope, trace: bytes, *pieces: bytes | memoryview) -> None:

@@ -64,3 +64,16 @@ def classify(reply: str) -> tuple[str, str | None, str]:
         if reply.startswith(prefix):
             return (replacement or with_status(reply)), reason, stage
     return with_status(reply), None, ""
+
+
+REF = re.compile(r" \[ref ([0-9a-f]{12})\]$")
+
+
+def with_ref(reply: str, ref: str) -> str:
+    """`reply` with the session's reference at the end of its text (`550 5.1.1 User
+    unknown [ref 3f9a1c2b7e10]`): the enhanced code stays first, where clients parse it,
+    and a sender who pastes the reply into a ticket gives the operator what `floodgate
+    trace` finds the session by. A reply already carrying one is left alone."""
+    if not ref or REF.search(reply):
+        return reply
+    return f"{reply} [ref {ref}]"

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.functions import Function
@@ -45,11 +46,20 @@ class Event(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     queue_id: Mapped[str] = mapped_column(String(32), default="")
+    # the SMTP session's id: the `[ref ...]` in its replies, what `floodgate trace` finds
+    session: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    message_id: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
     __table_args__ = (
         Index("ix_events_ts", "ts"),
         Index("ix_events_host_ts", "host", "ts"),
         Index("ix_events_reason_ts", "reason", "ts"),
+        Index("ix_events_session", "session"),
+        # only accepted and delivered messages carry these: partial, small, cheap to write
+        Index("ix_events_queue_id", "queue_id", sqlite_where=text("queue_id != ''"),
+              postgresql_where=text("queue_id != ''")),
+        Index("ix_events_message_id", "message_id", sqlite_where=text("message_id != ''"),
+              postgresql_where=text("message_id != ''")),
     )
 
 

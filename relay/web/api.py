@@ -15,6 +15,7 @@ from blocklist import operations as ops
 from blocklist import reports as rp
 from relay.config import Config
 from relay.config.types import parse_duration
+from relay.events import trace as tr
 from relay.reasons import Reason
 from relay.web import data
 from relay.web.auth import Authenticator, Principal
@@ -30,6 +31,7 @@ from relay.web.schemas import (
     QueueOut,
     SummaryOut,
     TimelineOut,
+    TraceOut,
     WhoAmI,
 )
 
@@ -155,6 +157,25 @@ def report_summary(request: Request, _: Reader, since: str = "24h",
     s = rp.summary_report(engine, since=start, now=now, limit=top,
                           active=blocks.active_blocks(engine, now), queued=queued, held=held)
     return s.as_dict()
+
+
+@router.get("/trace", response_model=TraceOut, tags=["reports"])
+def trace(request: Request, _: Reader, ref: Annotated[str | None, Query(max_length=64)] = None,
+          sender: Annotated[str | None, Query(alias="from", max_length=320)] = None,
+          to: Annotated[str | None, Query(max_length=320)] = None,
+          client: Annotated[str | None, Query(max_length=45)] = None,
+          message_id: Annotated[str | None, Query(max_length=255)] = None,
+          since: str | None = None) -> dict[str, Any]:
+    """What happened to a session or message, in order (`floodgate trace --format json`):
+    by `ref` (a reply's [ref ...] or a queue id), or by `from`, `to`, `client` and
+    `message_id`; `since` defaults to 24h for a search, no limit for a ref."""
+    query = tr.Query(ref=ref, sender=sender, recipient=to, client=client,
+                     message_id=message_id,
+                     since=tr.since(seconds(since, "since", MAX_SINCE) if since
+                                    else None if ref else 86_400.0))
+    if query.empty():
+        raise HTTPException(422, "give ref, or at least one of from, to, client, message_id")
+    return tr.as_data(tr.find(engine_of(request), query))
 
 
 @router.get("/queue", response_model=QueueOut, tags=["queue"])

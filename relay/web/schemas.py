@@ -175,3 +175,33 @@ class AuditRow(BaseModel):
     action: str
     target: str
     detail: str
+
+
+class TraceEvent(BaseModel):
+    ts: str
+    stage: str
+    action: str
+    reason: str
+    code: int
+    recipient: str
+    detail: str
+    queue_id: str
+    message_id: str
+    size: int | None
+    count: int = Field(description="more than 1: a flood folded into this row")
+
+
+class TraceSession(BaseModel):
+    session: str = Field(description="the [ref ...] of the session's replies ('' for a "
+                         "message seen without its session)")
+    node: str
+    client: str
+    helo: str
+    sender: str
+    queue_ids: list[str]
+    events: list[TraceEvent]
+
+
+class TraceOut(BaseModel):
+    sessions: list[TraceSession]
+    more: int = Field(description="sessions matched but not shown: narrow the search")
