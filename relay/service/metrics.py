@@ -26,9 +26,7 @@ increment is a write to a memory map (about 2 us instead of 0.8 us, a few per se
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -75,13 +73,6 @@ def worker_exited(path: str, pid: int) -> None:
 
 def remove_shared_directory(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _Connections(Protocol):
@@ -178,7 +169,9 @@ class _RefreshingRegistry(CollectorRegistry):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, build: tuple[str, str, str] = ("unknown", "unknown", "unknown")) -> None:
+        """`build`: the floodgate, Python and aiosmtpd versions for floodgate_build_info
+        (read by the composition root: metrics import nothing of relay)."""
         # multiprocess mode: where the workers' files are (see the module docstring)
         self.shared = (os.environ.get(MULTIPROC_ENV)
                        if values.ValueClass is not values.MutexValue else None)
@@ -187,8 +180,7 @@ class Metrics:
         self.build_info = Gauge(
             "floodgate_build_info", "Always 1: the versions this relay runs",
             ["version", "python", "aiosmtpd"], registry=r, multiprocess_mode="livemax")
-        self.build_info.labels(_version("floodgate"), platform.python_version(),
-                               _version("aiosmtpd")).set(1)
+        self.build_info.labels(*build).set(1)
         self.decisions = Counter("floodgate_smtp_decisions", "SMTP decisions",
                                  ["stage", "action", "reason"], registry=r)
         self.scan_seconds = Histogram("floodgate_scan_duration_seconds",

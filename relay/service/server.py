@@ -9,6 +9,7 @@ import errno
 import faulthandler
 import logging
 import os
+import platform
 import signal
 import ssl
 import time
@@ -47,6 +48,7 @@ from relay.store.database import (
 )
 from relay.store.database import upgrade as upgrade_schema
 from relay.store.polling import poll_every
+from relay.version import installed
 
 log = logging.getLogger("floodgate.serve")
 
@@ -173,7 +175,9 @@ class Relay:
         self.gate = BlockGate(self.engine, protection, store.ipv6_prefix)
         self.scorer = Scorer(self.engine, config.scoring, config.blocklist, protection,
                              config.relay.node, observe=observes_all(config))
-        self.metrics = Metrics()
+        self.metrics = Metrics(build=(installed("floodgate") or "unknown",
+                                      platform.python_version(),
+                                      installed("aiosmtpd") or "unknown"))
         # the scanner sections and the filters built from them, reused while unchanged
         self.scanners: tuple[tuple[object, ...], list[Filter]] | None = None
         chain = self.metrics.timed(self.filters(config, self.hosted))
