@@ -39,3 +39,5 @@ class ArcResult:
     # the ARC-Authentication-Results payloads, newest first: what each sealer saw
     results: tuple[str, ...] = field(default_factory=tuple)
     reason: str = ""
+    # a fail that met a key lookup DNS could not answer now: a retry may pass
+    temporary: bool = False

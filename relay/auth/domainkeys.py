@@ -1,0 +1,99 @@
+"""DKIM and ARC public keys (RFC 6376 3.6): fetched before verification, all at once.
+
+dkimpy asks DNS through a synchronous `dnsfunc` in the middle of verifying; its own async
+support needs aiodns. So the selectors are read first, every key record is fetched
+concurrently through the shared async `TxtLookup`, and dkimpy then verifies in a worker
+thread with a `dnsfunc` that answers from those records and never touches the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from relay.auth.lookup import DnsTemporary, TxtLookup
+
+# a selector or domain label as DNS carries it (RFC 6376 3.1 and 3.5: A-labels only)
+_LABEL = re.compile(rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def key_name(selector: bytes, domain: bytes) -> str | None:
+    """`selector._domainkey.domain`, or None when s= or d= is no DNS name we will ask."""
+    name = selector.strip().rstrip(b".") + b"._domainkey." + domain.strip().rstrip(b".")
+    labels = name.split(b".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return name.decode("ascii").lower()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What DNS said for one key name: the record, or why there is none."""
+
+    record: bytes | None = None
+    temporary: str = ""     # the lookup failed for now: temperror
+    missing: str = ""       # no usable record: permerror
+
+
+async def fetch_keys(names: Iterable[str], txt: TxtLookup) -> dict[str, KeyRecord]:
+    """Every distinct key name looked up concurrently; no exception escapes."""
+    unique = sorted(set(names))
+    answers = await asyncio.gather(*(_fetch(name, txt) for name in unique))
+    return dict(zip(unique, answers, strict=True))
+
+
+async def _fetch(name: str, txt: TxtLookup) -> KeyRecord:
+    try:
+        records = await txt(name)
+    except DnsTemporary as e:
+        return KeyRecord(temporary=f"key lookup for {name} failed for now: {e}".rstrip(": "))
+    except Exception as e:  # a lookup that breaks must not break the message
+        return KeyRecord(temporary=f"key lookup for {name} failed: {type(e).__name__}")
+    if not records:
+        return KeyRecord(missing=f"no key record at {name}")
+    # RFC 6376 3.6.2.2: several TXT records make the result undefined; take the first
+    # that is a key record at all, so a stray SPF-like record does not hide the key.
+    keys = [r for r in records if b"p=" in r]
+    if not keys:
+        return KeyRecord(missing=f"no key record at {name}")
+    return KeyRecord(record=keys[0])
+
+
+def key_problem(record: bytes, algorithm: bytes) -> str:
+    """Why this key record cannot verify an `algorithm` signature ('' when it can):
+    each reason is a permerror (RFC 6376 6.1.2)."""
+    try:
+        tags = parse_tag_value(record)
+    except InvalidTagValueList:
+        return "key record is not a tag list"
+    if tags.get(b"p", b"").strip() == b"":
+        return "key revoked (empty p=)"
+    try:
+        pk, _, ktag, _ = dkim.evaluate_pk("key", record)
+    except Exception as e:  # KeyFormatError, bad base64, ASN.1 trouble
+        return f"bad key record: {type(e).__name__}"
+    if pk is None:
+        return "key is not for email (s=)"
+    wanted = algorithm.split(b"-", 1)[0]
+    if ktag != wanted:
+        return f"key type {ktag.decode()} does not fit a={algorithm.decode()}"
+    return ""
+
+
+def answering_from(keys: dict[str, KeyRecord]) -> Callable[..., bytes | None]:
+    """A dkimpy `dnsfunc` that answers from the fetched records only."""
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        key = keys.get(name.decode("ascii", "replace").rstrip(".").lower())
+        if key is None:
+            return None
+        if key.temporary:
+            raise dkim.DnsTimeoutError(key.temporary)
+        return key.record
+
+    return dnsfunc
