@@ -78,6 +78,7 @@ def _read(message: bytes, limit: int) -> _Plan:
         return plan
     seals: dict[int, dict[bytes, bytes]] = {}
     results: dict[int, str] = {}
+    broken = ""
     for instance, (name, value) in numbered:
         kind = name.lower()
         if kind == b"arc-authentication-results":
@@ -86,7 +87,9 @@ def _read(message: bytes, limit: int) -> _Plan:
         try:
             tags = parse_tag_value(value)
         except InvalidTagValueList:
-            continue    # dkimpy fails the chain on it
+            what = "ARC-Seal" if kind == b"arc-seal" else "ARC-Message-Signature"
+            broken = broken or f"{what} i={instance} is not a tag=value list"
+            continue
         if kind == b"arc-seal":
             seals.setdefault(instance, tags)
         key = key_name(tags.get(b"s", b""), tags.get(b"d", b""))
@@ -95,7 +98,9 @@ def _read(message: bytes, limit: int) -> _Plan:
     order = range(newest, 0, -1)
     plan.sealers = tuple(_text(seals.get(i, {}).get(b"d", b"")) for i in order)
     plan.results = tuple(results.get(i, "") for i in order)
-    if seals.get(newest, {}).get(b"cv", b"").lower() == b"fail":
+    if broken:
+        plan.verdict = _result(plan, "fail", broken)
+    elif seals.get(newest, {}).get(b"cv", b"").lower() == b"fail":
         # RFC 8617 5.2 step 2: a chain its newest sealer declared broken stays broken
         plan.verdict = _result(plan, "fail", "the newest ARC-Seal says cv=fail")
     return plan
