@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,21 @@ def silent_lookup(address: str, timeout: float = 0.5) -> TxtLookup:
     resolver.nameservers, resolver.port = [host], int(port)
     resolver.lifetime = resolver.timeout = timeout
     return txt_lookup(resolver)
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """Records on which thread each piece of work it was given ran."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.ran: list[tuple[str, int]] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def recorded():  # type: ignore[no-untyped-def]
+            self.ran.append((fn.__name__, threading.get_ident()))
+            return fn(*args, **kwargs)
+
+        return super().submit(recorded)
 
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\n"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import dkim
@@ -14,7 +16,14 @@ import pytest
 from relay.auth.arc import MAX_ARC_SETS, verify_arc
 from relay.auth.lookup import TxtLookup
 from relay.auth.verdicts import ArcResult
-from tests.dkim_support import MESSAGE, Key, rsa_key, silent_lookup, txt_lookup
+from tests.dkim_support import (
+    MESSAGE,
+    Key,
+    RecordingExecutor,
+    rsa_key,
+    silent_lookup,
+    txt_lookup,
+)
 from tests.dns_server import run_nsd, silent_nameserver
 
 LIST, FORWARDER = "lists.test", "forwarder.test"
@@ -130,3 +139,20 @@ def test_hostile_chains_are_bounded_and_answered(zone: Zone) -> None:
         found = verify(message, zone.txt)
         assert found.result == "fail", (reason, found)
         assert found.reason.startswith(reason), (reason, found)
+
+
+def test_the_chain_is_verified_off_the_loop_or_in_a_process(zone: Zone) -> None:
+    chain = two_hops(zone)
+
+    async def go() -> tuple[ArcResult, ArcResult]:
+        with RecordingExecutor() as threads:
+            in_thread = await verify_arc(chain, zone.txt, executor=threads)
+        assert [name for name, _ in threads.ran] == ["_read", "_verify"]
+        assert all(ident != threading.get_ident() for _, ident in threads.ran)
+        with ProcessPoolExecutor(max_workers=1) as processes:
+            in_process = await verify_arc(chain, zone.txt, executor=processes)
+        return in_thread, in_process
+
+    in_thread, in_process = asyncio.run(go())
+    assert in_thread == in_process
+    assert (in_thread.result, in_thread.sealers) == ("pass", (FORWARDER, LIST))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from relay.auth.verdicts import DkimResult
 from tests.dkim_support import (
     MESSAGE,
     Key,
+    RecordingExecutor,
     ed25519_key,
     rsa_key,
     silent_lookup,
@@ -194,25 +195,10 @@ def test_a_header_section_dkimpy_refuses_still_names_its_signatures(zone: Zone) 
         assert found.reason.startswith("header section not parsable")
 
 
-class RecordingExecutor(ThreadPoolExecutor):
-    """Records on which thread each piece of work it was given ran."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
-        self.ran: list[tuple[str, int]] = []
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        def recorded():  # type: ignore[no-untyped-def]
-            self.ran.append((fn.__name__, threading.get_ident()))
-            return fn(*args, **kwargs)
-
-        return super().submit(recorded)
-
-
 def test_parsing_and_cryptography_run_off_the_event_loop(zone: Zone, tmp_path: Path) -> None:
     big = rsa_key(tmp_path, 4096)
     with run_nsd(tmp_path, {"big.test": [big.record("big")]}) as server:
-        signed = dkim.sign(MESSAGE * 1, b"big", b"big.test", big.private) + MESSAGE
+        signed = dkim.sign(MESSAGE, b"big", b"big.test", big.private) + MESSAGE
 
         async def go() -> tuple[list[DkimResult], int]:
             with RecordingExecutor() as executor:
@@ -224,3 +210,14 @@ def test_parsing_and_cryptography_run_off_the_event_loop(zone: Zone, tmp_path: P
 
         found, _ = asyncio.run(go())
     assert results(found) == ["pass"]
+
+
+def test_the_work_can_go_to_a_process_pool(zone: Zone) -> None:
+    """Every argument pickles: a large body's hashing can leave the loop's GIL too."""
+    signed = sign(zone.ed, "ed", sign(zone.rsa, "rsa"))
+
+    async def go() -> list[DkimResult]:
+        with ProcessPoolExecutor(max_workers=1) as executor:
+            return await verify_dkim(signed, zone.txt, executor=executor)
+
+    assert results(asyncio.run(go())) == ["pass", "pass"]

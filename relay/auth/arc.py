@@ -1,8 +1,9 @@
 """ARC chain verification (RFC 8617) with dkimpy, driven as relay/auth/dkim.py drives it.
 
-The ARC sets are read in a worker thread, every ARC-Seal and ARC-Message-Signature key is
-fetched concurrently through the shared `TxtLookup`, and dkimpy validates the chain in a
-worker thread against those records. A chain longer than `MAX_ARC_SETS` is not verified
+The ARC sets are read from the header section in a worker, every ARC-Seal and
+ARC-Message-Signature key is fetched concurrently through the shared `TxtLookup`, and dkimpy
+validates the chain in a worker (a thread, or a process: see relay/auth/dkim.py) against
+those records. A chain longer than `MAX_ARC_SETS` is not verified
 (each set costs a body hash and two public-key operations) and fails.
 """
 
@@ -37,22 +38,22 @@ async def verify_arc(message: bytes, txt: TxtLookup, *, executor: Executor | Non
     `sealers` and `results` are what the ARC sets claim, newest first, whatever the result:
     they vouch for anything only when the result is pass. `temporary` marks a fail that
     met a key lookup DNS could not answer now. Never raises."""
-    if not _ARC.search(header_section(message)):
+    head = header_section(message)
+    if not _ARC.search(head):
         return ArcResult("none")
     loop = asyncio.get_running_loop()
     try:
-        plan = await loop.run_in_executor(executor, _read, message, max_sets)
+        plan = await loop.run_in_executor(executor, _read, head, max_sets)
         if plan.verdict is not None:
             return plan.verdict
         keys = await fetch_keys(plan.names, txt)
-        return await loop.run_in_executor(executor, _verify, plan, keys)
+        return await loop.run_in_executor(executor, _verify, message, plan, keys)
     except Exception as e:  # a dkimpy corner we did not foresee must not fail the message
         return ArcResult("fail", reason=f"not verified: {type(e).__name__}")
 
 
 @dataclass
 class _Plan:
-    verifier: dkim.ARC | None
     instances: int = 0
     sealers: tuple[str, ...] = ()
     results: tuple[str, ...] = ()
@@ -60,15 +61,15 @@ class _Plan:
     verdict: ArcResult | None = None    # settled without DNS
 
 
-def _read(message: bytes, limit: int) -> _Plan:
+def _read(head: bytes, limit: int) -> _Plan:
     try:
-        verifier = dkim.ARC(message, logger=QUIET)
+        verifier = dkim.ARC(head, logger=QUIET)
     except Exception as e:
-        return _Plan(None, verdict=ArcResult(
+        return _Plan(verdict=ArcResult(
             "fail", reason=f"header section not parsable: {type(e).__name__}"))
     newest, numbered = verifier.sorted_arc_headers()
     present = sum(1 for n, _ in verifier.headers if n.lower() in _ARC_NAMES)
-    plan = _Plan(verifier, instances=newest)
+    plan = _Plan(instances=newest)
     if present != len(numbered):
         plan.verdict = ArcResult("fail", newest, reason="an ARC header field has no i=")
         return plan
@@ -106,10 +107,10 @@ def _read(message: bytes, limit: int) -> _Plan:
     return plan
 
 
-def _verify(plan: _Plan, keys: dict[str, KeyRecord]) -> ArcResult:
-    assert plan.verifier is not None
+def _verify(message: bytes, plan: _Plan, keys: dict[str, KeyRecord]) -> ArcResult:
     try:
-        cv, _, reason = plan.verifier.verify(dnsfunc=answering_from(keys))
+        verifier = dkim.ARC(message, logger=QUIET)
+        cv, _, reason = verifier.verify(dnsfunc=answering_from(keys))
     except Exception as e:
         cv, reason = dkim.CV_Fail, f"not verified: {type(e).__name__}"
     if cv == dkim.CV_Pass:

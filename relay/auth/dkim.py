@@ -1,8 +1,12 @@
 """DKIM verification (RFC 6376): every signature of a message, with dkimpy.
 
-Three steps, so neither DNS nor RSA holds up the event loop: the signatures are read in a
-worker thread, every key is fetched concurrently through the shared `TxtLookup`, and dkimpy
-verifies in a worker thread against those prefetched records (relay/auth/domainkeys.py).
+Three steps, so neither DNS nor RSA holds up the event loop: the signatures are read from
+the header section in a worker, every key is fetched concurrently through the shared
+`TxtLookup`, and dkimpy verifies the whole message in a worker against those prefetched
+records (relay/auth/domainkeys.py). Both steps are top-level functions of picklable
+arguments, so the worker may be a thread (the default) or a process: hashing a large body is
+regular expressions and hashlib calls that hold the GIL, which only a process keeps off
+the loop.
 A message may carry any number of signatures; only the first `MAX_SIGNATURES` are verified
 (each costs a body hash and a public-key operation), the rest answer neutral.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
@@ -43,14 +48,18 @@ async def verify_dkim(message: bytes, txt: TxtLookup, *, executor: Executor | No
 
     Never raises: a malformed signature, key or message is a result (neutral, permerror),
     a key DNS could not give now is temperror. `executor` runs the parsing and the
-    cryptography (default: the loop's default executor)."""
-    if not _SIGNED.search(header_section(message)):
+    cryptography (default: the loop's default executor; a ProcessPoolExecutor keeps even
+    a 25 MB body's hashing off the loop's GIL)."""
+    head = header_section(message)
+    if not _SIGNED.search(head):
         return []
     loop = asyncio.get_running_loop()
     try:
-        plan = await loop.run_in_executor(executor, _read, message, max_signatures)
+        plan = await loop.run_in_executor(executor, _read, head, max_signatures)
+        if not plan.checks:
+            return [r for r in plan.results if r is not None]
         keys = await fetch_keys({c.name for c in plan.checks}, txt)
-        return await loop.run_in_executor(executor, _verify, plan, keys)
+        return await loop.run_in_executor(executor, _verify, message, plan, keys)
     except Exception as e:  # a dkimpy corner we did not foresee must not fail the message
         return [DkimResult("neutral", "", "", reason=f"not verified: {type(e).__name__}")]
 
@@ -62,31 +71,30 @@ class _Check:
     index: int              # among the message's DKIM-Signature headers
     name: str               # selector._domainkey.domain
     algorithm: bytes
+    length: int | None      # l=
+    canonicalization: bytes  # c=
 
 
 @dataclass
 class _Plan:
-    verifier: dkim.DKIM | None
     results: list[DkimResult | None] = field(default_factory=list)   # None: see checks
     stubs: list[DkimResult] = field(default_factory=list)    # d=, s=, a=, l=, b= per header
     checks: list[_Check] = field(default_factory=list)
 
 
-def _read(message: bytes, limit: int) -> _Plan:
+def _read(head: bytes, limit: int) -> _Plan:
     """Every DKIM-Signature header read; those that cannot be verified get their result."""
+    plan = _Plan()
     try:
-        verifier = dkim.DKIM(message, logger=QUIET)
+        headers, _ = dkim.rfc822_parse(head)
     except Exception as e:
-        plan = _Plan(None)
-        for value in _signature_values_anyway(message):
+        for value in _signature_values_anyway(head):
             stub = _stub(value)
             plan.stubs.append(stub)
             plan.results.append(_as(stub, "permerror",
                                     f"header section not parsable: {type(e).__name__}"))
         return _with_header_b(plan)
-    plan = _Plan(verifier)
-    bodies: dict[bytes, int] = {}
-    values = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
+    values = [v for n, v in headers if n.lower() == b"dkim-signature"]
     for index, value in enumerate(values):
         stub = _stub(value)
         plan.stubs.append(stub)
@@ -94,7 +102,7 @@ def _read(message: bytes, limit: int) -> _Plan:
             plan.results.append(_as(stub, "neutral",
                                     f"not verified: only the first {limit} signatures are"))
             continue
-        problem = _syntax(value, verifier.body, bodies)
+        tags, problem = _syntax(value)
         if problem:
             plan.results.append(_as(stub, *problem))
             continue
@@ -103,16 +111,22 @@ def _read(message: bytes, limit: int) -> _Plan:
             plan.results.append(_as(stub, "permerror", "s= or d= is not a DNS name"))
             continue
         plan.results.append(None)
-        plan.checks.append(_Check(index, name, stub.algorithm.encode()))
+        length = int(tags[b"l"]) if b"l" in tags else None
+        plan.checks.append(_Check(index, name, tags[b"a"], length,
+                                  tags.get(b"c", b"simple/simple")))
     return _with_header_b(plan)
 
 
-def _syntax(value: bytes, body: bytes, bodies: dict[bytes, int]) -> tuple[str, str] | None:
-    """(result, reason) for a signature that cannot be verified as written, else None."""
+def _syntax(value: bytes) -> tuple[dict[bytes, bytes], tuple[str, str] | None]:
+    """The signature's tags, and (result, reason) when it cannot be verified as written."""
     try:
         tags = parse_tag_value(value)
     except InvalidTagValueList:
-        return "neutral", "signature is not a tag=value list"
+        return {}, ("neutral", "signature is not a tag=value list")
+    return tags, _problem(tags)
+
+
+def _problem(tags: dict[bytes, bytes]) -> tuple[str, str] | None:
     try:
         dkim.validate_signature_fields(dict(tags))
     except dkim.ValidationError as e:
@@ -127,29 +141,26 @@ def _syntax(value: bytes, body: bytes, bodies: dict[bytes, int]) -> tuple[str, s
     if tags[b"a"] == b"rsa-sha1":
         return "permerror", "rsa-sha1 is not accepted (RFC 8301)"
     try:
-        canon = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+        CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
     except Exception:
         return "neutral", "signature syntax: c= is not a canonicalization"
-    if b"l" in tags:
-        kind = tags.get(b"c", b"simple/simple").split(b"/")[-1]
-        if kind not in bodies:
-            bodies[kind] = len(canon.canonicalize_body(body))
-        if int(tags[b"l"]) > bodies[kind]:
-            # the signature claims more body than there is: it cannot be what was signed
-            return "fail", "l= is longer than the body"
     return None
 
 
-def _verify(plan: _Plan, keys: dict[str, KeyRecord]) -> list[DkimResult]:
+def _verify(message: bytes, plan: _Plan, keys: dict[str, KeyRecord]) -> list[DkimResult]:
     """Each pending signature verified by dkimpy against its prefetched key."""
+    verifier = dkim.DKIM(message, logger=QUIET)
     dnsfunc = answering_from(keys)
+    bodies: dict[bytes, int] = {}
     for check in plan.checks:
         stub = plan.stubs[check.index]
-        plan.results[check.index] = _as(stub, *_one(plan, check, keys[check.name], dnsfunc))
+        outcome = _one(verifier, check, keys[check.name], dnsfunc, bodies)
+        plan.results[check.index] = _as(stub, *outcome)
     return [r for r in plan.results if r is not None]
 
 
-def _one(plan: _Plan, check: _Check, key: KeyRecord, dnsfunc) -> tuple[str, str]:
+def _one(verifier: dkim.DKIM, check: _Check, key: KeyRecord,
+         dnsfunc: Callable[..., bytes | None], bodies: dict[bytes, int]) -> tuple[str, str]:
     if key.temporary:
         return "temperror", key.temporary
     if key.record is None:
@@ -157,9 +168,16 @@ def _one(plan: _Plan, check: _Check, key: KeyRecord, dnsfunc) -> tuple[str, str]
     problem = key_problem(key.record, check.algorithm)
     if problem:
         return "permerror", problem
-    assert plan.verifier is not None
+    if check.length is not None:
+        kind = check.canonicalization.split(b"/")[-1]
+        if kind not in bodies:
+            canon = CanonicalizationPolicy.from_c_value(check.canonicalization)
+            bodies[kind] = len(canon.canonicalize_body(verifier.body))
+        if check.length > bodies[kind]:
+            # the signature claims more body than there is: it cannot be what was signed
+            return "fail", "l= is longer than the body"
     try:
-        good = plan.verifier.verify(idx=check.index, dnsfunc=dnsfunc)
+        good = verifier.verify(idx=check.index, dnsfunc=dnsfunc)
     except dkim.KeyFormatError as e:    # e.g. a key under 1024 bits (RFC 8301)
         return "permerror", str(e)[:80]
     except dkim.ValidationError as e:   # body hash mismatch
