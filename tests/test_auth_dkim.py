@@ -14,6 +14,7 @@ import dkim
 import pytest
 
 from relay.auth.dkim import MAX_SIGNATURES, verify_dkim
+from relay.auth.domainkeys import parsed
 from relay.auth.lookup import TxtLookup
 from relay.auth.verdicts import DkimResult
 from tests.dkim_support import (
@@ -115,6 +116,17 @@ def test_a_key_dns_cannot_give_now_is_temperror(zone: Zone) -> None:
         [found] = verify(signed, silent_lookup(address))
     assert found.result == "temperror"
     assert found.reason.startswith("key lookup for rsa._domainkey.example.test failed")
+
+
+def test_the_body_read_without_dkimpys_line_split_is_the_body_dkimpy_reads(zone: Zone) -> None:
+    crlf = sign(zone.rsa, "rsa", MESSAGE + b"\r\n\r\ntrailing  blank lines \r\n\r\n")
+    lf = crlf.replace(b"\r\n", b"\n")
+    mixed = crlf.replace(b"Regards", b"\nRegards")
+    for message in (crlf, lf, mixed, MESSAGE.split(b"\r\n\r\n")[0], b"Subject: x\r\n\r\n"):
+        ours, theirs = parsed(dkim.DKIM, message), dkim.DKIM(message)
+        assert (ours.headers, ours.body) == (theirs.headers, theirs.body), message
+    assert results(verify(lf, zone.txt)) == ["pass"]
+    assert results(verify(mixed, zone.txt)) == ["fail"]
 
 
 def test_body_length_limit_passes_but_is_marked_and_lets_text_be_appended(zone: Zone) -> None:

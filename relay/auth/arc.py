@@ -18,7 +18,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from relay.auth.dkim import header_section
-from relay.auth.domainkeys import KeyRecord, answering_from, fetch_keys, key_name
+from relay.auth.domainkeys import KeyRecord, answering_from, fetch_keys, key_name, parsed
 from relay.auth.lookup import TxtLookup
 from relay.auth.quiet import QUIET
 from relay.auth.verdicts import ArcResult
@@ -109,7 +109,7 @@ def _read(head: bytes, limit: int) -> _Plan:
 
 def _verify(message: bytes, plan: _Plan, keys: dict[str, KeyRecord]) -> ArcResult:
     try:
-        verifier = dkim.ARC(message, logger=QUIET)
+        verifier = parsed(dkim.ARC, message)
         cv, _, reason = verifier.verify(dnsfunc=answering_from(keys))
     except Exception as e:
         cv, reason = dkim.CV_Fail, f"not verified: {type(e).__name__}"

@@ -24,9 +24,15 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from relay.auth.domainkeys import KeyRecord, answering_from, fetch_keys, key_name, key_problem
+from relay.auth.domainkeys import (
+    KeyRecord,
+    answering_from,
+    fetch_keys,
+    key_name,
+    key_problem,
+    parsed,
+)
 from relay.auth.lookup import TxtLookup
-from relay.auth.quiet import QUIET
 from relay.auth.verdicts import DkimResult
 
 MAX_SIGNATURES = 10
@@ -149,7 +155,7 @@ def _problem(tags: dict[bytes, bytes]) -> tuple[str, str] | None:
 
 def _verify(message: bytes, plan: _Plan, keys: dict[str, KeyRecord]) -> list[DkimResult]:
     """Each pending signature verified by dkimpy against its prefetched key."""
-    verifier = dkim.DKIM(message, logger=QUIET)
+    verifier = parsed(dkim.DKIM, message)
     dnsfunc = answering_from(keys)
     bodies: dict[bytes, int] = {}
     for check in plan.checks:
