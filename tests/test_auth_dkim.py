@@ -100,7 +100,7 @@ def test_key_missing_revoked_or_unusable_is_permerror(zone: Zone) -> None:
         assert found.reason.startswith(reason), (selector, found)
 
 
-def test_key_of_the_wrong_type_and_rsa_sha1_are_permerror(zone: Zone) -> None:
+def test_wrong_key_type_rsa_sha1_and_an_unsigned_from_are_permerror(zone: Zone) -> None:
     signed = sign(zone.ed, "ed").replace(b"a=ed25519-sha256", b"a=rsa-sha256", 1)
     [mismatch] = verify(signed, zone.txt)
     assert (mismatch.result, mismatch.reason) == (
@@ -108,6 +108,9 @@ def test_key_of_the_wrong_type_and_rsa_sha1_are_permerror(zone: Zone) -> None:
     [sha1] = verify(sign(zone.rsa, "rsa").replace(b"a=rsa-sha256", b"a=rsa-sha1", 1),
                     zone.txt)
     assert (sha1.result, sha1.reason) == ("permerror", "rsa-sha1 is not accepted (RFC 8301)")
+    [unsigned_from] = verify(sign(zone.rsa, "rsa", include_headers=[b"From"]).replace(
+        b"h=from", b"h=subject", 1), zone.txt)
+    assert (unsigned_from.result, unsigned_from.reason) == ("permerror", "From is not signed")
 
 
 def test_a_key_dns_cannot_give_now_is_temperror(zone: Zone) -> None:

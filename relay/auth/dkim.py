@@ -151,6 +151,9 @@ def _problem(tags: dict[bytes, bytes]) -> tuple[str, str] | None:
         return "neutral", f"signature syntax: {type(e).__name__}"
     if tags[b"a"] == b"rsa-sha1":
         return "permerror", "rsa-sha1 is not accepted (RFC 8301)"
+    if b"from" not in (h.strip().lower() for h in tags[b"h"].split(b":")):
+        # RFC 6376 6.1.1: a signature that leaves From unsigned vouches for no author
+        return "permerror", "From is not signed"
     try:
         CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
     except Exception:
