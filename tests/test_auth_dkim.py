@@ -4,6 +4,7 @@ real nsd: every result path, hostile signatures, and the cryptography kept off t
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -182,6 +183,7 @@ def test_malformed_signatures_each_get_a_result(zone: Zone) -> None:
         good.replace(b"s=rsa", b"s=a..b"),
         good.replace(b"i=@example.test", b"i=example.test"),
         good.replace(b"b=", b"b=\r\n\t \r\n  \r\n \t"),
+        re.sub(rb"bh=[^;]*;", b"bh=AAAAA===;", good),
         b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=rsa; h=from; bh=AAAA; b="
         + b"A" * 400_000 + b"\r\n",
     ]
@@ -197,6 +199,7 @@ def test_malformed_signatures_each_get_a_result(zone: Zone) -> None:
         ("permerror", "s= or d= is not a DNS name"),
         ("neutral", "signature syntax"),
         ("pass", ""),
+        ("neutral", "signature syntax"),
         ("fail", "body hash mismatch"),
     ]
     assert len(found[-1].header_b) == 8

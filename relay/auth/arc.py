@@ -10,6 +10,7 @@ those records. A chain longer than `MAX_ARC_SETS` is not verified
 from __future__ import annotations
 
 import asyncio
+import binascii
 import re
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ def _verify(message: bytes, plan: _Plan, keys: dict[str, KeyRecord]) -> ArcResul
     try:
         verifier = parsed(dkim.ARC, message)
         cv, _, reason = verifier.verify(dnsfunc=answering_from(keys))
+    except binascii.Error:
+        cv, reason = dkim.CV_Fail, "b= or bh= of an ARC set is not base64"
     except Exception as e:
         cv, reason = dkim.CV_Fail, f"not verified: {type(e).__name__}"
     if cv == dkim.CV_Pass:

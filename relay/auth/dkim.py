@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import re
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -196,6 +197,8 @@ def _one(verifier: dkim.DKIM, check: _Check, key: KeyRecord,
         return "permerror", str(e)[:80]
     except dkim.ValidationError as e:   # body hash mismatch
         return "fail", str(e).split(" (")[0][:80]
+    except binascii.Error:              # b= or bh= past dkimpy's base64 pattern
+        return "neutral", "signature syntax: b= or bh= is not base64"
     except Exception as e:
         return "neutral", f"not verified: {type(e).__name__}"
     return ("pass", "") if good else ("fail", "signature did not verify")
