@@ -145,3 +145,13 @@ def test_observe_mode_records_and_answers_dunno(start_policy: PolicyFactory) -> 
     assert ask(policy.port, request("bob@example.org", client="192.0.2.66")) == ["DUNNO"]
     policy.wait_for_log(r"decision .*client=192.0.2.66 stage=connect action=observe "
                         r"reason=blocked code=554")
+
+
+def test_a_connect_request_then_recipients_of_the_same_instance(services) -> None:  # type: ignore[no-untyped-def]
+    """smtpd_delay_reject = no: Postfix asks at CONNECT, then at each RCPT; the MAIL checks
+    still run (and the sender is recorded) whatever `instance` the CONNECT request had."""
+    _, policy = services
+    connect = request("", protocol_state="CONNECT", sender="", helo_name="")
+    assert ask(policy.port, connect, request("nobody@example.org"))[0] == "DUNNO"
+    policy.wait_for_log(r"decision .*client=192.0.2.7 stage=rcpt action=reject "
+                        r"reason=unknown_rcpt code=550 helo=client.test sender=<s@sender.test>")

@@ -106,6 +106,10 @@ def test_dictionary_attacker_through_postfix_is_blocked(adopted: Adopted) -> Non
     shown = floodgate(adopted.config, "hosts", "show", "127.0.0.5").stdout
     assert "BLOCKED until" in shown
     adopted.policy.wait_for_log(r"block network=127.0.0.5 .*reason=unknown_rcpt=\d+")
+    # each a whole RCPT decision, as the relay records it: HELO, sender, recipient
+    adopted.policy.wait_for_log(r"decision .*client=127.0.0.5 stage=rcpt action=reject "
+                                r"reason=unknown_rcpt code=550 helo=attacker.test "
+                                r"sender=<x@attacker.test> rcpt=guess0-0@example.org")
 
 
 def test_relay_attempt_gets_the_relays_refusal(adopted: Adopted) -> None:

@@ -56,6 +56,7 @@ class PolicySession:
     seen: float
     instance: str = ""
     envelope: Envelope = field(default_factory=Envelope)
+    mailed: bool = False  # the transaction's MAIL checks passed (envelope.mail_from set)
     refusal: str | None = None  # the connect-time refusal, said at every request after
 
 
@@ -82,16 +83,16 @@ class PolicyDecider:
         if ps.refusal is not None:
             return ps.refusal
         instance = attrs.get("instance", "")
-        if instance != ps.instance:  # a new transaction: its MAIL checks first
-            ps.instance, ps.envelope = instance, Envelope()
+        if instance != ps.instance:  # a new transaction
+            ps.instance, ps.envelope, ps.mailed = instance, Envelope(), False
             ps.session.rcpt_attempts = 0
-            if state in ("MAIL", "RCPT"):
-                reply = await self.handler.handle_MAIL(
-                    None, ps.session, ps.envelope,  # type: ignore[arg-type]
-                    attrs.get("sender", "") or "<>", [])
-                if not reply.startswith("2"):
-                    ps.instance = ""  # the next request of this transaction asks again
-                    return reply
+        if state in ("MAIL", "RCPT") and not ps.mailed:  # the transaction's MAIL checks
+            reply = await self.handler.handle_MAIL(
+                None, ps.session, ps.envelope,  # type: ignore[arg-type]
+                attrs.get("sender", "") or "<>", [])
+            if not reply.startswith("2"):
+                return reply  # and asked again at the transaction's next request
+            ps.mailed = True
         if state == "RCPT" and (rcpt := attrs.get("recipient", "")):
             ps.session.rcpt_attempts += 1
             reply = await self.handler.handle_RCPT(
