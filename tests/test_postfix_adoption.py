@@ -16,7 +16,15 @@ from tests.make_fixtures import SIG_EICAR
 from tests.postfix_mta import Postfix
 from tests.services import MESSAGES
 from tests.sink import Sink
-from tests.support import RelayProcess, floodgate, free_port, split_ref, wait_until, write_config
+from tests.support import (
+    RelayProcess,
+    floodgate,
+    free_port,
+    split_ref,
+    unref,
+    wait_until,
+    write_config,
+)
 from tests.test_blocking import SCORING
 from tests.test_content import scanners
 from tests.test_smtp import ALIASES
@@ -38,9 +46,15 @@ def eml(name: str) -> bytes:
 
 
 @pytest.fixture
-def adopted(tmp_path: Path, postgres, clamd, spamd) -> Iterator[Adopted]:  # type: ignore[no-untyped-def]
+def adopted(request, tmp_path: Path, postgres, clamd, spamd) -> Iterator[Adopted]:  # type: ignore[no-untyped-def]
+    """The stack; the milter on 127.0.0.1:PORT, or (indirect parameter "unix") on a unix
+    socket in Postfix's directory, which its smtpd (user postfix) can reach."""
     sink = Sink().up()
+    postfix = Postfix(sink.port, "")
     policy_port, milter_port = free_port(), free_port()
+    milter_at = f"127.0.0.1:{milter_port}"
+    if getattr(request, "param", "inet") == "unix":
+        milter_at = str(postfix.dir / "floodgate-milter.sock")
     config = write_config(tmp_path / "floodgate.toml", store_url=postgres.create_database(),
                           port=free_port(),
                           extra=SCORING % "1h" + scanners(clamd.unix_address, spamd.address))
@@ -49,16 +63,16 @@ def adopted(tmp_path: Path, postgres, clamd, spamd) -> Iterator[Adopted]:  # typ
     policy = RelayProcess(config, policy_port, log_name="policy", command=(
         "policy", "--listen", f"127.0.0.1:{policy_port}")).start()
     milter = RelayProcess(config, milter_port, log_name="milter", command=(
-        "milter", "--listen", f"127.0.0.1:{milter_port}")).start()
-    postfix = Postfix(sink.port, f"""\
+        "milter", "--listen", milter_at)).start()
+    postfix.main_cf = f"""\
 # the operator's guide (README "Beside an existing Postfix"), as tested
 smtpd_delay_reject = no
 smtpd_client_restrictions = check_policy_service inet:127.0.0.1:{policy_port}
 smtpd_relay_restrictions = permit_mynetworks, check_policy_service inet:127.0.0.1:{policy_port},
     reject_unauth_destination
-smtpd_milters = inet:127.0.0.1:{milter_port}
+smtpd_milters = {"unix:" if milter_at.startswith("/") else "inet:"}{milter_at}
 milter_default_action = tempfail
-""")
+"""
     postfix.start()
     try:
         yield Adopted(postfix, policy, milter, sink, config)
@@ -146,6 +160,17 @@ def test_clean_mail_arrives_with_floodgates_headers(adopted: Adopted) -> None:
     assert b"X-Spam-Status: No, score=" in head
     adopted.milter.wait_for_log(r"decision .*client=127.0.0.1 stage=data action=accept "
                                 r"reason=accepted code=250")
+
+
+@pytest.mark.parametrize("adopted", ["unix"], indirect=True)
+def test_milter_on_a_unix_socket(adopted: Adopted) -> None:
+    with connect(adopted.postfix) as smtp, pytest.raises(smtplib.SMTPDataError) as refused:
+        smtp.sendmail("s@sender.test", ["bob@example.org"], eml("eicar.eml"))
+    assert unref(refused.value.smtp_error.decode()).startswith("5.7.1 Virus found: ")
+    with connect(adopted.postfix) as smtp:
+        smtp.sendmail("s@sender.test", ["bob@example.org"], eml("clean.eml"))
+    wait_until(lambda: adopted.sink.received, 30, "delivery to the sink")
+    assert b"\r\nX-Spam-Score: " in adopted.sink.received[0].data
 
 
 def test_milter_down_postfix_tempfails(adopted: Adopted) -> None:
