@@ -188,16 +188,21 @@ def floodgate(config: Path, *args: str, input: str | None = None,
 class RelayProcess:
     """`floodgate serve` in a subprocess, ready once it logs `ready`."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None,
+                 command: tuple[str, ...] = ("serve",), log_name: str = ""):
+        """`command`: `serve`, or `policy`/`milter` with their `--listen`; `log_name`
+        tells apart the logs of several processes sharing one configuration file."""
         self.config = config
         self.port = port
         self.env = env  # None: ours
-        self.log_path = config.with_suffix(".log")
+        self.command = command
+        self.log_path = config.with_suffix(f".{log_name}.log" if log_name else ".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> RelayProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([*FLOODGATE, "-c", str(self.config), "serve"], stdout=log,
+        self.proc = subprocess.Popen([*FLOODGATE, "-c", str(self.config), *self.command],
+                                     stdout=log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         log.close()
         if wait:

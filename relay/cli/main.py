@@ -307,6 +307,8 @@ def _register() -> None:
         "trace": "relay.cli.trace:trace",
         "web": "relay.cli.web:web",
         "token": "relay.cli.web:token",
+        "policy": "relay.cli.adopt:policy",
+        "milter": "relay.cli.adopt:milter",
     })
 
 

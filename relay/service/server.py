@@ -238,13 +238,11 @@ class Relay:
             return True
         return self.snapshot.known(local, domain)
 
-    async def start(self) -> None:
+    async def start_decisions(self) -> None:
+        """What every front end decides with (the relay's SMTP listeners, and the policy
+        service and milter beside a Postfix): the store, the alias and block snapshots
+        and their watchers, the scanners' worker, the event writer, scoring, retention."""
         prepare_store(self.engine)
-        try:
-            if self.worker is None:  # workers: done once by the supervisor (it clears tmp/)
-                self.spool.prepare()
-        except OSError as e:
-            raise StartupError(f"relay.spool_dir {self.spool.root}: {e.strerror}") from e
         try:
             await in_store_thread(self.snapshot.load)
             await in_store_thread(self.gate.load)
@@ -253,6 +251,37 @@ class Relay:
         clamav = self.config.clamav
         if clamav is not None and clamav.cache.enabled:  # its big-message splits run there
             await start_worker()
+        self.tasks.append(asyncio.create_task(self.events.run(), name="events"))
+        refresh = self.config.store.refresh_interval
+        self.tasks.append(asyncio.create_task(self.snapshot.watch(refresh), name="aliases"))
+        self.tasks.append(asyncio.create_task(self.gate.watch(refresh), name="gate"))
+        if self.config.scoring.enabled:
+            self.tasks.append(asyncio.create_task(self.scorer.loop(), name="scoring"))
+        keep = self.config.retention
+        self.tasks.append(asyncio.create_task(
+            prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
+
+    async def stop_decisions(self) -> None:
+        """Stop the watchers, flush the events, close the store."""
+        watcher = [t for t in self.tasks if t.get_name() != "events"] + list(self.reloads)
+        for t in watcher:
+            t.cancel()
+        events = [t for t in self.tasks if t.get_name() == "events"]
+        if events:
+            await self.events.close(events[0])
+        log.info("stopped %s", kv(events_written=self.events.written,
+                                  events_aggregated=self.events.aggregated,
+                                  events_dropped=self.events.dropped))
+        self.metrics.close()
+        self.engine.dispose()
+
+    async def start(self) -> None:
+        try:
+            if self.worker is None:  # workers: done once by the supervisor (it clears tmp/)
+                self.spool.prepare()
+        except OSError as e:
+            raise StartupError(f"relay.spool_dir {self.spool.root}: {e.strerror}") from e
+        await self.start_decisions()
         ctx = tls_context(self.config)
         metrics = self.config.metrics.endpoint()
         if metrics is not None and not self.worker:
@@ -290,15 +319,6 @@ class Relay:
                 why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
                 raise StartupError(f"cannot listen on {host}:{port}: {why}") from e
             self.servers.append(server)
-        self.tasks.append(asyncio.create_task(self.events.run(), name="events"))
-        refresh = self.config.store.refresh_interval
-        self.tasks.append(asyncio.create_task(self.snapshot.watch(refresh), name="aliases"))
-        self.tasks.append(asyncio.create_task(self.gate.watch(refresh), name="gate"))
-        if self.config.scoring.enabled:
-            self.tasks.append(asyncio.create_task(self.scorer.loop(), name="scoring"))
-        keep = self.config.retention
-        self.tasks.append(asyncio.create_task(
-            prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
         if self.worker:  # worker 0 reads its live values at each scrape; the others, here
             if self.metrics.shared is not None:
                 self.tasks.append(asyncio.create_task(self.metrics.refresh_every(),
@@ -418,17 +438,7 @@ class Relay:
                 break
             await asyncio.sleep(0.05)
         await self.delivery.stop(max(1.0, deadline - time.monotonic()))
-        watcher = [t for t in self.tasks if t.get_name() != "events"] + list(self.reloads)
-        for t in watcher:
-            t.cancel()
-        events = [t for t in self.tasks if t.get_name() == "events"]
-        if events:
-            await self.events.close(events[0])
-        log.info("stopped %s", kv(events_written=self.events.written,
-                                  events_aggregated=self.events.aggregated,
-                                  events_dropped=self.events.dropped))
-        self.metrics.close()
-        self.engine.dispose()
+        await self.stop_decisions()
 
 
 async def run(config: Config, worker: int | None = None, path: str | None = None) -> None:

@@ -83,6 +83,14 @@ def header_too_large(size: int, limit: int) -> Verdict:
                           detail=f"a header field of at least {size} bytes, limit {limit}")
 
 
+def scan_notes(verdict: Verdict | None) -> str:
+    """What the content filters said of an accepted message, for its event's detail."""
+    headers = verdict.headers if verdict is not None else ()
+    notes = " ".join(f"{name}={value}" for name, value in headers
+                     if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))
+    return f"{verdict.reason} {notes}".strip() if verdict is not None else notes
+
+
 class BareNewline(Exception):
     """A command line with a CR or LF outside a CRLF pair: its framing cannot be trusted."""
 
@@ -637,12 +645,20 @@ class RelayHandler:
     def door(self, client: str) -> bytes | None:
         """The connect gate, asked before any SMTP state exists for the connection: the
         554 for a blocked client (recorded: knocking while blocked counts), or None."""
-        verdict = self.blocked(client)
-        if verdict is None or verdict.action == Action.OBSERVE or self.observe.defers:
-            return None  # observe mode: on_connect or RCPT records it, with the session
+        verdict = self.refused_at_door(client)
+        if verdict is None:
+            return None
         sid = new_session_id()
         self._record(sid, client, "", Stage.CONNECT, verdict)
         return replies.with_ref(verdict.reply, sid).encode() + b"\r\n"
+
+    def refused_at_door(self, client: str) -> Verdict | None:
+        """The gate's refusal said as the client connects, or None (observe mode:
+        on_connect or RCPT records it, with the session)."""
+        verdict = self.blocked(client)
+        if verdict is None or verdict.action == Action.OBSERVE or self.observe.defers:
+            return None
+        return verdict
 
     def blocked(self, client: str) -> Verdict | None:
         """The 554 for a client the gate blocks now, or None. Asked at the door and again
@@ -794,21 +810,25 @@ class RelayHandler:
                           envelope: Envelope, address: str) -> str:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
-    async def handle_DATA(self, server: FloodgateSMTP, session: RelaySession,
-                          envelope: Envelope) -> str:
-        data = envelope.original_content or b""
+    async def check_content(self, session: RelaySession, envelope: Envelope,
+                            data: bytes) -> Verdict | None:
+        """DATA's decisions before anything is queued: the header size limit, the hop
+        count, the content filters within the reply deadline. A refusal comes back
+        recorded; an accept (its headers to add) or None is for the caller to record with
+        what it did with the message. The relay's DATA hook and the milter
+        (relay/smtp/milter.py) both decide here."""
         rcpts = ",".join(envelope.rcpt_tos)
         limit = self.limits.header_size_limit
         if (big := await oversized_field_async(data[:head_end(data)], limit)) is not None:
             refused = header_too_large(big, limit)
             self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
-            return refused.reply
+            return refused
         hops = hop_count(data, self.hopcount_limit + 1)
         if hops > self.hopcount_limit:  # a loop: Postfix's hopcount_limit
             self.record(session, envelope, Stage.DATA, dataclasses.replace(
                 TOO_MANY_HOPS, detail=f"over {self.hopcount_limit} Received: lines"),
                 recipient=rcpts, size=len(data))
-            return TOO_MANY_HOPS.reply
+            return TOO_MANY_HOPS
         ctx = Context(client=session.client, helo=session.helo,
                       mail_from=envelope.mail_from or "", rcpts=list(envelope.rcpt_tos),
                       content=data)
@@ -821,6 +841,14 @@ class RelayHandler:
             verdict = TOO_SLOW
         if verdict is not None and verdict.action != Action.ACCEPT:
             self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
+        return verdict
+
+    async def handle_DATA(self, server: FloodgateSMTP, session: RelaySession,
+                          envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        rcpts = ",".join(envelope.rcpt_tos)
+        verdict = await self.check_content(session, envelope, data)
+        if verdict is not None and verdict.action != Action.ACCEPT:
             return verdict.reply
         notes = ""
         pieces: tuple[bytes | memoryview, ...] = (data,)
@@ -829,10 +857,7 @@ class RelayHandler:
             # body stays where it is (a view), only the header block is rebuilt
             headers = verdict.headers if verdict is not None else ()
             pieces = await rewrite_head_async(data, headers)
-            notes = " ".join(f"{name}={value}" for name, value in headers
-                             if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))
-            if verdict is not None:
-                notes = f"{verdict.reason} {notes}".strip()
+            notes = scan_notes(verdict)
         queue_id = new_queue_id()
         trace = self.received_header(session, envelope, queue_id)
         spooled = SpoolEnvelope(
