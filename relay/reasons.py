@@ -33,6 +33,8 @@ class Reason(StrEnum):
     TRAP = "trap"  # a spam trap ([scoring] traps)
     RELAY_DENIED = "relay_denied"  # a domain not hosted here
     TOO_MANY_RCPTS = "too_many_rcpts"  # past relay.max_recipients
+    GREYLISTED = "greylisted"  # [greylist]: a new triplet, told to retry (451 4.7.1)
+    GREYLIST_PASSED = "greylist_passed"  # ... and its retry, which passed
     # the message
     SIZE = "size"  # past max_message_size or header_size_limit
     TOO_MANY_HOPS = "too_many_hops"  # past relay.hopcount_limit: a mail loop

@@ -26,6 +26,7 @@ from relay.delivery.service import DeliveryService
 from relay.delivery.spool import Spool
 from relay.events.writer import EventWriter, prune_loop
 from relay.hosts.gate import BlockGate
+from relay.hosts.greylist import Greylist
 from relay.hosts.scorer import Scorer
 from relay.hosts.tally import RunningScore
 from relay.logs import kv
@@ -181,6 +182,9 @@ class Relay:
         # the scanner sections and the filters built from them, reused while unchanged
         self.scanners: tuple[tuple[object, ...], list[Filter]] | None = None
         chain = self.metrics.timed(self.filters(config, self.hosted))
+        self.greylist = Greylist(self.engine, config.greylist,
+                                 protected=lambda c: self.gate.protection.why(c),
+                                 ipv6_prefix=store.ipv6_prefix)
         self.handler = RelayHandler(
             node=config.relay.node, hostname=config.relay.hostname,
             pipeline=Pipeline(chain), spool=self.spool, events=self.events,
@@ -188,6 +192,7 @@ class Relay:
             gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
             limits=config.limits, postmaster=config.postmaster(),
             hopcount_limit=config.relay.hopcount_limit, observe=observe_of(config),
+            greylist=self.greylist.check,
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.delivery.outcomes.on_outcome = self.metrics.delivery_outcome
@@ -382,6 +387,7 @@ class Relay:
             self.running.configure(config.scoring)
         self.gate.base_protection = protection
         self.snapshot.configure(config)
+        self.greylist.configure(config.greylist)
 
     def _reloaded(self, level: int, outcome: str, why: str = "", **fields: object) -> None:
         """The one line a reload logs: its outcome, what changed, what was kept."""

@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -50,6 +50,14 @@ from relay.smtp.observe import Observe, observed
 from relay.smtp.pipeline import Pipeline
 
 log = logging.getLogger("floodgate.smtp")
+
+# (client, envelope sender, recipient) -> greylisted, greylist_passed, or None
+Greylisting = Callable[[str, str, str], Awaitable[Verdict | None]]
+
+
+async def _no_greylist(client: str, sender: str, recipient: str) -> None:
+    return None
+
 
 TOO_MANY_RCPTS = Verdict.tempfail(452, "4.5.3", "too_many_rcpts", "Too many recipients")
 SPOOL_FAILED = Verdict.tempfail(
@@ -551,9 +559,11 @@ class RelayHandler:
                  gate: Callable[[str], BlockState | None] = lambda client: None,
                  protected: Callable[[str], str | None] = lambda client: None,
                  limits: LimitsConfig | None = None, postmaster: str = "",
-                 hopcount_limit: int = 50, observe: Observe | None = None):
-        """`postmaster`: where <postmaster> and an unknown postmaster@<hosted domain> go
-        ("" refuses them like any other address)."""
+                 hopcount_limit: int = 50, observe: Observe | None = None,
+                 greylist: Greylisting | None = None):
+        """`greylist`: asked for each known recipient (client, sender, recipient): a 451,
+        a pass to record, or None. `postmaster`: where <postmaster> and an unknown
+        postmaster@<hosted domain> go ("" refuses them like any other address)."""
         self.node = node
         self.hostname = hostname
         self.spool = spool
@@ -561,6 +571,7 @@ class RelayHandler:
         self.ipv6_prefix = ipv6_prefix
         self.gate = gate
         self.protected = protected
+        self.greylist: Greylisting = greylist or _no_greylist
         self.limits = limits or LimitsConfig()
         self.limiter = ConnectionLimiter(self.limits, ipv6_prefix)
         # DATA held in memory by all sessions together; past it every message spills
@@ -774,6 +785,8 @@ class RelayHandler:
             if (verdict is not None and verdict.reason == "unknown_rcpt" and self.postmaster
                     and is_postmaster(address)):
                 verdict = self._postmaster()
+            if verdict is not None and verdict.reason == "known_rcpt":
+                verdict = await self._greylist(session, envelope, address, verdict)
         if verdict is None:  # nothing at RCPT has an opinion: never an open relay
             verdict = Verdict.reject(554, "5.7.1", "relay_denied", "Relay access denied")
         self.record(session, envelope, Stage.RCPT, verdict, recipient=address)
@@ -783,6 +796,19 @@ class RelayHandler:
             envelope.rcpt_options.extend(rcpt_options)
             return verdict.reply
         return replies.with_ref(verdict.reply, session.sid)
+
+    async def _greylist(self, session: RelaySession, envelope: Envelope, address: str,
+                        known: Verdict) -> Verdict:
+        """A known recipient, greylisted or not ([greylist]); only a valid recipient is
+        greylisted, so the 451 never tells a dictionary attacker which addresses exist.
+        A retry that passes is recorded (`greylist_passed`) before the recipient's 250."""
+        grey = await self.greylist(session.client, envelope.mail_from or "", address)
+        if grey is None:
+            return known
+        if grey.action == Action.ACCEPT:
+            self.record(session, envelope, Stage.RCPT, grey, recipient=address)
+            return known
+        return grey
 
     def _postmaster(self) -> Verdict:
         """RFC 5321 4.5.1: <postmaster> must be accepted, and postmaster at every domain

@@ -108,6 +108,8 @@ class HostRow(BaseModel):
     other: int
     tempfail: int
     observed: int  # refusals observe mode recorded but did not make
+    greylisted: int  # [greylist]: attempts told to retry (also counted in tempfail)
+    greylist_passed: int  # ... and retries that passed
     score: float
     blocked_until: str | None
 
@@ -143,6 +145,8 @@ class SummaryOut(BaseModel):
     blocked: list[BlockedNow]
     queued: int
     held: int
+    greylist: dict[str, int] = Field(
+        description="greylisted attempts and greylist_passed retries ([greylist])")
 
 
 class QueuedOut(BaseModel):
