@@ -26,6 +26,8 @@ class Reason(StrEnum):
     JUNK_LIMIT = "junk_limit"  # ... with junk commands past smtpd_junk_command_limit
     QUEUE_FULL = "queue_full"  # back-pressure: spool or disk full
     NULL_SENDER_SHARE = "null_sender_share"  # the client's share of null-sender mail
+    SENDER_BLOCKED = "sender_blocked"  # sender, From domain or HELO on the sender block list
+    SENDER_ALLOWED = "sender_allowed"  # ... on the sender allow list (lifts DNSBL, greylisting)
     # recipients
     KNOWN_RCPT = "known_rcpt"
     UNKNOWN_RCPT = "unknown_rcpt"

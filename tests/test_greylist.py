@@ -122,12 +122,16 @@ def test_never_greylisted(relay, sqlite_url) -> None:  # type: ignore[no-untyped
     assert rcpt(relay, "127.0.3.5")[0] == 250
     # its neighbour has no history of its own
     assert rcpt(relay, "127.0.3.6")[0] == 451
+    # a sender on the sender allow list
+    floodgate(relay.config, "sender", "allow", "add", "partner.example")
+    relay.wait_for_log(r"sender lists loaded generation=1 ")
+    assert rcpt(relay, "127.0.6.5", sender="news@partner.example")[0] == 250  # no triplet
     # unknown recipients are refused as such, never greylisted (a dictionary attack learns
     # nothing from the 451)
     assert rcpt(relay, "127.0.4.5", to="nobody@example.org")[0] == 550
     with engine.connect() as conn:
-        assert conn.execute(select(GreylistTriplet.recipient)).scalars().all() == [
-            "alice@example.org"]
+        triplets = conn.execute(select(GreylistTriplet.sender, GreylistTriplet.recipient)).all()
+    assert {tuple(t) for t in triplets} == {("news@sender.test", "alice@example.org")}
     engine.dispose()
 
 

@@ -28,6 +28,7 @@ from relay.events.writer import EventWriter, prune_loop
 from relay.hosts.gate import BlockGate
 from relay.hosts.greylist import Greylist
 from relay.hosts.scorer import Scorer
+from relay.hosts.senders import SenderLists
 from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
@@ -185,6 +186,7 @@ class Relay:
         self.greylist = Greylist(self.engine, config.greylist,
                                  protected=lambda c: self.gate.protection.why(c),
                                  ipv6_prefix=store.ipv6_prefix)
+        self.senders = SenderLists(self.engine)
         self.handler = RelayHandler(
             node=config.relay.node, hostname=config.relay.hostname,
             pipeline=Pipeline(chain), spool=self.spool, events=self.events,
@@ -192,7 +194,7 @@ class Relay:
             gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
             limits=config.limits, postmaster=config.postmaster(),
             hopcount_limit=config.relay.hopcount_limit, observe=observe_of(config),
-            greylist=self.greylist.check,
+            greylist=self.greylist.check, senders=self.senders,
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.delivery.outcomes.on_outcome = self.metrics.delivery_outcome
@@ -253,6 +255,7 @@ class Relay:
         try:
             await in_store_thread(self.snapshot.load)
             await in_store_thread(self.gate.load)
+            await in_store_thread(self.senders.load)
         except Exception as e:
             raise StartupError(f"cannot load the alias table or blocks: {describe(e)}") from e
         clamav = self.config.clamav
@@ -299,6 +302,7 @@ class Relay:
         refresh = self.config.store.refresh_interval
         self.tasks.append(asyncio.create_task(self.snapshot.watch(refresh), name="aliases"))
         self.tasks.append(asyncio.create_task(self.gate.watch(refresh), name="gate"))
+        self.tasks.append(asyncio.create_task(self.senders.watch(refresh), name="senders"))
         if self.config.scoring.enabled:
             self.tasks.append(asyncio.create_task(self.scorer.loop(), name="scoring"))
         keep = self.config.retention
@@ -354,9 +358,11 @@ class Relay:
             try:
                 await in_store_thread(self.snapshot.load)
                 await in_store_thread(self.gate.load)
+                await in_store_thread(self.senders.load)
             except Exception as e:  # the watchers load both as soon as the store answers
                 self.snapshot.outdated()
                 self.gate.generation = -1
+                self.senders.generation = -1
                 store = f"unreachable, answering from the last snapshot ({describe(e)})"
             else:
                 store = "aliases and blocks loaded"
