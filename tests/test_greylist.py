@@ -145,3 +145,27 @@ def test_off_by_default(start_relay, sqlite_url) -> None:  # type: ignore[no-unt
     relay = start_relay(sqlite_url, aliases=ALIASES,
                         extra="[blocklist]\nprotect_loopback = false")
     assert rcpt(relay, "127.0.5.5")[0] == 250
+
+
+def test_stale_triplets_and_expired_networks_are_pruned(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(sqlite_url, aliases=ALIASES,
+                        extra=GREYLIST + '[retention]\ninterval = "0.2s"\n')
+    engine = make_engine(sqlite_url)
+    assert rcpt(relay, "127.0.7.5")[0] == 451
+    assert rcpt(relay, "127.0.7.6", sender="kept@sender.test")[0] == 451
+    long_ago = datetime.now(UTC) - timedelta(days=36)
+    with engine.begin() as conn:
+        conn.execute(update(GreylistTriplet).where(GreylistTriplet.sender == "news@sender.test")
+                     .values(first_seen=long_ago, last_seen=long_ago))
+        conn.execute(GreylistHost.__table__.insert().values(
+            network="127.0.8.0/24", expires=datetime.now(UTC) - timedelta(seconds=1), passes=1))
+
+    def left() -> tuple[list[str], int]:
+        with engine.connect() as conn:
+            return (conn.execute(select(GreylistTriplet.sender)).scalars().all(),
+                    len(conn.execute(select(GreylistHost.network)).all()))
+
+    wait_until(lambda: left() == (["kept@sender.test"], 0), what="pruned")
+    # the expired network is greylisted again
+    assert rcpt(relay, "127.0.8.5")[0] == 451
+    engine.dispose()

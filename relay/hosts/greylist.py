@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -30,6 +30,7 @@ from relay.config.greylist import GreylistConfig
 from relay.logs import kv
 from relay.store.database import describe, in_store_thread
 from relay.store.greylist_tables import GreylistHost, GreylistTriplet
+from relay.store.polling import poll_every
 from relay.store.tables import Event
 
 log = logging.getLogger("floodgate.greylist")
@@ -160,6 +161,27 @@ class Greylist:
         accepted = conn.execute(select(Event.id).where(
             Event.host == host, Event.ts >= since, Event.reason == "accepted").limit(1)).first()
         return accepted is not None
+
+    def prune(self) -> tuple[int, int]:
+        """Forget triplets not seen for longer than both the retry window and the allow
+        lifetime (nothing they could still decide), and expired allow entries."""
+        cfg = self.config
+        now = self.clock()
+        stale = now - timedelta(seconds=max(cfg.retry_window + cfg.delay, cfg.allow_lifetime))
+        with self.engine.begin() as conn:
+            triplets = conn.execute(delete(GreylistTriplet).where(
+                GreylistTriplet.last_seen < stale)).rowcount or 0
+            hosts = conn.execute(delete(GreylistHost).where(
+                GreylistHost.expires < now)).rowcount or 0
+        if triplets or hosts:
+            log.info("greylist pruned %s", kv(triplets=triplets, networks=hosts))
+        return triplets, hosts
+
+    async def prune_every(self, interval: float) -> None:
+        """With the retention task's interval; relays sharing a store may all run it."""
+        await poll_every(interval, self.prune, logger=log.name,
+                         failed="greylist pruning failed, will retry",
+                         recovered="greylist pruning running again", first=True)
 
     @staticmethod
     def _allow(conn: Connection, network: str, expires: datetime) -> None:

@@ -308,6 +308,8 @@ class Relay:
         keep = self.config.retention
         self.tasks.append(asyncio.create_task(
             prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
+        self.tasks.append(asyncio.create_task(self.greylist.prune_every(keep.interval),
+                                              name="greylist"))
         if self.worker:  # worker 0 reads its live values at each scrape; the others, here
             if self.metrics.shared is not None:
                 self.tasks.append(asyncio.create_task(self.metrics.refresh_every(),
