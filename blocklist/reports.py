@@ -40,8 +40,10 @@ REJECTS: tuple[str, ...] = tuple(r.value for r in (
     Reason.UNKNOWN_RCPT, Reason.TRAP, Reason.RELAY_DENIED, Reason.VIRUS, Reason.SPAM,
     Reason.DNSBL, Reason.BLOCKED, Reason.PROTOCOL))
 OUTCOMES = ("accepted", *REJECTS, "other", "tempfail")
+# Greylisting's outcomes, counted on their own (a greylisted attempt is also a tempfail)
+GREYLIST: tuple[str, ...] = (Reason.GREYLISTED.value, Reason.GREYLIST_PASSED.value)
 HOST_FIELDS = ("host", "connections", "accepted", "rejected", *REJECTS, "other", "tempfail",
-               "observed", "score", "blocked_until")
+               "observed", *GREYLIST, "score", "blocked_until")
 
 Row = tuple[Any, ...]  # (key columns..., count)
 
@@ -106,7 +108,7 @@ class HostReport:
         return {"host": self.host, "connections": self.connections, "accepted": self.accepted,
                 "rejected": self.rejected, **{r: self.refused[r] for r in REJECTS},
                 "other": self.other, "tempfail": self.tempfail, "observed": self.observed,
-                "score": self.score,
+                **{r: self.seen[r] for r in GREYLIST}, "score": self.score,
                 "blocked_until": self.blocked_until.isoformat() if self.blocked_until else None}
 
 
@@ -290,6 +292,7 @@ class Summary:
     blocked: list[BlockState]
     queued: int
     held: int
+    greylist: dict[str, int] = field(default_factory=dict)  # GREYLIST reasons, counted
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -299,7 +302,7 @@ class Summary:
             "recipients": dict(self.recipients), "dnsbl_zones": dict(self.dnsbl_zones),
             "blocked": [{"network": b.network, "until": b.expires.isoformat(),
                          "level": b.level, "reason": b.reason} for b in self.blocked],
-            "queued": self.queued, "held": self.held,
+            "queued": self.queued, "held": self.held, "greylist": self.greylist,
         }
 
 
@@ -346,6 +349,10 @@ def summary_report(engine: Engine, *, since: datetime, now: datetime, limit: int
     with engine.connect() as conn:
         rows = window_counts(conn, TimelineRollup, MINUTE, ("stage", "action", "reason"), since)
         outcomes, connections, delivery = totals(rows)
+        greylist = dict.fromkeys(GREYLIST, 0)
+        for _, _, reason, n in rows:
+            if reason in greylist:
+                greylist[reason] += int(n)
         viruses = _top(conn, Event.detail, ["virus"], since, limit)
         recipients = _top(conn, Event.recipient, ["unknown_rcpt", "trap"], since, limit,
                           rows=True)
@@ -353,7 +360,7 @@ def summary_report(engine: Engine, *, since: datetime, now: datetime, limit: int
             Event.reason == "dnsbl", Event.ts >= since).group_by(Event.detail)).all()
     zones = sorted(dnsbl_zones(details).items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
     return Summary(since, now, outcomes, connections, delivery, viruses, recipients, zones,
-                   active, queued, held)
+                   active, queued, held, greylist)
 
 
 # -- formats ---------------------------------------------------------------------------

@@ -26,6 +26,8 @@ class Reason(StrEnum):
     JUNK_LIMIT = "junk_limit"  # ... with junk commands past smtpd_junk_command_limit
     QUEUE_FULL = "queue_full"  # back-pressure: spool or disk full
     NULL_SENDER_SHARE = "null_sender_share"  # the client's share of null-sender mail
+    SENDER_BLOCKED = "sender_blocked"  # sender, From domain or HELO on the sender block list
+    SENDER_ALLOWED = "sender_allowed"  # ... on the sender allow list (lifts DNSBL, greylisting)
     # recipients
     KNOWN_RCPT = "known_rcpt"
     UNKNOWN_RCPT = "unknown_rcpt"
@@ -33,6 +35,8 @@ class Reason(StrEnum):
     TRAP = "trap"  # a spam trap ([scoring] traps)
     RELAY_DENIED = "relay_denied"  # a domain not hosted here
     TOO_MANY_RCPTS = "too_many_rcpts"  # past relay.max_recipients
+    GREYLISTED = "greylisted"  # [greylist]: a new triplet, told to retry (451 4.7.1)
+    GREYLIST_PASSED = "greylist_passed"  # ... and its retry, which passed
     # the message
     SIZE = "size"  # past max_message_size or header_size_limit
     TOO_MANY_HOPS = "too_many_hops"  # past relay.hopcount_limit: a mail loop

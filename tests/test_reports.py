@@ -77,7 +77,8 @@ def host_row(host: str, conn: int, acc: int, rej: int, tempfail: int, score: flo
     row: dict[str, object] = {"host": host, "connections": conn, "accepted": acc,
                               "rejected": rej}
     row.update({r: refused.get(r, 0) for r in rp.REJECTS})
-    row.update(other=refused.get("other", 0), tempfail=tempfail, observed=0, score=score,
+    row.update(other=refused.get("other", 0), tempfail=tempfail, observed=0, greylisted=0,
+               greylist_passed=0, score=score,
                blocked_until=None)
     return row
 

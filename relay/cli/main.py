@@ -299,6 +299,7 @@ def _register() -> None:
     LazyGroup.lazy.update({
         "block": "relay.cli.hosts:block",
         "allow": "relay.cli.hosts:allow",
+        "sender": "relay.cli.senders:sender",
         "hosts": "relay.cli.hosts:hosts",
         "report": "relay.cli.report:report",
         "replay": "relay.cli.replay:replay",

@@ -20,7 +20,8 @@ from relay.reasons import Reason
 
 BUCKETS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "1h": timedelta(hours=1)}
 SHORT = {"connections": "conn", "accepted": "acc", "rejected": "rej", "unknown_rcpt": "unknown",
-         "relay_denied": "relay", "protocol": "proto", "tempfail": "tempf"}
+         "relay_denied": "relay", "protocol": "proto", "tempfail": "tempf",
+         "greylisted": "grey", "greylist_passed": "grey ok"}
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
                       default="table", show_default=True)
 
@@ -85,7 +86,7 @@ def hosts(ctx: click.Context, since: str, top: int, reason: str | None, fmt: str
         return
     # a terminal is narrow: refusal columns nobody scored are left out (CSV/JSON keep all)
     fields = ["connections", "accepted", "rejected",
-              *(f for f in (*rp.REJECTS, "other", "tempfail", "observed")
+              *(f for f in (*rp.REJECTS, "other", "tempfail", "observed", *rp.GREYLIST)
                  if any(r[f] for r in records))]
     blocked = any(h.blocked_until for h in rows)
     table = Table("host", *(SHORT.get(f, f) for f in fields), "score",
@@ -173,6 +174,8 @@ def summary(ctx: click.Context, since: str, top: int, fmt: str) -> None:
         table.add_row(name, f"{n:,}")
     for name, n in s.delivery.items():
         table.add_row(f"delivery: {name}", f"{n:,}")
+    for name, n in s.greylist.items():
+        table.add_row(name, f"{n:,}")
     out.print(table)
     for title, entries in (("top viruses", s.viruses), ("top refused recipients", s.recipients),
                            ("top DNSBL zones", s.dnsbl_zones)):

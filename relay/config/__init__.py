@@ -19,6 +19,7 @@ from relay.config.delivery import DeliveryConfig
 from relay.config.dnsbl import DnsblConfig
 from relay.config.domains import DomainConfig
 from relay.config.firewall import FirewallConfig
+from relay.config.greylist import GreylistConfig
 from relay.config.limits import LimitsConfig
 from relay.config.metrics import MetricsConfig
 from relay.config.policy import PolicyConfig
@@ -52,6 +53,7 @@ class Config(Strict):
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
     web: WebConfig = WebConfig()
+    greylist: GreylistConfig = GreylistConfig()
 
     @model_validator(mode="after")
     def _domains(self) -> Config:

@@ -26,7 +26,9 @@ from relay.delivery.service import DeliveryService
 from relay.delivery.spool import Spool
 from relay.events.writer import EventWriter, prune_loop
 from relay.hosts.gate import BlockGate
+from relay.hosts.greylist import Greylist
 from relay.hosts.scorer import Scorer
+from relay.hosts.senders import SenderLists
 from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
@@ -181,6 +183,10 @@ class Relay:
         # the scanner sections and the filters built from them, reused while unchanged
         self.scanners: tuple[tuple[object, ...], list[Filter]] | None = None
         chain = self.metrics.timed(self.filters(config, self.hosted))
+        self.greylist = Greylist(self.engine, config.greylist,
+                                 protected=lambda c: self.gate.protection.why(c),
+                                 ipv6_prefix=store.ipv6_prefix)
+        self.senders = SenderLists(self.engine)
         self.handler = RelayHandler(
             node=config.relay.node, hostname=config.relay.hostname,
             pipeline=Pipeline(chain), spool=self.spool, events=self.events,
@@ -188,6 +194,7 @@ class Relay:
             gate=self.gate.lookup, protected=lambda c: self.gate.protection.why(c),
             limits=config.limits, postmaster=config.postmaster(),
             hopcount_limit=config.relay.hopcount_limit, observe=observe_of(config),
+            greylist=self.greylist.check, senders=self.senders,
         )
         self.delivery = DeliveryService(config, self.spool, self.events)
         self.delivery.outcomes.on_outcome = self.metrics.delivery_outcome
@@ -246,6 +253,7 @@ class Relay:
         try:
             await in_store_thread(self.snapshot.load)
             await in_store_thread(self.gate.load)
+            await in_store_thread(self.senders.load)
         except Exception as e:
             raise StartupError(f"cannot load the alias table or blocks: {describe(e)}") from e
         clamav = self.config.clamav
@@ -255,11 +263,14 @@ class Relay:
         refresh = self.config.store.refresh_interval
         self.tasks.append(asyncio.create_task(self.snapshot.watch(refresh), name="aliases"))
         self.tasks.append(asyncio.create_task(self.gate.watch(refresh), name="gate"))
+        self.tasks.append(asyncio.create_task(self.senders.watch(refresh), name="senders"))
         if self.config.scoring.enabled:
             self.tasks.append(asyncio.create_task(self.scorer.loop(), name="scoring"))
         keep = self.config.retention
         self.tasks.append(asyncio.create_task(
             prune_loop(self.engine, keep.events, keep.rollups, keep.interval), name="retention"))
+        self.tasks.append(asyncio.create_task(self.greylist.prune_every(keep.interval),
+                                              name="greylist"))
 
     async def stop_decisions(self) -> None:
         """Stop the watchers, flush the events, close the store."""
@@ -369,9 +380,11 @@ class Relay:
             try:
                 await in_store_thread(self.snapshot.load)
                 await in_store_thread(self.gate.load)
+                await in_store_thread(self.senders.load)
             except Exception as e:  # the watchers load both as soon as the store answers
                 self.snapshot.outdated()
                 self.gate.generation = -1
+                self.senders.generation = -1
                 store = f"unreachable, answering from the last snapshot ({describe(e)})"
             else:
                 store = "aliases and blocks loaded"
@@ -402,6 +415,7 @@ class Relay:
             self.running.configure(config.scoring)
         self.gate.base_protection = protection
         self.snapshot.configure(config)
+        self.greylist.configure(config.greylist)
 
     def _reloaded(self, level: int, outcome: str, why: str = "", **fields: object) -> None:
         """The one line a reload logs: its outcome, what changed, what was kept."""

@@ -24,13 +24,14 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from blocklist.hosts import host_key
 from blocklist.scoring import OBSERVE_SOURCE, BlockState
+from filters.address import normalise_domain
 from filters.base import Action, Context, Stage, Verdict
 from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay.config.limits import LimitsConfig
@@ -39,17 +40,27 @@ from relay.delivery.spool import Envelope as SpoolEnvelope
 from relay.events.record import EventRecord
 from relay.events.writer import EventWriter
 from relay.hosts.limits import ConnectionLimiter
+from relay.hosts.senders import Match, SenderLists
 from relay.logs import kv, printable
 from relay.smtp import replies
 from relay.smtp.addresses import control_problem, is_postmaster, routing_problem, size_problem
 from relay.smtp.body import Body, Budget, DataScanner, Problem, read_data
 from relay.smtp.error_limits import SessionErrors
+from relay.smtp.from_header import from_domain
 from relay.smtp.hops import hop_count
 from relay.smtp.message_id import message_id_of
 from relay.smtp.observe import Observe, observed
 from relay.smtp.pipeline import Pipeline
 
 log = logging.getLogger("floodgate.smtp")
+
+# (client, envelope sender, recipient) -> greylisted, greylist_passed, or None
+Greylisting = Callable[[str, str, str], Awaitable[Verdict | None]]
+
+
+async def _no_greylist(client: str, sender: str, recipient: str) -> None:
+    return None
+
 
 TOO_MANY_RCPTS = Verdict.tempfail(452, "4.5.3", "too_many_rcpts", "Too many recipients")
 SPOOL_FAILED = Verdict.tempfail(
@@ -107,6 +118,23 @@ def null_sender_share(detail: str) -> Verdict:
                             "Insufficient system storage, try again later", detail=detail)
 
 
+def sender_blocked(match: Match, address: str) -> Verdict:
+    """Postfix's check_sender_access / check_helo_access REJECT, as 554 5.7.1."""
+    if match.what.startswith("HELO"):
+        text = f"<{match.what[5:]}>: Helo command rejected: Access denied"
+    elif match.what.startswith("From"):  # a header's domain may be a U-label: say its A-label
+        text = f"<{normalise_domain(match.what[12:])}>: From address rejected: Access denied"
+    else:
+        text = f"<{address}>: Sender address rejected: Access denied"
+    # a reply is ASCII (no SMTPUTF8 here); whatever the client wrote is not echoed raw
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return Verdict.reject(554, "5.7.1", "sender_blocked", text, detail=match.detail)
+
+
+def sender_allowed(match: Match) -> Verdict:
+    return Verdict.accept(250, "2.1.0", "sender_allowed", "Ok", detail=match.detail)
+
+
 def new_session_id() -> str:
     """Twelve random hex digits: enough to tell sessions apart in a day's log."""
     return os.urandom(6).hex()
@@ -132,6 +160,9 @@ class RelaySession(Session):
         self.reply_deadline: float | None = None
         self.deferred: Verdict | None = None  # observe mode: DNSBL's refusal, for RCPT
         self.observed: set[str] = set()  # reasons recorded as would-have-refused
+        # the transaction's sender (or HELO) is on the sender allow list: DNSBL's deferred
+        # refusal, a From-domain block and greylisting do not apply (set at each MAIL)
+        self.sender_allowed = False
 
 
 class FloodgateSMTP(SMTP):
@@ -559,9 +590,11 @@ class RelayHandler:
                  gate: Callable[[str], BlockState | None] = lambda client: None,
                  protected: Callable[[str], str | None] = lambda client: None,
                  limits: LimitsConfig | None = None, postmaster: str = "",
-                 hopcount_limit: int = 50, observe: Observe | None = None):
-        """`postmaster`: where <postmaster> and an unknown postmaster@<hosted domain> go
-        ("" refuses them like any other address)."""
+                 hopcount_limit: int = 50, observe: Observe | None = None,
+                 greylist: Greylisting | None = None, senders: SenderLists | None = None):
+        """`greylist`: asked for each known recipient (client, sender, recipient): a 451,
+        a pass to record, or None. `postmaster`: where <postmaster> and an unknown
+        postmaster@<hosted domain> go ("" refuses them like any other address)."""
         self.node = node
         self.hostname = hostname
         self.spool = spool
@@ -569,6 +602,8 @@ class RelayHandler:
         self.ipv6_prefix = ipv6_prefix
         self.gate = gate
         self.protected = protected
+        self.greylist: Greylisting = greylist or _no_greylist
+        self.senders = senders or SenderLists(None)
         self.limits = limits or LimitsConfig()
         self.limiter = ConnectionLimiter(self.limits, ipv6_prefix)
         # DATA held in memory by all sessions together; past it every message spills
@@ -679,7 +714,9 @@ class RelayHandler:
         if not self.protected(session.client):
             ctx = Context(client=session.client)
             verdict = await self.pipeline.run(Stage.CONNECT, ctx)
-        if verdict is not None and verdict.reason == "dnsbl" and self.observe.defers:
+        if verdict is not None and verdict.reason == "dnsbl" and (self.observe.defers
+                                                                  or self.senders.allows):
+            # observe mode, or a sender allow list that may lift it: decided at RCPT
             session.deferred, verdict = verdict, None
         if verdict is None or verdict.action == Action.ACCEPT:
             verdict = CONNECTED
@@ -704,7 +741,8 @@ class RelayHandler:
         """The gate's re-check and a deferred DNSBL refusal at RCPT: said for an enforcing
         domain's recipient, only recorded for an observing one's."""
         refusal = None
-        for would in (self.blocked(session.client), session.deferred):
+        deferred = None if session.sender_allowed else session.deferred
+        for would in (self.blocked(session.client), deferred):
             if would is None:
                 continue
             if would.action == Action.OBSERVE or self.observe.of(address):
@@ -760,6 +798,14 @@ class RelayHandler:
                 and not self.limiter.is_exempt(session.client)
                 and (over := self.null_sender_full(session.client)) is not None):
             verdict = null_sender_share(over)
+        session.sender_allowed = False
+        if verdict is None and not self.protected(session.client):
+            match = self.senders.envelope(address, session.helo)
+            if match is not None and match.list == "block":
+                verdict = sender_blocked(match, address)
+            elif match is not None:
+                session.sender_allowed = True
+                self.record(session, None, Stage.MAIL, sender_allowed(match))
         if verdict is not None:
             self.record(session, envelope, Stage.MAIL, verdict)
             return replies.with_ref(verdict.reply, session.sid)
@@ -790,6 +836,8 @@ class RelayHandler:
             if (verdict is not None and verdict.reason == "unknown_rcpt" and self.postmaster
                     and is_postmaster(address)):
                 verdict = self._postmaster()
+            if verdict is not None and verdict.reason == "known_rcpt":
+                verdict = await self._greylist(session, envelope, address, verdict)
         if verdict is None:  # nothing at RCPT has an opinion: never an open relay
             verdict = Verdict.reject(554, "5.7.1", "relay_denied", "Relay access denied")
         self.record(session, envelope, Stage.RCPT, verdict, recipient=address)
@@ -799,6 +847,21 @@ class RelayHandler:
             envelope.rcpt_options.extend(rcpt_options)
             return verdict.reply
         return replies.with_ref(verdict.reply, session.sid)
+
+    async def _greylist(self, session: RelaySession, envelope: Envelope, address: str,
+                        known: Verdict) -> Verdict:
+        """A known recipient, greylisted or not ([greylist]); only a valid recipient is
+        greylisted, so the 451 never tells a dictionary attacker which addresses exist.
+        A retry that passes is recorded (`greylist_passed`) before the recipient's 250."""
+        if session.sender_allowed:
+            return known
+        grey = await self.greylist(session.client, envelope.mail_from or "", address)
+        if grey is None:
+            return known
+        if grey.action == Action.ACCEPT:
+            self.record(session, envelope, Stage.RCPT, grey, recipient=address)
+            return known
+        return grey
 
     def _postmaster(self) -> Verdict:
         """RFC 5321 4.5.1: <postmaster> must be accepted, and postmaster at every domain
@@ -829,6 +892,9 @@ class RelayHandler:
                 TOO_MANY_HOPS, detail=f"over {self.hopcount_limit} Received: lines"),
                 recipient=rcpts, size=len(data))
             return TOO_MANY_HOPS
+        if (refused := self._from_blocked(session, data)) is not None:
+            self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
+            return refused
         ctx = Context(client=session.client, helo=session.helo,
                       mail_from=envelope.mail_from or "", rcpts=list(envelope.rcpt_tos),
                       content=data)
@@ -884,6 +950,19 @@ class RelayHandler:
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
                     size=spooled.size, queue_id=queue_id, message_id=message_id_of(data))
         return accepted.reply
+
+    def _from_blocked(self, session: RelaySession, data: bytes) -> Verdict | None:
+        """The From header's domain on the sender block list (and not allowed): 554 5.7.1
+        at the end of DATA, before any content scan. Not for an allowlisted client or an
+        allowed envelope sender (both outrank the blocks)."""
+        if (not self.senders.entries or session.sender_allowed
+                or self.protected(session.client)):
+            return None
+        domain = from_domain(data[:head_end(data)])
+        match = self.senders.from_domain(domain)
+        if match is None or match.list != "block":
+            return None
+        return sender_blocked(match, domain)
 
     def _write(self, envelope: SpoolEnvelope, trace: bytes, *pieces: bytes | memoryview) -> None:
         """In a worker thread; trace line and message are written without joining them."""

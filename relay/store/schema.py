@@ -6,8 +6,8 @@ migrations and the schema tests, so no table module needs a tail import to compl
 
 from __future__ import annotations
 
-from relay.store import rollups, tables, web_tables
+from relay.store import greylist_tables, rollups, sender_tables, tables, web_tables
 from relay.store.base import Base
 
 metadata = Base.metadata
-MODULES = (tables, rollups, web_tables)
+MODULES = (tables, rollups, web_tables, greylist_tables, sender_tables)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, get_args
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from blocklist import blocks
+from blocklist import blocks, senders
 from blocklist import operations as ops
 from blocklist import reports as rp
 from relay.config import Config
@@ -29,6 +29,8 @@ from relay.web.schemas import (
     HostDetail,
     HostRow,
     QueueOut,
+    SenderIn,
+    SenderOut,
     SummaryOut,
     TimelineOut,
     TraceOut,
@@ -256,6 +258,49 @@ def allow_remove(request: Request, who: Admin, network: str) -> dict[str, Any]:
     except ops.NotFound as e:
         raise HTTPException(404, str(e)) from None
     return {"ok": True, "network": net, "detail": f"removed {net} from the allowlist"}
+
+
+# -- sender lists ------------------------------------------------------------------------
+
+
+def parse_entry(value: str, field: str) -> str:
+    try:
+        return senders.pattern(value, field)
+    except senders.BadPattern as e:
+        raise HTTPException(422, str(e)) from None
+
+
+@router.get("/senders", response_model=list[SenderOut], tags=["senders"])
+def sender_list(request: Request, _: Reader) -> list[dict[str, Any]]:
+    """The sender allow and block lists (`floodgate sender allow|block list`)."""
+    return [{"list": r.list, "field": r.field, "entry": r.pattern, "reason": r.reason,
+             "created_at": data.iso(r.created_at)} for r in senders.rules(engine_of(request))]
+
+
+@router.post("/senders", response_model=Changed, status_code=201, tags=["senders"],
+             responses={403: {"description": "read token"}})
+def sender_add(request: Request, who: Admin, body: SenderIn) -> dict[str, Any]:
+    """Allow or refuse mail by envelope sender, sender domain, From domain or HELO name
+    (`floodgate sender block add spam.test`)."""
+    entry = parse_entry(body.entry, body.field)
+    added = senders.add(engine_of(request), body.list, entry, body.reason, actor=who.name,
+                        field=body.field)
+    return {"ok": True, "network": entry,
+            "detail": f"{body.list}: {body.field} {entry}" if added
+            else f"{body.field} {entry} was already on the {body.list} list"}
+
+
+@router.delete("/senders/{list_}/{field}/{entry:path}", response_model=Changed,
+               tags=["senders"], responses={403: {"description": "read token"},
+                                            404: {"description": "not on the list"}})
+def sender_remove(request: Request, who: Admin, list_: Literal["allow", "block"],
+                  field: Literal["sender", "helo"], entry: str) -> dict[str, Any]:
+    pattern = parse_entry(entry, field)
+    try:
+        senders.remove(engine_of(request), list_, pattern, actor=who.name, field=field)
+    except ops.NotFound as e:
+        raise HTTPException(404, str(e)) from None
+    return {"ok": True, "network": pattern, "detail": f"removed {pattern} from the {list_} list"}
 
 
 @router.get("/audit", response_model=list[AuditRow], tags=["audit"])

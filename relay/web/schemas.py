@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -46,6 +48,23 @@ class AllowOut(BaseModel):
     network: str
     reason: str
     source: str = Field(description="store (API, CLI) or config (blocklist.allow)")
+    created_at: str | None
+
+
+class SenderIn(_In):
+    list: Literal["allow", "block"]
+    entry: str = Field(max_length=1000, examples=["spam.test", "news@partner.example", "<>"],
+                       description="An address, a domain (and its subdomains) or <>; with "
+                                   "field helo, a HELO name.")
+    field: Literal["sender", "helo"] = "sender"
+    reason: str = Field(default="", max_length=500)
+
+
+class SenderOut(BaseModel):
+    list: str
+    field: str
+    entry: str
+    reason: str
     created_at: str | None
 
 
@@ -108,6 +127,8 @@ class HostRow(BaseModel):
     other: int
     tempfail: int
     observed: int  # refusals observe mode recorded but did not make
+    greylisted: int  # [greylist]: attempts told to retry (also counted in tempfail)
+    greylist_passed: int  # ... and retries that passed
     score: float
     blocked_until: str | None
 
@@ -143,6 +164,8 @@ class SummaryOut(BaseModel):
     blocked: list[BlockedNow]
     queued: int
     held: int
+    greylist: dict[str, int] = Field(
+        description="greylisted attempts and greylist_passed retries ([greylist])")
 
 
 class QueuedOut(BaseModel):
