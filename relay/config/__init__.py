@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from filters.address import normalise_domain
+from relay.config.auth import AuthConfig
 from relay.config.blocklist import BlocklistConfig
 from relay.config.clamav import ClamAVConfig
 from relay.config.delivery import DeliveryConfig
@@ -52,6 +53,7 @@ class Config(Strict):
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
     web: WebConfig = WebConfig()
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _domains(self) -> Config:
@@ -66,6 +68,9 @@ class Config(Strict):
         for name in self.policy.domains:
             if name not in seen:
                 raise ValueError(f"policy.domains.{name!r}: not a hosted domain")
+        for name in self.auth.domains:
+            if name not in seen:
+                raise ValueError(f"auth.domains.{name!r}: not a hosted domain")
         return self
 
     def hosted(self) -> dict[str, DomainConfig]:

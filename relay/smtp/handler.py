@@ -32,7 +32,14 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from blocklist.hosts import host_key
 from blocklist.scoring import OBSERVE_SOURCE, BlockState
 from filters.base import Action, Context, Stage, Verdict
-from filters.headers import head_end, oversized_field_async, rewrite_head_async
+from filters.headers import (
+    head_end,
+    oversized_field_async,
+    prepend_headers,
+    rewrite_head_async,
+)
+from relay.auth.authenticator import Authenticator
+from relay.auth.check import AuthReport
 from relay.config.limits import LimitsConfig
 from relay.delivery.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.delivery.spool import Envelope as SpoolEnvelope
@@ -40,6 +47,7 @@ from relay.events.record import EventRecord
 from relay.events.writer import EventWriter
 from relay.hosts.limits import ConnectionLimiter
 from relay.logs import kv, printable
+from relay.reasons import Reason
 from relay.smtp import replies
 from relay.smtp.addresses import control_problem, is_postmaster, routing_problem, size_problem
 from relay.smtp.body import Body, Budget, DataScanner, Problem, read_data
@@ -577,6 +585,8 @@ class RelayHandler:
         self.on_decision: Callable[[str, str, str], None] = lambda *decision: None
         # Sees every event recorded (the running score that blocks at once); set by the server.
         self.on_event: Callable[[EventRecord], None] = lambda event: None
+        # [auth] enabled: SPF, DKIM, DMARC and ARC after DATA; set by the server (and reload)
+        self.auth: Authenticator | None = None
 
     def configure(self, *, pipeline: Pipeline, max_recipients: int, limits: LimitsConfig,
                   postmaster: str, hopcount_limit: int, observe: Observe) -> None:
@@ -814,21 +824,43 @@ class RelayHandler:
                       content=data)
         left = (session.reply_deadline - asyncio.get_running_loop().time()
                 if session.reply_deadline is not None else None)
+        auth = self.auth
+        # authentication is DNS: it runs while the content scanners do, not after them
+        checking = (asyncio.ensure_future(auth.check(data, session.client, session.helo,
+                                                     envelope.mail_from or ""))
+                    if auth is not None else None)
+        report: AuthReport | None = None
         try:
             async with asyncio.timeout(left):
                 verdict = await self.pipeline.run(Stage.DATA, ctx)
+                if checking is not None and (verdict is None
+                                             or verdict.action == Action.ACCEPT):
+                    report = await checking
         except TimeoutError:
             verdict = TOO_SLOW
+        finally:
+            if checking is not None and not checking.done():
+                checking.cancel()
         if verdict is not None and verdict.action != Action.ACCEPT:
             self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
             return verdict.reply
+        auth_headers: list[tuple[str, str]] = []
+        if auth is not None and report is not None:
+            action = auth.action(report, envelope.rcpt_tos)
+            refusal = self._auth_findings(session, envelope, report, action, rcpts, len(data))
+            if refusal is not None:
+                return refusal.reply
+            auth_headers = auth.headers(report, action)
         notes = ""
         pieces: tuple[bytes | memoryview, ...] = (data,)
-        if Stage.DATA in self.pipeline.stages:
+        if Stage.DATA in self.pipeline.stages or auth is not None:
             # strip forged X-Spam-*/X-Floodgate-* fields even when no filter added any; the
             # body stays where it is (a view), only the header block is rebuilt
             headers = verdict.headers if verdict is not None else ()
             pieces = await rewrite_head_async(data, headers)
+            if auth is not None:  # and Authentication-Results claiming our authserv-id
+                head, rest = pieces
+                pieces = (prepend_headers(auth.strip(bytes(head)), auth_headers), rest)
             notes = " ".join(f"{name}={value}" for name, value in headers
                              if name in ("X-Spam-Score", "X-Floodgate-Unscanned"))
             if verdict is not None:
@@ -859,6 +891,27 @@ class RelayHandler:
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
                     size=spooled.size, queue_id=queue_id, message_id=message_id_of(data))
         return accepted.reply
+
+    def _auth_findings(self, session: RelaySession, envelope: Envelope, report: AuthReport,
+                       action: str, rcpts: str, size: int) -> Verdict | None:
+        """Each finding (spf_fail, dkim_fail, dmarc_reject, ...) is an event for scoring and
+        reports, its detail naming the From domain; the refusal when the action is reject."""
+        detail = report.summary() + (f" action={action}" if report.findings() else "")
+        refusal = None
+        if action == "reject":
+            refusal = Verdict.reject(
+                550, "5.7.1", Reason.DMARC_REJECT,
+                f"DMARC policy of {report.dmarc.from_domain} rejects this message",
+                detail=detail)
+        for reason in report.findings():
+            if refusal is not None and reason == Reason.DMARC_REJECT:
+                continue
+            self.record(session, envelope, Stage.DATA,
+                        Verdict(refusal.action if refusal else Action.ACCEPT, 0, "", reason,
+                                "authentication", detail), recipient=rcpts, size=size)
+        if refusal is not None:
+            self.record(session, envelope, Stage.DATA, refusal, recipient=rcpts, size=size)
+        return refusal
 
     def _write(self, envelope: SpoolEnvelope, trace: bytes, *pieces: bytes | memoryview) -> None:
         """In a worker thread; trace line and message are written without joining them."""
