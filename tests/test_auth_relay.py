@@ -3,6 +3,7 @@ real nsd serving the senders' zones; a name server that never answers for temper
 
 from __future__ import annotations
 
+import json
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from tests.dns_server import NameServer, run_nsd, silent_nameserver
 from tests.hardening_support import events, spooled
-from tests.support import RelayProcess, unref
+from tests.support import RelayProcess, floodgate, free_port, unref, write_config
 
 ALIASES = "alice@example.org\nbob@example.net\n"
 LIMIT = " ".join(f"a:h{i}.sender.test" for i in range(11))  # 11 lookups: past the limit
@@ -188,3 +189,27 @@ def test_dns_timeout_is_temperror_never_a_refusal(start_relay, sqlite_url: str, 
         assert code == 250
         ar = ar_of(last_spooled(relay))
         assert "spf=temperror" in ar and "dmarc=temperror" in ar, ar
+
+
+def test_scan_prints_the_results_without_a_relay(tmp_path: Path, sqlite_url: str,
+                                                 dns: NameServer) -> None:
+    """No scanner configured, [auth] not enabled: `scan --client` still checks, with the
+    section's name server; exit 1 when the relay would refuse."""
+    config = write_config(tmp_path / "scan.toml", store_url=sqlite_url, port=free_port(),
+                          extra=f'[auth]\nnameserver = "{dns.nameserver}"\n')
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(message("s@fail.sender.test").replace(b"\r\n", b"\n"))
+    args = ["scan", str(eml), "--client", "127.0.0.1", "--helo", "client.test",
+            "--from", "s@fail.sender.test"]
+    run = floodgate(config, *args, check=False)
+    assert run.returncode == 1, run.stderr
+    assert run.stdout.startswith("Authentication-Results: mx1.example.net; spf=fail"), run.stdout
+    assert "dmarc=fail (p=reject) header.from=fail.sender.test" in run.stdout
+    assert "Relay  refused in session (550 5.7.1); events: spf_fail, dmarc_reject" in run.stdout
+    found = json.loads(floodgate(config, *args, "--rcpt", "alice@example.org",
+                                 "--format", "json", check=False).stdout)["auth"]
+    assert found["spf"]["result"] == "fail" and found["dmarc"]["policy"] == "reject"
+    assert found["action"] == "reject" and found["findings"] == ["spf_fail", "dmarc_reject"]
+    passing = floodgate(config, "scan", str(eml), "--client", "127.0.0.1",
+                        "--from", "s@pass.sender.test", "--format", "json").stdout
+    assert json.loads(passing)["auth"]["spf"]["result"] == "pass"
