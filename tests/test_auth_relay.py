@@ -149,6 +149,32 @@ def test_dmarc_reject_is_refused_tagged_or_recorded_per_domain(start_relay, sqli
     assert code == 550
 
 
+def test_findings_are_counted_per_host_and_from_domain_and_explained(  # type: ignore[no-untyped-def]
+        start_relay, sqlite_url: str, dns: NameServer) -> None:
+    """Weighted by [scoring.weights], counted by `report hosts --reason` and `report auth`
+    (per From domain), explained by `hosts show`; a refused message counts refused once."""
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver)
+    assert send(relay, "s@fail.sender.test", ["alice@example.org"],
+                message("s@fail.sender.test"))[0] == 550
+    assert send(relay, "s@soft.sender.test", ["alice@example.org"],
+                message("s@soft.sender.test"))[0] == 250
+    events(sqlite_url, lambda e: e.reason == "dmarc_quarantine")
+    config = relay.config
+    by_domain = json.loads(floodgate(config, "report", "auth", "--format", "json").stdout)
+    assert by_domain == [
+        {"from_domain": "fail.sender.test", "spf_fail": 1, "spf_softfail": 0, "dkim_fail": 0,
+         "dmarc_reject": 1, "dmarc_quarantine": 0, "total": 2},
+        {"from_domain": "soft.sender.test", "spf_fail": 0, "spf_softfail": 1, "dkim_fail": 0,
+         "dmarc_reject": 0, "dmarc_quarantine": 1, "total": 2}]
+    hosts = json.loads(floodgate(config, "report", "hosts", "--reason", "spf_fail",
+                                 "--format", "json").stdout)
+    assert [h["host"] for h in hosts] == ["127.0.0.1"]
+    assert hosts[0]["rejected"] == 1 and hosts[0]["accepted"] == 1
+    shown = floodgate(config, "hosts", "show", "127.0.0.1").stdout
+    assert "DMARC fail under p=reject: the From domain asks that this be refused " \
+           "(From: fail.sender.test)" in " ".join(shown.split())
+
+
 def test_dmarc_reject_none_only_records(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
                                         dns: NameServer) -> None:
     relay = auth_relay(start_relay, sqlite_url, dns.nameserver, 'dmarc_reject = "none"')

@@ -906,9 +906,11 @@ class RelayHandler:
         for reason in report.findings():
             if refusal is not None and reason == Reason.DMARC_REJECT:
                 continue
+            # a finding, not a decision: action accept, so a refused message is counted
+            # refused once (by its dmarc_reject) and an accepted one accepted once
             self.record(session, envelope, Stage.DATA,
-                        Verdict(refusal.action if refusal else Action.ACCEPT, 0, "", reason,
-                                "authentication", detail), recipient=rcpts, size=size)
+                        Verdict(Action.ACCEPT, 0, "", reason, "authentication", detail),
+                        recipient=rcpts, size=size)
         if refusal is not None:
             self.record(session, envelope, Stage.DATA, refusal, recipient=rcpts, size=size)
         return refusal
