@@ -25,8 +25,9 @@ class AuthConfig(Strict):
     dmarc_reject: DmarcReject = Field(
         default="reject",
         description='what a DMARC `p=reject` failure gets: `"reject"` (`550 5.7.1` in the '
-                    'session), `"tag"` (accepted, the failure in Authentication-Results), '
-                    '`"none"` (only recorded)')
+                    'session), `"tag"` (accepted, the failure in Authentication-Results and an '
+                    '`X-Floodgate-DMARC` header a mailbox filter can act on), `"none"` (only '
+                    'recorded)')
     # [auth.domains] "example.org" = "tag": that hosted domain's dmarc_reject
     domains: dict[str, DmarcReject] = Field(default_factory=dict)
     trusted_arc_sealers: list[str] = Field(
