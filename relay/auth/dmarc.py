@@ -102,14 +102,15 @@ def parse_record(text: str) -> DmarcRecord | None:
     return DmarcRecord(p, sp, pct, adkim, aspf)  # type: ignore[arg-type]
 
 
-async def _record_at(domain: str, txt: TxtLookup) -> DmarcRecord | None:
-    """The one DMARC record at _dmarc.<domain>; more than one is none (RFC 7489 6.6.3)."""
-    found = []
+async def _records_at(domain: str, txt: TxtLookup) -> list[DmarcRecord | None]:
+    """The DMARC records at _dmarc.<domain> (None for one starting v=DMARC1 that does not
+    parse: it still counts, RFC 7489 6.6.3 step 4)."""
+    found: list[DmarcRecord | None] = []
     for raw in await txt(f"_dmarc.{domain}"):
         text = raw.decode("utf-8", "replace")
         if text.startswith("v=DMARC1"):
             found.append(parse_record(text))
-    return found[0] if len(found) == 1 else None
+    return found
 
 
 def from_domain(message: bytes) -> str | None:
@@ -136,17 +137,17 @@ async def check_dmarc(message: bytes, spf: SpfResult | None, dkim: list[DkimResu
     if domain is None:
         return DmarcResult("permerror", "", reason="not exactly one From address")
     org = organisational_domain(domain)
-    try:
-        record = await _record_at(domain, txt)
-        if record is None and org != domain:
-            record = await _record_at(org, txt)
+    subdomain = False
+    try:  # RFC 7489 6.6.3: the From domain's records; none there, the organisational's
+        records = await _records_at(domain, txt)
+        if not records and org != domain:
+            records = await _records_at(org, txt)
             subdomain = True
-        else:
-            subdomain = False
     except DnsTemporary as e:
         return DmarcResult("temperror", domain, reason=f"DMARC record: {e}")
-    if record is None:
-        return DmarcResult("none", domain, reason="no DMARC record")
+    record = records[0] if len(records) == 1 else None
+    if record is None:  # none, more than one, or one that does not parse: no DMARC
+        return DmarcResult("none", domain, reason="no (single valid) DMARC record")
     # the SPF-authenticated identifier: MAIL FROM's domain, the HELO name for the null
     # sender (RFC 7489 3.1.2, RFC 7208 2.4)
     spf_ok = (spf is not None and spf.result == "pass"
