@@ -835,7 +835,7 @@ class RelayHandler:
                 verdict = await self.pipeline.run(Stage.DATA, ctx)
                 if checking is not None and (verdict is None
                                              or verdict.action == Action.ACCEPT):
-                    report = await checking
+                    report = await self._auth_report(session, checking)
         except TimeoutError:
             verdict = TOO_SLOW
         finally:
@@ -891,6 +891,16 @@ class RelayHandler:
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
                     size=spooled.size, queue_id=queue_id, message_id=message_id_of(data))
         return accepted.reply
+
+    async def _auth_report(self, session: RelaySession,
+                           checking: asyncio.Future[AuthReport]) -> AuthReport | None:
+        """The checks' report; a bug in them costs the message its header, not its delivery
+        (DNS failures never get here: they are temperror results)."""
+        try:
+            return await checking
+        except Exception:
+            log.exception("authentication failed %s", kv(session=session.sid))
+            return None
 
     def _auth_findings(self, session: RelaySession, envelope: Envelope, report: AuthReport,
                        action: str, rcpts: str, size: int) -> Verdict | None:
