@@ -911,7 +911,8 @@ class RelayHandler:
         if action == "reject":
             refusal = Verdict.reject(
                 550, "5.7.1", Reason.DMARC_REJECT,
-                f"DMARC policy of {report.dmarc.from_domain} rejects this message",
+                f"DMARC policy of {_reply_domain(report.dmarc.from_domain)} rejects this "
+                "message",
                 detail=detail)
         for reason in report.findings():
             if refusal is not None and reason == Reason.DMARC_REJECT:
@@ -945,6 +946,13 @@ class RelayHandler:
             lines[-1] += ";"
         lines.append(f"\t{email.utils.format_datetime(email.utils.localtime())}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _reply_domain(domain: str) -> str:
+    """The sender's From domain as an SMTP reply may carry it: ASCII letters, digits, dots
+    and hyphens only (it is the sender's text)."""
+    kept = "".join(c for c in domain if c.isascii() and (c.isalnum() or c in ".-"))[:253]
+    return kept or "the From domain"
 
 
 def _clean(text: str) -> str:
