@@ -239,3 +239,16 @@ def test_scan_prints_the_results_without_a_relay(tmp_path: Path, sqlite_url: str
     passing = floodgate(config, "scan", str(eml), "--client", "127.0.0.1",
                         "--from", "s@pass.sender.test", "--format", "json").stdout
     assert json.loads(passing)["auth"]["spf"]["result"] == "pass"
+
+
+def test_a_reload_switches_dmarc_reject(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                        dns: NameServer) -> None:
+    """[auth] is applied by SIGHUP: dmarc_reject from "reject" to "none" for new messages."""
+    from tests.test_reload import edit, hup
+
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver, 'dmarc_reject = "reject"')
+    sender = "s@fail.sender.test"
+    assert send(relay, sender, ["alice@example.org"], message(sender))[0] == 550
+    edit(relay.config, 'dmarc_reject = "reject"', 'dmarc_reject = "none"')
+    hup(relay)
+    assert send(relay, sender, ["alice@example.org"], message(sender))[0] == 250
