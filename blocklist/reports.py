@@ -383,3 +383,29 @@ def to_json(value: Any) -> str:
 def since_now(seconds: float, now: datetime | None = None) -> tuple[datetime, datetime]:
     now = now or datetime.now(UTC)
     return now - timedelta(seconds=seconds), now
+
+
+# -- mail authentication by From domain --------------------------------------------------
+
+AUTH_REASONS: tuple[str, ...] = tuple(r.value for r in (
+    Reason.SPF_FAIL, Reason.SPF_SOFTFAIL, Reason.DKIM_FAIL, Reason.DMARC_REJECT,
+    Reason.DMARC_QUARANTINE))
+AUTH_FIELDS = ("from_domain", *AUTH_REASONS, "total")
+
+
+def auth_by_domain(engine: Engine, *, since: datetime, top: int) -> list[dict[str, Any]]:
+    """Authentication findings per RFC 5322.From domain, most first. The domain is in each
+    finding's detail (`from=example.com spf=fail ...`, relay/auth/check.py); the rollups
+    keep no detail, so this reads the events (the findings only, by the reason index)."""
+    counts: dict[str, Counter[str]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(Event.reason, Event.detail, Event.count)
+                            .where(Event.ts >= since, Event.reason.in_(AUTH_REASONS)))
+        for reason, detail, n in rows:
+            first = (detail or "").split(" ", 1)[0]
+            domain = first.removeprefix("from=") if first.startswith("from=") else "-"
+            counts.setdefault(domain, Counter())[reason] += int(n or 1)
+    out = [{"from_domain": d, **{r: c[r] for r in AUTH_REASONS}, "total": sum(c.values())}
+           for d, c in counts.items()]
+    out.sort(key=lambda r: (-r["total"], r["from_domain"]))
+    return out[:top] if top > 0 else out

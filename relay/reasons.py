@@ -49,6 +49,12 @@ class Reason(StrEnum):
     SPAM_CHECKED = "spam_checked"  # below tag_score
     SPAM_OVERSIZE = "spam_oversize"  # past [spamassassin] max_size
     SPAMASSASSIN_UNSCANNED = "spamassassin_unscanned"
+    # mail authentication ([auth], relay/auth/): what a message's checks found
+    SPF_FAIL = "spf_fail"
+    SPF_SOFTFAIL = "spf_softfail"
+    DKIM_FAIL = "dkim_fail"  # a DKIM signature that does not verify
+    DMARC_REJECT = "dmarc_reject"  # DMARC failed, the domain's policy is p=reject
+    DMARC_QUARANTINE = "dmarc_quarantine"  # ... p=quarantine (or p=reject sampled by pct)
     SPOOL = "spool"  # the message could not be written to the spool
     ACCEPTED = "accepted"  # queued for delivery
     # a filter that failed or timed out (the pipeline's `<filter name>_error`)

@@ -53,11 +53,12 @@ def zone_text(origin: str, records: Iterable[str], ttl: int = 300) -> str:
     """A zone file: SOA and NS for `origin`, then the test's records (zone-file syntax,
     names relative to the origin unless they end in a dot)."""
     origin = origin.rstrip(".") + "."
+    below = "" if origin == "." else origin  # the root zone ".": its server is "ns."
     head = [
         f"$ORIGIN {origin}",
         f"$TTL {ttl}",
-        f"@ IN SOA ns.{origin} hostmaster.{origin} 1 3600 600 86400 {ttl}",
-        f"@ IN NS ns.{origin}",
+        f"@ IN SOA ns.{below} hostmaster.{below} 1 3600 600 86400 {ttl}",
+        f"@ IN NS ns.{below}",
         "ns IN A 127.0.0.1",
     ]
     return "\n".join([*head, *records]) + "\n"
@@ -88,6 +89,11 @@ class NameServer:
         return dns.query.udp(q, self.host, port=self.port, timeout=2.0)
 
 
+def _file(zone: str) -> str:
+    """The zone's file name; the root zone "." (a test serving every name) is root.zone."""
+    return "root.zone" if zone == "." else f"{zone}.zone"
+
+
 def _config(directory: Path, port: int, zones: Mapping[str, str]) -> str:
     lines = [
         "server:",
@@ -107,7 +113,7 @@ def _config(directory: Path, port: int, zones: Mapping[str, str]) -> str:
         "    control-enable: no",
     ]
     for name in zones:
-        lines += ["zone:", f"    name: {name}", f'    zonefile: "{name}.zone"']
+        lines += ["zone:", f"    name: {name}", f'    zonefile: "{_file(name)}"']
     return "\n".join(lines) + "\n"
 
 
@@ -126,10 +132,11 @@ def run_nsd(directory: Path, zones: Mapping[str, Iterable[str] | str],
     """Serve `zones` ({origin: records or whole zone text}) from a private nsd."""
     directory = Path(directory) / "nsd"
     directory.mkdir(parents=True, exist_ok=True)
-    texts = {name.rstrip("."): (body if isinstance(body, str) else zone_text(name, body, ttl))
+    texts = {(name.rstrip(".") or "."):
+             (body if isinstance(body, str) else zone_text(name, body, ttl))
              for name, body in zones.items()}
     for name, text in texts.items():
-        (directory / f"{name}.zone").write_text(text)
+        (directory / _file(name)).write_text(text)
     port = _free_port()
     conf = directory / "nsd.conf"
     conf.write_text(_config(directory, port, texts))

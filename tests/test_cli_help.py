@@ -62,4 +62,4 @@ def test_bash_completion_script_completes_commands(tmp_path: Path) -> None:
     result = subprocess.run(["bash", "-c", probe, "probe", str(tmp_path / "completion.bash")],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
                             check=True)
-    assert result.stdout.splitlines() == ["report", "hosts summary timeline"]
+    assert result.stdout.splitlines() == ["report", "auth hosts summary timeline"]

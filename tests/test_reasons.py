@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from filters.failure import FailurePolicy
+from relay.auth.check import AuthReport
+from relay.auth.dmarc import DmarcResult
+from relay.auth.verdicts import DkimResult, SpfResult
 from relay.config.limits import LimitsConfig
 from relay.config.scoring import DEFAULT_WEIGHTS, ScoringConfig
 from relay.reasons import Reason
@@ -33,6 +36,7 @@ EMITTERS = {"Verdict": 3, "reject": 2, "tempfail": 2, "accept": 2, "EventRecord"
 MADE_AT_RUN_TIME = {
     ("relay/smtp/handler.py", "push"),  # replies.classify's reason for aiosmtpd's replies
     ("relay/smtp/handler.py", "_check_errors"),  # SessionErrors.cut_off()
+    ("relay/smtp/handler.py", "_auth_findings"),  # AuthReport.findings()
 }
 
 
@@ -138,6 +142,12 @@ def made_at_run_time() -> set[str]:
     for _ in range(3):
         errors.junk_command()
     made.add(errors.cut_off())  # type: ignore[arg-type]
+    for spf, dkim, policy in (("fail", "fail", "reject"), ("softfail", "pass", "quarantine")):
+        report = AuthReport(client="192.0.2.1", mail_from="a@b.example",
+                            spf=SpfResult(spf, "mailfrom", "b.example"),  # type: ignore[arg-type]
+                            dmarc=DmarcResult("fail", "b.example", policy, policy),  # type: ignore[arg-type]
+                            dkim=(DkimResult(dkim, "b.example", "s"),))  # type: ignore[arg-type]
+        made.update(report.findings())
     return made
 
 

@@ -6,7 +6,9 @@ import getpass
 import ipaddress
 import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -176,11 +178,34 @@ def hosts_show(ctx: click.Context, address: str, shown: int) -> None:
             ev.add_row(_when(e.ts), e.stage, e.action, e.reason, str(e.count),
                        escape(e.recipient), escape(e.detail))
         out.print(ev)
+    for line in auth_notes(view.events):  # From domains are the sender's text: no markup
+        out.print(escape(line), highlight=False)
     # the one line an operator looks for, in capitals when the host is refused
     why = "BLOCKED" + view.why.removeprefix("blocked") if view.state == "blocked" else view.why
     out.print(why, highlight=False)
     dnsbl_report(config, address)
     sys.stdout.flush()
+
+
+AUTH_MEANING = {
+    "spf_fail": "SPF fail: the envelope sender's domain says this host may not send for it",
+    "spf_softfail": "SPF softfail: the sender's domain says this host is probably not its",
+    "dkim_fail": "DKIM fail: a signature that does not verify (altered or forged)",
+    "dmarc_reject": "DMARC fail under p=reject: the From domain asks that this be refused",
+    "dmarc_quarantine": "DMARC fail under p=quarantine: the From domain asks it be tagged",
+}
+
+
+def auth_notes(events: Sequence[Any]) -> list[str]:
+    """What the mail authentication findings among `events` mean, with the From domains
+    they were about (each finding's detail starts `from=DOMAIN`)."""
+    domains: dict[str, set[str]] = {}
+    for e in events:
+        if e.reason in AUTH_MEANING:
+            first = (e.detail or "").split(" ", 1)[0]
+            domains.setdefault(e.reason, set()).add(first.removeprefix("from="))
+    return [f"{AUTH_MEANING[r]} (From: {', '.join(sorted(d))})"
+            for r, d in domains.items()]
 
 
 def dnsbl_report(config: Config, address: str) -> None:

@@ -238,41 +238,6 @@ def aliases_count(ctx: click.Context) -> None:
     out.print(table)
 
 
-@main.command(short_help="Run the content filters on messages offline.")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--rcpt", "rcpts", multiple=True, help="Recipient (for per-domain thresholds).")
-@click.pass_context
-def scan(ctx: click.Context, files: tuple[str, ...], rcpts: tuple[str, ...]) -> None:
-    """Run the content filters on FILE.eml offline and print each scanner's verdict.
-
-    Exit status: 0 all clean, 1 something would be refused or tempfailed.
-    """
-    import asyncio
-
-    from relay.service.scanners import build_scanners, scan_message
-
-    config = load(ctx)
-    filters = build_scanners(config.clamav, config.spamassassin)
-    if not filters:
-        fail("no scanner configured: add a [clamav] or [spamassassin] section")
-    refused = False
-    for name in files:
-        try:
-            content = Path(name).read_bytes()
-        except OSError as e:
-            fail(f"{name}: {e.strerror}")
-        results = asyncio.run(scan_message(filters, content, list(rcpts)))
-        for scanner, verdict in results:
-            if verdict is None:
-                click.echo(f"{name}: {scanner}: clean")
-                continue
-            extra = " ".join(f"{h}: {v};" for h, v in verdict.headers)
-            click.echo(f"{name}: {scanner}: {verdict.action.value} {verdict.reply}"
-                       + (f" [{extra}]" if extra else ""))
-            refused |= verdict.action.value != "accept"
-    sys.exit(1 if refused else 0)
-
-
 @main.command(short_help="Accept and file all mail: a stand-in next hop.")
 @click.option("--listen", default="127.0.0.1:2600", show_default=True, help="host:port")
 @click.option("--dir", "directory", default="var/sink", show_default=True,
@@ -306,6 +271,7 @@ def _register() -> None:
         "blocklist": "relay.cli.blocklist:blocklist",
         "queue": "relay.cli.queue:queue",
         "trace": "relay.cli.trace:trace",
+        "scan": "relay.cli.scan:scan",
         "web": "relay.cli.web:web",
         "token": "relay.cli.web:token",
         "policy": "relay.cli.adopt:policy",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from blocklist import blocks
@@ -141,6 +142,32 @@ def timeline(ctx: click.Context, since: str, bucket: str, png: Path | None, fmt:
         cli.out.print(table)
     if png is not None:
         click.echo(f"chart written to {png}", err=True)
+
+
+@report.command("auth")
+@click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
+@click.option("--top", default=20, show_default=True, help="Rows to show (0: all).")
+@FORMAT
+@click.pass_context
+def auth(ctx: click.Context, since: str, top: int, fmt: str) -> None:
+    """Mail authentication findings ([auth]) per From domain, most first; per host:
+    `report hosts --reason spf_fail` (or any of them)."""
+    config = cli.load(ctx)
+    start, _now = rp.since_now(_since(since))
+    rows = rp.auth_by_domain(cli.open_store(config), since=start, top=top)
+    if fmt == "csv":
+        click.echo(rp.to_csv(rows, rp.AUTH_FIELDS), nl=False)
+        return
+    if fmt == "json":
+        click.echo(rp.to_json(rows))
+        return
+    table = Table(*(f.replace("_", " ") for f in rp.AUTH_FIELDS),
+                  title=f"authentication findings by From domain since {_when(start)} UTC",
+                  box=box.SIMPLE_HEAD)
+    for r in rows:
+        table.add_row(escape(r["from_domain"]), *(_num(r[f]) for f in rp.AUTH_FIELDS[1:]))
+    _tidy(table)
+    cli.out.print(table)
 
 
 def _queue(spool_dir: Path) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from filters.address import normalise_domain
+from relay.config.auth import AuthConfig
 from relay.config.blocklist import BlocklistConfig
 from relay.config.clamav import ClamAVConfig
 from relay.config.delivery import DeliveryConfig
@@ -54,6 +55,7 @@ class Config(Strict):
     limits: LimitsConfig = LimitsConfig()
     web: WebConfig = WebConfig()
     greylist: GreylistConfig = GreylistConfig()
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _domains(self) -> Config:
@@ -68,6 +70,9 @@ class Config(Strict):
         for name in self.policy.domains:
             if name not in seen:
                 raise ValueError(f"policy.domains.{name!r}: not a hosted domain")
+        for name in self.auth.domains:
+            if name not in seen:
+                raise ValueError(f"auth.domains.{name!r}: not a hosted domain")
         return self
 
     def hosted(self) -> dict[str, DomainConfig]:

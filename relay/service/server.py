@@ -20,6 +20,7 @@ from blocklist.protection import Protection
 from filters.base import Filter
 from filters.offload import start_worker
 from filters.recipients import RecipientFilter
+from relay.auth.authenticator import Authenticator
 from relay.config import Config, ConfigError, load_config
 from relay.config.domains import DomainConfig
 from relay.delivery.service import DeliveryService
@@ -53,6 +54,11 @@ from relay.store.polling import poll_every
 from relay.version import installed
 
 log = logging.getLogger("floodgate.serve")
+
+
+def authenticator_of(config: Config) -> Authenticator | None:
+    """[auth] enabled: the authenticator, its authserv-id the relay's hostname."""
+    return Authenticator(config.auth, config.relay.hostname) if config.auth.enabled else None
 
 
 class StartupError(Exception):
@@ -201,6 +207,7 @@ class Relay:
         self.handler.queue_full = self.delivery.queue_full
         self.handler.null_sender_full = self.delivery.null_sender_full
         self.handler.on_decision = self.metrics.decision
+        self.handler.auth = authenticator_of(config)
         self.running: RunningScore | None = None
         if config.scoring.enabled:
             self.running = RunningScore(
@@ -406,6 +413,10 @@ class Relay:
             pipeline=Pipeline(chain), max_recipients=config.relay.max_recipients,
             limits=config.limits, postmaster=config.postmaster(),
             hopcount_limit=config.relay.hopcount_limit, observe=observe_of(config))
+        auth = self.handler.auth  # kept, with its DNS cache, while [auth] is unchanged
+        made_from = (auth.config, auth.authserv_id) if auth is not None else None
+        if made_from != ((config.auth, config.relay.hostname) if config.auth.enabled else None):
+            self.handler.auth = authenticator_of(config)
         self.metrics.rewatch(chain)
         self.delivery.configure(config)
         self.events.offences = config.scoring.offences()

@@ -33,7 +33,14 @@ from blocklist.hosts import host_key
 from blocklist.scoring import OBSERVE_SOURCE, BlockState
 from filters.address import normalise_domain
 from filters.base import Action, Context, Stage, Verdict
-from filters.headers import head_end, oversized_field_async, rewrite_head_async
+from filters.headers import (
+    head_end,
+    oversized_field_async,
+    prepend_headers,
+    rewrite_head_async,
+)
+from relay.auth.authenticator import Authenticator
+from relay.auth.check import AuthReport
 from relay.config.limits import LimitsConfig
 from relay.delivery.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.delivery.spool import Envelope as SpoolEnvelope
@@ -42,6 +49,7 @@ from relay.events.writer import EventWriter
 from relay.hosts.limits import ConnectionLimiter
 from relay.hosts.senders import Match, SenderLists
 from relay.logs import kv, printable
+from relay.reasons import Reason
 from relay.smtp import replies
 from relay.smtp.addresses import control_problem, is_postmaster, routing_problem, size_problem
 from relay.smtp.body import Body, Budget, DataScanner, Problem, read_data
@@ -620,6 +628,8 @@ class RelayHandler:
         self.on_decision: Callable[[str, str, str], None] = lambda *decision: None
         # Sees every event recorded (the running score that blocks at once); set by the server.
         self.on_event: Callable[[EventRecord], None] = lambda event: None
+        # [auth] enabled: SPF, DKIM, DMARC and ARC after DATA; set by the server (and reload)
+        self.auth: Authenticator | None = None
 
     def configure(self, *, pipeline: Pipeline, max_recipients: int, limits: LimitsConfig,
                   postmaster: str, hopcount_limit: int, observe: Observe) -> None:
@@ -873,56 +883,81 @@ class RelayHandler:
                           envelope: Envelope, address: str) -> str:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
-    async def check_content(self, session: RelaySession, envelope: Envelope,
-                            data: bytes) -> Verdict | None:
+    async def check_content(self, session: RelaySession, envelope: Envelope, data: bytes,
+                            *, authenticate: bool = True
+                            ) -> tuple[Verdict | None, list[tuple[str, str]]]:
         """DATA's decisions before anything is queued: the header size limit, the hop
-        count, the content filters within the reply deadline. A refusal comes back
+        count, the From-domain block, the content filters and (with [auth] on) SPF, DKIM,
+        DMARC and ARC beside them, within the reply deadline. A refusal comes back
         recorded; an accept (its headers to add) or None is for the caller to record with
-        what it did with the message. The relay's DATA hook and the milter
-        (relay/smtp/milter.py) both decide here."""
+        what it did with the message, with the authentication headers to prepend. The
+        relay's DATA hook and the milter (relay/smtp/milter.py) both decide here."""
         rcpts = ",".join(envelope.rcpt_tos)
         limit = self.limits.header_size_limit
         if (big := await oversized_field_async(data[:head_end(data)], limit)) is not None:
             refused = header_too_large(big, limit)
             self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
-            return refused
+            return refused, []
         hops = hop_count(data, self.hopcount_limit + 1)
         if hops > self.hopcount_limit:  # a loop: Postfix's hopcount_limit
             self.record(session, envelope, Stage.DATA, dataclasses.replace(
                 TOO_MANY_HOPS, detail=f"over {self.hopcount_limit} Received: lines"),
                 recipient=rcpts, size=len(data))
-            return TOO_MANY_HOPS
+            return TOO_MANY_HOPS, []
         if (refused := self._from_blocked(session, data)) is not None:
             self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
-            return refused
+            return refused, []
         ctx = Context(client=session.client, helo=session.helo,
                       mail_from=envelope.mail_from or "", rcpts=list(envelope.rcpt_tos),
                       content=data)
         left = (session.reply_deadline - asyncio.get_running_loop().time()
                 if session.reply_deadline is not None else None)
+        auth = self.auth if authenticate else None
+        # authentication is DNS: it runs while the content scanners do, not after them
+        checking = (asyncio.ensure_future(auth.check(data, session.client, session.helo,
+                                                     envelope.mail_from or ""))
+                    if auth is not None else None)
+        report: AuthReport | None = None
         try:
             async with asyncio.timeout(left):
                 verdict = await self.pipeline.run(Stage.DATA, ctx)
+                if checking is not None and (verdict is None
+                                             or verdict.action == Action.ACCEPT):
+                    report = await self._auth_report(session, checking)
         except TimeoutError:
             verdict = TOO_SLOW
+        finally:
+            if checking is not None and not checking.done():
+                checking.cancel()
         if verdict is not None and verdict.action != Action.ACCEPT:
             self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
-        return verdict
+            return verdict, []
+        if auth is None or report is None:
+            return verdict, []
+        action = auth.action(report, envelope.rcpt_tos)
+        refusal = self._auth_findings(session, envelope, report, action, rcpts, len(data))
+        if refusal is not None:
+            return refusal, []
+        return verdict, auth.headers(report, action)
 
     async def handle_DATA(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope) -> str:
         data = envelope.original_content or b""
         rcpts = ",".join(envelope.rcpt_tos)
-        verdict = await self.check_content(session, envelope, data)
+        verdict, auth_headers = await self.check_content(session, envelope, data)
         if verdict is not None and verdict.action != Action.ACCEPT:
             return verdict.reply
         notes = ""
         pieces: tuple[bytes | memoryview, ...] = (data,)
-        if Stage.DATA in self.pipeline.stages:
+        auth = self.auth
+        if Stage.DATA in self.pipeline.stages or auth is not None:
             # strip forged X-Spam-*/X-Floodgate-* fields even when no filter added any; the
             # body stays where it is (a view), only the header block is rebuilt
             headers = verdict.headers if verdict is not None else ()
             pieces = await rewrite_head_async(data, headers)
+            if auth is not None:  # and Authentication-Results claiming our authserv-id
+                head, rest = pieces
+                pieces = (prepend_headers(auth.strip(bytes(head)), auth_headers), rest)
             notes = scan_notes(verdict)
         queue_id = new_queue_id()
         trace = self.received_header(session, envelope, queue_id)
@@ -964,6 +999,40 @@ class RelayHandler:
             return None
         return sender_blocked(match, domain)
 
+    async def _auth_report(self, session: RelaySession,
+                           checking: asyncio.Future[AuthReport]) -> AuthReport | None:
+        """The checks' report; a bug in them costs the message its header, not its delivery
+        (DNS failures never get here: they are temperror results)."""
+        try:
+            return await checking
+        except Exception:
+            log.exception("authentication failed %s", kv(session=session.sid))
+            return None
+
+    def _auth_findings(self, session: RelaySession, envelope: Envelope, report: AuthReport,
+                       action: str, rcpts: str, size: int) -> Verdict | None:
+        """Each finding (spf_fail, dkim_fail, dmarc_reject, ...) is an event for scoring and
+        reports, its detail naming the From domain; the refusal when the action is reject."""
+        detail = report.summary() + (f" action={action}" if report.findings() else "")
+        refusal = None
+        if action == "reject":
+            refusal = Verdict.reject(
+                550, "5.7.1", Reason.DMARC_REJECT,
+                f"DMARC policy of {_reply_domain(report.dmarc.from_domain)} rejects this "
+                "message",
+                detail=detail)
+        for reason in report.findings():
+            if refusal is not None and reason == Reason.DMARC_REJECT:
+                continue
+            # a finding, not a decision: action accept, so a refused message is counted
+            # refused once (by its dmarc_reject) and an accepted one accepted once
+            self.record(session, envelope, Stage.DATA,
+                        Verdict(Action.ACCEPT, 0, "", reason, "authentication", detail),
+                        recipient=rcpts, size=size)
+        if refusal is not None:
+            self.record(session, envelope, Stage.DATA, refusal, recipient=rcpts, size=size)
+        return refusal
+
     def _write(self, envelope: SpoolEnvelope, trace: bytes, *pieces: bytes | memoryview) -> None:
         """In a worker thread; trace line and message are written without joining them."""
         self.spool.write(envelope, trace, *pieces)
@@ -984,6 +1053,13 @@ class RelayHandler:
             lines[-1] += ";"
         lines.append(f"\t{email.utils.format_datetime(email.utils.localtime())}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _reply_domain(domain: str) -> str:
+    """The sender's From domain as an SMTP reply may carry it: ASCII letters, digits, dots
+    and hyphens only (it is the sender's text)."""
+    kept = "".join(c for c in domain if c.isascii() and (c.isalnum() or c in ".-"))[:253]
+    return kept or "the From domain"
 
 
 def _clean(text: str) -> str:
