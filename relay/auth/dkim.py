@@ -218,8 +218,9 @@ def _stub(value: bytes) -> DkimResult:
                       header_b=re.sub(r"\s+", "", text.get(b"b", "")))
 
 
-def _as(stub: DkimResult, result: str, reason: str) -> DkimResult:
-    return replace(stub, result=result, reason=reason)
+def _as(stub: DkimResult, result: str, why: str) -> DkimResult:
+    """`why` is the result's explanation (DkimResult.reason), not an event reason."""
+    return replace(stub, result=result, reason=why)
 
 
 def _with_header_b(plan: _Plan) -> _Plan:
