@@ -36,6 +36,7 @@ class Reason(StrEnum):
     # the message
     SIZE = "size"  # past max_message_size or header_size_limit
     TOO_MANY_HOPS = "too_many_hops"  # past relay.hopcount_limit: a mail loop
+    BANNED_ATTACHMENT = "banned_attachment"  # [attachments]: an executable, by name or content
     VIRUS = "virus"
     SCAN_OVERSIZE = "scan_oversize"  # past [clamav] max_size
     SCAN_LIMITS = "scan_limits"  # past clamd's own limits
@@ -51,6 +52,7 @@ class Reason(StrEnum):
     RECIPIENTS_ERROR = "recipients_error"
     DNSBL_ERROR = "dnsbl_error"
     CLAMAV_ERROR = "clamav_error"
+    ATTACHMENTS_ERROR = "attachments_error"
     SPAMASSASSIN_ERROR = "spamassassin_error"
     # delivery to the next hop
     DELIVERED = "delivered"

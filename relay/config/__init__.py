@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from filters.address import normalise_domain
+from relay.config.attachments import AttachmentsConfig
 from relay.config.blocklist import BlocklistConfig
 from relay.config.clamav import ClamAVConfig
 from relay.config.delivery import DeliveryConfig
@@ -43,6 +44,7 @@ class Config(Strict):
     scoring: ScoringConfig = ScoringConfig()
     policy: PolicyConfig = PolicyConfig()
     dnsbl: DnsblConfig = DnsblConfig()
+    attachments: AttachmentsConfig | None = None
     clamav: ClamAVConfig | None = None
     spamassassin: SpamAssassinConfig | None = None
     blocklist: BlocklistConfig = BlocklistConfig()
@@ -66,6 +68,9 @@ class Config(Strict):
         for name in self.policy.domains:
             if name not in seen:
                 raise ValueError(f"policy.domains.{name!r}: not a hosted domain")
+        for name in self.attachments.domains if self.attachments else ():
+            if name not in seen:
+                raise ValueError(f"attachments.domains.{name!r}: not a hosted domain")
         return self
 
     def hosted(self) -> dict[str, DomainConfig]:

@@ -31,7 +31,7 @@ from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
 from relay.service.reload import plan
-from relay.service.scanners import build_dnsbl, build_scanners
+from relay.service.scanners import build_attachments, build_dnsbl, build_scanners
 from relay.smtp.fast import protocol_for
 from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
 from relay.smtp.observe import Observe
@@ -216,6 +216,9 @@ class Relay:
         reload that does not touch them keeps their verdict caches."""
         chain: list[Filter] = [RecipientFilter(hosted=hosted.__contains__, known=self.known,
                                                trap=self.snapshot.trap)]
+        attachments = build_attachments(config.attachments)
+        if attachments is not None:  # DATA, before the scanners: no clamd round trip for it
+            chain.append(attachments)
         sections = (config.dnsbl, config.clamav, config.spamassassin)
         if self.scanners is None or self.scanners[0] != sections:
             dnsbl = build_dnsbl(config.dnsbl)
