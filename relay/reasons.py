@@ -29,6 +29,7 @@ class Reason(StrEnum):
     # recipients
     KNOWN_RCPT = "known_rcpt"
     UNKNOWN_RCPT = "unknown_rcpt"
+    RCPT_UNVERIFIED = "rcpt_unverified"  # verification could not say now (450 4.1.1)
     POSTMASTER = "postmaster"  # routed to the configured postmaster
     TRAP = "trap"  # a spam trap ([scoring] traps)
     RELAY_DENIED = "relay_denied"  # a domain not hosted here
