@@ -771,8 +771,9 @@ class RelayHandler:
                           mail_from=envelope.mail_from or "", rcpt=address,
                           rcpts=envelope.rcpt_tos)
             verdict = await self.pipeline.run(Stage.RCPT, ctx)
-            if (verdict is not None and verdict.reason == "unknown_rcpt" and self.postmaster
-                    and is_postmaster(address)):
+            # postmaster is always taken (RFC 5321 4.5.1), verification unable to say or not
+            if (verdict is not None and verdict.reason in ("unknown_rcpt", "rcpt_unverified")
+                    and self.postmaster and is_postmaster(address)):
                 verdict = self._postmaster()
         if verdict is None:  # nothing at RCPT has an opinion: never an open relay
             verdict = Verdict.reject(554, "5.7.1", "relay_denied", "Relay access denied")
