@@ -48,15 +48,17 @@ PEEK_MEMBERS = 32
 NESTING_LIMIT = 4
 NESTED_MAX_SIZE = 4 << 20
 
-# Content that runs by itself wherever its name says otherwise: PE (MZ), ELF, Mach-O (and
-# Java class files, which share 0xCAFEBABE with fat Mach-O).
-_EXECUTABLE = (b"MZ", b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf",
+# Content that runs by itself wherever its name says otherwise: ELF, Mach-O (and Java class
+# files, which share 0xCAFEBABE with fat Mach-O); and DOS/PE, "MZ" with a NUL in its 64-byte
+# header (text that happens to start with "MZ" has none).
+SNIFF_BYTES = 64
+_EXECUTABLE = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf",
                b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 
 
 def sniff(head: bytes) -> str:
-    """What the first bytes of a file say it is: "exe", "zip" or ""."""
-    if head.startswith(_EXECUTABLE):
+    """What the first SNIFF_BYTES of a file say it is: "exe", "zip" or ""."""
+    if head.startswith(_EXECUTABLE) or (head.startswith(b"MZ") and b"\0" in head):
         return "exe"
     if head.startswith(ZIP_MAGIC):
         return "zip"
@@ -118,7 +120,7 @@ def _entries(data: bytes, infos: list[zipfile.ZipInfo], depth: int, prefix: str,
             if n < PEEK_MEMBERS and info.file_size and not info.flag_bits & 1:
                 try:
                     with z.open(info) as member:
-                        kind = sniff(member.read(8))
+                        kind = sniff(member.read(SNIFF_BYTES))
                 except Exception:  # hostile member: its name is still judged
                     kind = ""
             out.append((path, kind))

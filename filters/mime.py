@@ -31,7 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from filters.archive import CENTRAL_MAGIC, ZIP_MAGIC, ZipSummary, sniff, zip_summary
+from filters.archive import (
+    CENTRAL_MAGIC,
+    SNIFF_BYTES,
+    ZIP_MAGIC,
+    ZipSummary,
+    sniff,
+    zip_summary,
+)
 from filters.headers import head_end
 
 MAX_LEAVES = 256
@@ -453,7 +460,7 @@ class _Splitter:
         if plain and self.trustworthy and self.near_miss(raw, bounds):
             self.trustworthy = False
         self.leaves.append(Leaf(digest(payload), payload, head.ctype, head.filename,
-                                sniff(payload[:8])))
+                                sniff(payload[:SNIFF_BYTES])))
         self.spans.append((head.body, end))
 
     def near_miss(self, text: bytes, bounds: tuple[bytes, ...]) -> bool:
@@ -573,7 +580,7 @@ def _email_leaves(message: bytes) -> tuple[tuple[Leaf, ...], bool]:
         if not isinstance(payload, bytes):
             payload = b""
         leaves.append(Leaf(digest(payload), payload, part.get_content_type(),
-                           part.get_filename(), sniff(payload[:8])))
+                           part.get_filename(), sniff(payload[:SNIFF_BYTES])))
 
     try:
         visit(msg)
