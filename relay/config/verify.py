@@ -29,7 +29,7 @@ class VerifyConfig(Strict):
     rate: float = Field(
         default=5.0, gt=0,
         description="lookups per second for the domain (a token bucket; cache hits are free); "
-                    "past it: `450 4.1.1`")
+                    "past it: `450 4.1.1`")  # per relay process, like the cache
     burst: int = Field(default=20, gt=0, description="lookups the bucket holds")
     timeout: Duration = Field(
         default=10.0, gt=0,
