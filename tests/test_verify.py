@@ -220,3 +220,20 @@ def test_ldap_down_is_450(start_relay, sqlite_url, tmp_path) -> None:  # type: i
 def test_verify_needs_a_source() -> None:
     with pytest.raises(ValueError, match="set smtp = true or ldap_url"):
         DomainConfig.model_validate({"next_hop": "127.0.0.1:25", "verify": {}})
+
+
+def test_a_reload_keeps_the_cache_of_an_unchanged_domain(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_reload import edit, hup
+
+    relay = start(start_relay, sqlite_url, verified_domain(
+        "verified.test", sink.hop, 'smtp = true\nrate = 100\nburst = 100'))
+    assert rcpt(relay, "jane@verified.test", "nobody@verified.test") == ["250 2.1.5 Ok",
+                                                                         UNKNOWN]
+    hup(relay)  # nothing changed: the answers stay cached
+    assert rcpt(relay, "jane@verified.test", "nobody@verified.test") == ["250 2.1.5 Ok",
+                                                                         UNKNOWN]
+    assert len(sink.rcpts_seen()) == 2
+    edit(relay.config, "burst = 100", "burst = 50")  # new settings: a new cache
+    hup(relay)
+    assert rcpt(relay, "nobody@verified.test") == [UNKNOWN]
+    assert len(sink.rcpts_seen()) == 3
