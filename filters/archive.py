@@ -15,8 +15,12 @@ archiver writes. A zip whose directory cannot be read, or does not add up, is re
 unreadable: nothing then bounds what it holds, and the recipient's unzip could not open it
 either (the caller refuses it like a zip past the limits).
 
-Only the outer directory is read: a zip inside a zip is clamd's to open (and its
-MaxRecursion / MaxScanSize alerts do fire for nested archives).
+The sizes are checked on the outer directory only: a zip inside a zip is clamd's to open
+(and its MaxRecursion / MaxScanSize alerts do fire for nested archives). For the attachment
+policy (filters/attachments.py) the summary also lists what the zip holds, `entries`: every
+member's name, and for the first PEEK_MEMBERS members what their first bytes say they are
+(`sniff`); a member that is itself a small zip is opened and listed too, to NESTING_LIMIT
+levels (a deeper one is listed as "too_deep": no mail nests archives that far but a bomb).
 """
 
 from __future__ import annotations
@@ -37,6 +41,28 @@ BOMB_RATIO = 100
 BOMB_MIN_SIZE = 10 << 20
 _LOCAL_HEADER = 30
 _NAME_SHOWN = 80
+# Attachment policy: members whose first bytes are read (each a small decompression), how
+# deep zips inside zips are opened, and the largest inner zip opened (declared, decompressed;
+# within BOMB_RATIO of its compressed size).
+PEEK_MEMBERS = 32
+NESTING_LIMIT = 4
+NESTED_MAX_SIZE = 4 << 20
+
+# Content that runs by itself wherever its name says otherwise: ELF, Mach-O (and Java class
+# files, which share 0xCAFEBABE with fat Mach-O); and DOS/PE, "MZ" with a NUL in its 64-byte
+# header (text that happens to start with "MZ" has none).
+SNIFF_BYTES = 64
+_EXECUTABLE = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf",
+               b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
+
+
+def sniff(head: bytes) -> str:
+    """What the first SNIFF_BYTES of a file say it is: "exe", "zip" or ""."""
+    if head.startswith(_EXECUTABLE) or (head.startswith(b"MZ") and b"\0" in head):
+        return "exe"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +75,9 @@ class ZipSummary:
     # the member with the highest size/compressed ratio among those over BOMB_MIN_SIZE
     densest: tuple[str, int, int] | None = None  # (name, size, compressed)
     error: str | None = None
+    # (path, kind): every member, inner zips' members as "outer.zip/inner.exe"; kind is
+    # sniff()'s for peeked members, "too_deep" for a zip past NESTING_LIMIT, else ""
+    entries: tuple[tuple[str, str], ...] = ()
 
 
 def zip_summary(data: bytes) -> ZipSummary | None:
@@ -72,7 +101,46 @@ def zip_summary(data: bytes) -> ZipSummary | None:
     return ZipSummary(
         members=len(infos), total=sum(i.file_size for i in infos),
         largest=(_name(largest), largest.file_size) if largest else ("", 0),
-        densest=(_name(densest), densest.file_size, densest.compress_size) if densest else None)
+        densest=(_name(densest), densest.file_size, densest.compress_size) if densest else None,
+        entries=tuple(_entries(data, infos, 1, "", [MAX_MEMBERS])))
+
+
+def _entries(data: bytes, infos: list[zipfile.ZipInfo], depth: int, prefix: str,
+             left: list[int]) -> list[tuple[str, str]]:
+    """(path, kind) of every member, inner zips opened (see the module docstring); `left`
+    bounds the entries listed across all levels."""
+    out: list[tuple[str, str]] = []
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for n, info in enumerate(infos):
+            if left[0] <= 0:
+                break
+            left[0] -= 1
+            path = prefix + info.filename
+            kind = ""
+            if n < PEEK_MEMBERS and info.file_size and not info.flag_bits & 1:
+                try:
+                    with z.open(info) as member:
+                        kind = sniff(member.read(SNIFF_BYTES))
+                except Exception:  # hostile member: its name is still judged
+                    kind = ""
+            out.append((path, kind))
+            if kind != "zip":
+                continue
+            if depth >= NESTING_LIMIT:
+                out[-1] = (path, "too_deep")
+                continue
+            if (info.file_size > NESTED_MAX_SIZE
+                    or info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
+                continue  # too big to open here: clamd's limits apply to it
+            try:
+                inner = z.read(info)
+                with zipfile.ZipFile(io.BytesIO(inner)) as iz:
+                    inner_infos = iz.infolist()
+            except Exception:
+                continue
+            if _layout(inner, inner_infos) is None:
+                out.extend(_entries(inner, inner_infos, depth + 1, path + "/", left))
+    return out
 
 
 def _name(info: zipfile.ZipInfo) -> str:

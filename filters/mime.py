@@ -31,7 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from filters.archive import CENTRAL_MAGIC, ZIP_MAGIC, ZipSummary, zip_summary
+from filters.archive import (
+    CENTRAL_MAGIC,
+    SNIFF_BYTES,
+    ZIP_MAGIC,
+    ZipSummary,
+    sniff,
+    zip_summary,
+)
 from filters.headers import head_end
 
 MAX_LEAVES = 256
@@ -58,6 +65,7 @@ class Leaf:
     payload: bytes
     content_type: str
     filename: str | None
+    kind: str = ""  # what the payload's first bytes say it is (filters.archive.sniff)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,9 @@ class Parts:
     # What each zip leaf (by content) declares it holds, read from its directory: clamd
     # does not say when it cut a member at MaxFileSize (see filters/archive.py).
     archives: tuple[ZipSummary, ...] = ()
+    # (filename, content type) of the parts past MAX_LEAVES, not decoded: the attachment
+    # policy still judges their names (10,000 attachments hide no .exe at the end)
+    overflow: tuple[tuple[str, str], ...] = ()
 
 
 def digest(data: bytes) -> str:
@@ -281,6 +292,7 @@ class _Splitter:
         self.spans: list[tuple[int, int]] = []  # where each leaf's raw text lies
         self.trustworthy = True
         self.full = False
+        self.overflow: list[tuple[str, str]] = []
         self.budget = budget  # steps left (see INLINE_STEPS), None: no limit
 
     def step(self, n: int = 1) -> None:
@@ -376,7 +388,7 @@ class _Splitter:
             self.extra(head.body, _eol_start(data, first.start, head.body), inner)
         default = "message/rfc822" if head.ctype == "multipart/digest" else "text/plain"
         prev = first
-        while not self.full:
+        while True:  # past MAX_LEAVES too: overflow parts are still named
             nxt = next(found, None)
             if nxt is None:  # no closing boundary: the part runs to the end
                 self.trustworthy = False
@@ -421,6 +433,8 @@ class _Splitter:
 
     def leaf(self, head: _Head, end: int, bounds: tuple[bytes, ...]) -> None:
         if not self.room():
+            if head.filename is not None or head.ctype.partition("/")[0] == "application":
+                self.overflow.append((head.filename or "", head.ctype))
             return
         self.step()
         raw = self.data[head.body:end]
@@ -445,7 +459,8 @@ class _Splitter:
             self.trustworthy = False
         if plain and self.trustworthy and self.near_miss(raw, bounds):
             self.trustworthy = False
-        self.leaves.append(Leaf(digest(payload), payload, head.ctype, head.filename))
+        self.leaves.append(Leaf(digest(payload), payload, head.ctype, head.filename,
+                                sniff(payload[:SNIFF_BYTES])))
         self.spans.append((head.body, end))
 
     def near_miss(self, text: bytes, bounds: tuple[bytes, ...]) -> bool:
@@ -496,7 +511,8 @@ def split_parts(message: bytes, budget: int | None = None) -> Parts:
             pass
         else:
             return Parts(tuple(splitter.leaves), body, splitter.trustworthy,
-                         splitter.skeleton(), _archives(splitter.leaves, splitter))
+                         splitter.skeleton(), _archives(splitter.leaves, splitter),
+                         tuple(splitter.overflow))
     splitter.step(EMAIL_LINE_STEPS * (message.count(b"\n") + 1))
     leaves, _ = _email_leaves(message)
     # No offsets from the email package: all that is known to lie outside its leaves is the
@@ -519,9 +535,9 @@ def split_digests(message: bytes) -> Parts:
     """`split_parts` without the payloads (empty): what crosses a process boundary for a
     big message. Its leaves can be looked up and cached, not scanned one by one."""
     parts = split_parts(message)
-    return Parts(tuple(Leaf(leaf.digest, b"", leaf.content_type, leaf.filename)
+    return Parts(tuple(Leaf(leaf.digest, b"", leaf.content_type, leaf.filename, leaf.kind)
                        for leaf in parts.leaves), parts.body_digest, parts.trustworthy,
-                 parts.skeleton, parts.archives)
+                 parts.skeleton, parts.archives, parts.overflow)
 
 
 # -- the email package's view --------------------------------------------------------------
@@ -564,7 +580,7 @@ def _email_leaves(message: bytes) -> tuple[tuple[Leaf, ...], bool]:
         if not isinstance(payload, bytes):
             payload = b""
         leaves.append(Leaf(digest(payload), payload, part.get_content_type(),
-                           part.get_filename()))
+                           part.get_filename(), sniff(payload[:SNIFF_BYTES])))
 
     try:
         visit(msg)

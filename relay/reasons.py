@@ -31,6 +31,7 @@ class Reason(StrEnum):
     # recipients
     KNOWN_RCPT = "known_rcpt"
     UNKNOWN_RCPT = "unknown_rcpt"
+    RCPT_UNVERIFIED = "rcpt_unverified"  # verification could not say now (450 4.1.1)
     POSTMASTER = "postmaster"  # routed to the configured postmaster
     TRAP = "trap"  # a spam trap ([scoring] traps)
     RELAY_DENIED = "relay_denied"  # a domain not hosted here
@@ -40,6 +41,7 @@ class Reason(StrEnum):
     # the message
     SIZE = "size"  # past max_message_size or header_size_limit
     TOO_MANY_HOPS = "too_many_hops"  # past relay.hopcount_limit: a mail loop
+    BANNED_ATTACHMENT = "banned_attachment"  # [attachments]: an executable, by name or content
     VIRUS = "virus"
     SCAN_OVERSIZE = "scan_oversize"  # past [clamav] max_size
     SCAN_LIMITS = "scan_limits"  # past clamd's own limits
@@ -61,6 +63,7 @@ class Reason(StrEnum):
     RECIPIENTS_ERROR = "recipients_error"
     DNSBL_ERROR = "dnsbl_error"
     CLAMAV_ERROR = "clamav_error"
+    ATTACHMENTS_ERROR = "attachments_error"
     SPAMASSASSIN_ERROR = "spamassassin_error"
     # delivery to the next hop
     DELIVERED = "delivered"

@@ -1,12 +1,14 @@
 """A real SMTP server (aiosmtpd on loopback) standing in for a hosted domain's own server.
 
-The test tells it how to answer (`451` for one recipient, `550` for another), takes it down
+The test tells it how to answer (`451` for one recipient, `550` for another, or a list of its
+users: everyone else gets `550 5.1.1`), holds RCPT replies until released, takes it down
 and brings it back on the same port, and reads what arrived. Runs in a thread of the test
 process, so assertions see deliveries as they happen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import ssl
@@ -53,9 +55,15 @@ class SinkHandler:
                           address: str, rcpt_options: list[str]) -> str:
         with self.sink.lock:
             self.sink.rcpt_attempts[address] = self.sink.rcpt_attempts.get(address, 0) + 1
+            self.sink.probes.append((getattr(session, "mail_arg", ""), address))
             reply = self.sink.replies.get(address)
+            users = self.sink.users
+        if not self.sink.released.is_set():
+            await asyncio.to_thread(self.sink.released.wait)
         if reply is not None:
             return reply
+        if users is not None and address.lower() not in users:
+            return "550 5.1.1 <" + address + ">: Recipient address rejected: no such user"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
@@ -94,6 +102,11 @@ class Sink:
         self.replies: dict[str, str] = {}
         self.received: list[Received] = []
         self.rcpt_attempts: dict[str, int] = {}
+        # (MAIL argument, RCPT address) of every RCPT, in order
+        self.probes: list[tuple[str, str]] = []
+        self.users: set[str] | None = None  # None: every address is taken
+        self.released = threading.Event()  # cleared: RCPT replies wait (`hold`)
+        self.released.set()
         self.sessions: set[int] = set()
         self.controller: Controller | None = None
 
@@ -111,6 +124,7 @@ class Sink:
         return self
 
     def down(self) -> None:
+        self.released.set()  # a held RCPT must not keep the server's loop from stopping
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
@@ -121,6 +135,17 @@ class Sink:
                 self.replies.pop(address, None)
             else:
                 self.replies[address] = reply
+
+    def hold(self) -> None:
+        """RCPT replies wait until `release`."""
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def rcpts_seen(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return list(self.probes)
 
     def messages(self) -> list[Received]:
         with self.lock:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from filters.address import normalise_domain
+from relay.config.attachments import AttachmentsConfig
 from relay.config.auth import AuthConfig
 from relay.config.blocklist import BlocklistConfig
 from relay.config.clamav import ClamAVConfig
@@ -45,6 +46,7 @@ class Config(Strict):
     scoring: ScoringConfig = ScoringConfig()
     policy: PolicyConfig = PolicyConfig()
     dnsbl: DnsblConfig = DnsblConfig()
+    attachments: AttachmentsConfig | None = None
     clamav: ClamAVConfig | None = None
     spamassassin: SpamAssassinConfig | None = None
     blocklist: BlocklistConfig = BlocklistConfig()
@@ -73,6 +75,9 @@ class Config(Strict):
         for name in self.auth.domains:
             if name not in seen:
                 raise ValueError(f"auth.domains.{name!r}: not a hosted domain")
+        for name in self.attachments.domains if self.attachments else ():
+            if name not in seen:
+                raise ValueError(f"attachments.domains.{name!r}: not a hosted domain")
         return self
 
     def hosted(self) -> dict[str, DomainConfig]:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from filters.address import normalise_domain
+from filters.attachments import AttachmentFilter, Policy, policy_of
 from filters.base import Action, Context, Filter, Verdict
 from filters.clamav import ClamAVFilter, ClamdClient, ClamdPool
 from filters.verdict_cache import VerdictCache
+from relay.config.attachments import AttachmentsConfig
 from relay.config.clamav import ClamAVConfig
 from relay.config.dnsbl import DnsblConfig
 from relay.config.spamassassin import SpamAssassinConfig
@@ -34,6 +37,24 @@ def _clamd(cfg: ClamAVConfig) -> ClamdClient | ClamdPool:
     clients = [ClamdClient(a, timeout=cfg.timeout, concurrency=cfg.concurrency)
                for a in _addresses(cfg.address)]
     return clients[0] if len(clients) == 1 else ClamdPool(clients)
+
+
+def build_attachments(cfg: AttachmentsConfig | None) -> AttachmentFilter | None:
+    """The attachment policy, or None without the section (or disabled). A message is
+    judged by the union of its recipients' domains' lists: one DATA answers for all."""
+    if cfg is None or not cfg.enabled:
+        return None
+    default = policy_of(cfg.banned_extensions, cfg.banned_types)
+    own = {d: policy_of(*cfg.lists_for(d)) for d in cfg.domains}
+
+    def policy_for(rcpts: list[str]) -> Policy:
+        chosen = {own.get(normalise_domain(r.rpartition("@")[2]), default) for r in rcpts}
+        if len(chosen) == 1:
+            return chosen.pop()
+        return Policy(frozenset().union(*(p.extensions for p in chosen)),
+                      frozenset().union(*(p.types for p in chosen)))
+
+    return AttachmentFilter(policy_for)
 
 
 def build_clamav(cfg: ClamAVConfig) -> ClamAVFilter:

@@ -23,6 +23,9 @@ from filters.recipients import RecipientFilter
 from relay.auth.authenticator import Authenticator
 from relay.config import Config, ConfigError, load_config
 from relay.config.domains import DomainConfig
+from relay.delivery.client import NextHopClient
+from relay.delivery.probe import probe
+from relay.delivery.routing import Router
 from relay.delivery.service import DeliveryService
 from relay.delivery.spool import Spool
 from relay.events.writer import EventWriter, prune_loop
@@ -34,11 +37,12 @@ from relay.hosts.tally import RunningScore
 from relay.logs import kv
 from relay.service.metrics import Metrics
 from relay.service.reload import plan
-from relay.service.scanners import build_dnsbl, build_scanners
+from relay.service.scanners import build_attachments, build_dnsbl, build_scanners
 from relay.smtp.fast import protocol_for
 from relay.smtp.handler import SHUTTING_DOWN, Doorman, FloodgateSMTP, RelayHandler
 from relay.smtp.observe import Observe
 from relay.smtp.pipeline import Pipeline
+from relay.smtp.verify import RecipientVerifier
 from relay.store import aliases
 from relay.store.database import (
     StoreError,
@@ -228,14 +232,41 @@ class Relay:
         """Every check, grouped by stage by the pipeline, cheapest first within a stage.
         The DNSBL and scanner filters are built again only when their sections changed: a
         reload that does not touch them keeps their verdict caches."""
-        chain: list[Filter] = [RecipientFilter(hosted=hosted.__contains__, known=self.known,
-                                               trap=self.snapshot.trap)]
+        verifier = self.recipient_verifier(config, hosted)
+        chain: list[Filter] = [RecipientFilter(
+            hosted=hosted.__contains__, known=self.known, trap=self.snapshot.trap,
+            verifies=verifier.verifies, verify=verifier.verify,
+            timeout=1.0 + verifier.timeout)]
+        attachments = build_attachments(config.attachments)
+        if attachments is not None:  # DATA, before the scanners: no clamd round trip for it
+            chain.append(attachments)
         sections = (config.dnsbl, config.clamav, config.spamassassin)
         if self.scanners is None or self.scanners[0] != sections:
             dnsbl = build_dnsbl(config.dnsbl)
             built = build_scanners(config.clamav, config.spamassassin)
             self.scanners = (sections, ([] if dnsbl is None else [dnsbl]) + built)
         return chain + self.scanners[1]
+
+    def recipient_verifier(self, config: Config,
+                           hosted: dict[str, DomainConfig]) -> RecipientVerifier:
+        """Probes go out like deliveries ([delivery] TLS policy, MX lookups); a domain whose
+        verify settings and next hop did not change keeps its cache over a reload."""
+        client = NextHopClient(config.delivery, config.relay.hostname, Router(config).hosts)
+
+        async def probe_hop(hop: str, address: str) -> tuple[bool | None, str]:
+            return await probe(client, hop, address)
+
+        verifier = RecipientVerifier(hosted, probe_hop)
+        old = getattr(self, "verifier", None)
+        if old is not None:
+            for name, domain in verifier.domains.items():
+                kept = old.domains.get(name)
+                if kept is not None and (kept.settings, kept.hop) == (domain.settings,
+                                                                      domain.hop):
+                    kept.probe = probe_hop
+                    verifier.domains[name] = kept
+        self.verifier = verifier
+        return verifier
 
     @staticmethod
     def smtp_options(config: Config, ctx: ssl.SSLContext | None) -> dict[str, object]:

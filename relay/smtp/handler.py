@@ -843,8 +843,9 @@ class RelayHandler:
                           mail_from=envelope.mail_from or "", rcpt=address,
                           rcpts=envelope.rcpt_tos)
             verdict = await self.pipeline.run(Stage.RCPT, ctx)
-            if (verdict is not None and verdict.reason == "unknown_rcpt" and self.postmaster
-                    and is_postmaster(address)):
+            # postmaster is always taken (RFC 5321 4.5.1), verification unable to say or not
+            if (verdict is not None and verdict.reason in ("unknown_rcpt", "rcpt_unverified")
+                    and self.postmaster and is_postmaster(address)):
                 verdict = self._postmaster()
             if verdict is not None and verdict.reason == "known_rcpt":
                 verdict = await self._greylist(session, envelope, address, verdict)
