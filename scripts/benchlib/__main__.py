@@ -17,12 +17,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scripts.benchlib import adoption, verification
 from scripts.benchlib import scenarios as sc
-from scripts.benchlib import verification
 from scripts.benchlib.services import ROOT
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ALL = "1,2,3,4,5,6,7,8,9,13"
+ALL = "1,2,3,4,5,6,7,8,9,12,13"
 
 
 def machine() -> str:
@@ -86,6 +86,12 @@ def _earlier_rows(current: Path, only: set[str]) -> list[sc.Row]:
     return [r for rows in found.values() for r in rows]
 
 
+def _order(row: sc.Row) -> tuple[int, str]:
+    """Scenarios in numeric order (12 after 9, not after 1)."""
+    key = row.scenario.split()[0]
+    return (int(key) if key.isdigit() else 10**6, key)
+
+
 def revision() -> str:
     """The commit measured, and whether code was changed on top of it (README.md, which
     the bench itself rewrites, does not count)."""
@@ -139,6 +145,7 @@ def main() -> None:
                  ("7", lambda: sc.scenario_7(settings)),
                  ("8", lambda: sc.scenario_8(settings, scanners)),
                  ("9", lambda: sc.scenario_9(settings)),
+                 ("12", lambda: adoption.scenario_12(settings)),
                  ("13", lambda: verification.scenario_13(settings))]
         for key, fn in steps:
             if key not in only:
@@ -183,7 +190,7 @@ def main() -> None:
     if only != set(ALL.split(",")):  # the other scenarios' rows from the last run that had them
         earlier = _earlier_rows(workdir, only)
         if earlier:
-            rows = sorted([*rows, *earlier], key=lambda r: r.scenario.split()[0])
+            rows = sorted([*rows, *earlier], key=_order)
             text = table(rows)
             head += ("Rows of scenarios not in this run come from the latest earlier run "
                      "that measured them (dates in `var/bench/*/results.json`).\n\n")

@@ -21,8 +21,10 @@ SCRIPTS = Path(os.environ.get("FLOODGATE_PEERS", "/work/shared/peers"))
 NETNS = "peers"
 RUN = Path(os.environ.get("PEERS_RUN", "/tmp/peers-run"))
 SMTP_PORT = 2526
-# amavis' one line per message (log_level 0): what the content filter has finished
-_AMAVIS_DONE = re.compile(rb"\) (?:Passed|Blocked) [A-Z-]+ ")
+# amavis' main log line per message: what the content filter has finished. It logs a second
+# "Passed|Blocked CCAT" line per message (" -> , Hits: ..."), without the Queue-ID: counted,
+# that one doubled every figure.
+_AMAVIS_DONE = re.compile(rb"\) (?:Passed|Blocked) [A-Z-]+ .*Queue-ID: ")
 
 
 def setup(log: Path, lifetime: int = 3600) -> None:
