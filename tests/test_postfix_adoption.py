@@ -72,6 +72,7 @@ smtpd_relay_restrictions = permit_mynetworks, check_policy_service inet:127.0.0.
     reject_unauth_destination
 smtpd_milters = {"unix:" if milter_at.startswith("/") else "inet:"}{milter_at}
 milter_default_action = tempfail
+in_flow_delay = 0
 """
     postfix.start()
     try:
