@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class PolicyDecider:
             return DUNNO
         client = attrs.get("client_address", "")
         if not client:
+            return DUNNO
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:  # Postfix always sends one: a made-up host is never recorded
+            log.warning("policy request ignored %s",
+                        kv(client=client, reason="client_address is not an IP address"))
             return DUNNO
         state = attrs.get("protocol_state", "").upper()
         ps, new = self._session(client, attrs.get("client_port", ""), attrs)
@@ -178,36 +185,62 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
 
 
 class PolicyServer:
-    """Serves the protocol on any number of connections, each with many requests."""
+    """Serves the protocol on any number of connections, each with many requests.
+
+    At the connection cap a new connection closes the one that has waited longest for a
+    request (Postfix reconnects on a closed policy connection and asks again): a local
+    client holding the cap with idle or one-byte-at-a-time connections cannot lock
+    Postfix's smtpd processes out."""
 
     def __init__(self, decider: PolicyDecider):
         self.decider = decider
         self.connections = 0
+        # connections between or inside requests, in the order they started waiting
+        self.waiting: dict[asyncio.StreamWriter, object] = {}
 
     async def __call__(self, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         self.connections += 1
         try:
-            if self.connections > MAX_CONNECTIONS:
+            if self.connections > MAX_CONNECTIONS and not self._evict():
                 log.warning("policy connection refused %s",
                             kv(peer=peer, reason=f"over {MAX_CONNECTIONS} connections"))
                 return
             await self._serve(reader, writer, peer)
         finally:
+            self.waiting.pop(writer, None)
             self.connections -= 1
             writer.close()
+
+    def _evict(self) -> bool:
+        """Close the connection that has waited longest for a request; False if every
+        connection is busy deciding (bounded: a decision is the relay's own work)."""
+        if not self.waiting:
+            return False
+        oldest, peer = next(iter(self.waiting.items()))
+        del self.waiting[oldest]
+        log.warning("policy connection closed %s", kv(
+            peer=peer, reason=f"waited longest for a request of {MAX_CONNECTIONS} connections,"
+            " closed for a new one"))
+        oldest.transport.abort()
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: object) -> None:
         while True:
+            self.waiting[writer] = peer
             try:
                 attrs = await read_request(reader)
             except PolicyProtocolError as e:
-                log.warning("policy connection closed %s", kv(peer=peer, reason=str(e)))
+                if writer in self.waiting:  # not closed by _evict, which said why
+                    log.warning("policy connection closed %s", kv(peer=peer, reason=str(e)))
                 return
             except ConnectionError:
                 return
+            if writer not in self.waiting:  # evicted while its request came in
+                return
+            del self.waiting[writer]
             if attrs is None:
                 return
             try:
