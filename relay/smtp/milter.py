@@ -166,22 +166,24 @@ class MilterSession:
 
     def _rcpt(self, data: bytes) -> list[bytes]:
         rcpt = _text((_strings(data) or [b""])[0])
-        if len(self.envelope.rcpt_tos) < 1000:
-            self.envelope.rcpt_tos.append(rcpt.strip().removeprefix("<").removesuffix(">"))
+        if len(self.envelope.rcpt_tos) < 1000:  # at most 1000 of 320 characters, as the sender
+            self.envelope.rcpt_tos.append(
+                rcpt.strip().removeprefix("<").removesuffix(">")[:320])
         return [packet(CONTINUE)]
 
     def _header(self, data: bytes) -> list[bytes]:
         parts = data.split(b"\0")
         name = parts[0]
         value = parts[1] if len(parts) > 1 else b""
+        field = name + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+        self._count(len(field))
+        if self.size > self.max_size:  # refused at the end: nothing more is kept for it
+            return [packet(CONTINUE)]
+        self.head.append(field)
         key = _text(name).lower()
         self.counts[key] = self.counts.get(key, 0) + 1
         if key.startswith(STRIP_PREFIXES):
             self.forged.append((_text(name), self.counts[key]))
-        field = name + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
-        self._count(len(field))
-        if self.size <= self.max_size:
-            self.head.append(field)
         return [packet(CONTINUE)]
 
     def _continue(self, data: bytes) -> list[bytes]:
@@ -200,6 +202,7 @@ class MilterSession:
         self.size += n
         if self.size > self.max_size:  # over: what came so far is dropped, the size kept
             self.head, self.body = [], bytearray()
+            self.counts, self.forged = {}, []
 
     def _abort(self, data: bytes) -> list[bytes]:
         self._new_message()
