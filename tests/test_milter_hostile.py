@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.smtp import milter
-from relay.smtp.milter import packet
+from relay.smtp.milter import MAX_CONNECTIONS, packet
 from tests.support import RelayProcess, free_port
 from tests.test_smtp import ALIASES
 
@@ -69,3 +69,25 @@ def test_a_flood_of_recipients_and_headers_keeps_memory_bounded(milter_process) 
     assert grown < 50_000_000, f"{grown} bytes kept for one connection"
     command, data = c.send(milter.BODYEOB)
     assert command == milter.REPLYCODE and data.startswith(b"552 5.3.4 ")
+
+
+def test_a_client_holding_every_connection_cannot_lock_postfix_out(milter_process) -> None:  # type: ignore[no-untyped-def]
+    """The cap's worth of idle connections, half of them inside a packet: a new connection
+    (Postfix's, for its next SMTP session) closes the one that waited longest and is
+    served."""
+    held = []
+    try:
+        for i in range(MAX_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", milter_process.port), timeout=10)
+            if i % 2:
+                s.sendall(b"\0\0")  # half a packet length, and never the rest
+            held.append(s)
+        c = Conversation(milter_process.port)
+        assert c.send(milter.OPTNEG, struct.pack("!III", 6, 0x1FF, 0))[0] == milter.OPTNEG
+        milter_process.wait_for_log(r"milter connection closed .*reason=\"waited longest "
+                                    rf"of {MAX_CONNECTIONS} connections, closed for a new one\"")
+        assert held[0].recv(100) == b""
+    finally:
+        for s in held:
+            s.close()
+    assert "milter connection refused" not in milter_process.log()

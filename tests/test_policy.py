@@ -184,7 +184,7 @@ def test_a_client_holding_every_connection_cannot_lock_postfix_out(services) -> 
                 s.sendall(b"request=smtpd_acc")  # and never the rest
             held.append(s)
         assert ask(policy.port, request("bob@example.org")) == ["DUNNO"]
-        policy.wait_for_log(r"policy connection closed .*reason=\"waited longest for a request "
+        policy.wait_for_log(r"policy connection closed .*reason=\"waited longest "
                             rf"of {MAX_CONNECTIONS} connections, closed for a new one\"")
         assert held[0].recv(100) == b""  # the oldest was closed without an answer
     finally:

@@ -29,6 +29,7 @@ from relay.logs import kv
 from relay.smtp import replies
 from relay.smtp.handler import RelayHandler, RelaySession, scan_notes
 from relay.smtp.message_id import message_id_of
+from relay.smtp.waiting import Waiting
 
 log = logging.getLogger("floodgate.milter")
 
@@ -272,43 +273,54 @@ def _folded(name: str, value: str) -> bytes:
 
 
 class MilterServer:
-    """Serves the protocol on any number of MTA connections."""
+    """Serves the protocol on any number of MTA connections; at the connection cap a new
+    connection closes the one waiting longest for a packet (relay/smtp/waiting.py)."""
 
     def __init__(self, handler: RelayHandler, max_size: int):
         self.handler = handler
         self.max_size = max_size
         self.connections = 0
+        self.waiting = Waiting("milter", MAX_CONNECTIONS, log)
 
     async def __call__(self, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "local"
         self.connections += 1
         try:
-            if self.connections > MAX_CONNECTIONS:
+            if self.connections > MAX_CONNECTIONS and not self.waiting.evict_oldest():
                 log.warning("milter connection refused %s",
                             kv(peer=peer, reason=f"over {MAX_CONNECTIONS} connections"))
                 return
             await serve_milter(MilterSession(self.handler, self.max_size), reader, writer,
-                               peer)
+                               peer, self.waiting)
         finally:
+            self.waiting.done(writer)
             self.connections -= 1
             writer.close()
 
 
 async def serve_milter(milter: MilterSession, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, peer: object = "") -> None:
+                       writer: asyncio.StreamWriter, peer: object = "",
+                       waiting: Waiting | None = None) -> None:
     """Packets in, replies out, until QUIT, the end of the connection or a protocol error
     (logged; the MTA then applies its milter_default_action)."""
     while not milter.closed:
+        if waiting is not None:
+            waiting.wait(writer, peer)
         try:
             got = await read_packet(reader)
-            if got is None:
-                return
+        except MilterProtocolError as e:
+            if waiting is None or waiting.done(writer):  # else closed for a new one, said so
+                log.warning("milter connection closed %s", kv(peer=peer, reason=str(e)))
+            return
+        except ConnectionError:
+            return
+        if (waiting is not None and not waiting.done(writer)) or got is None:
+            return
+        try:
             out = await milter.handle(*got)
         except MilterProtocolError as e:
             log.warning("milter connection closed %s", kv(peer=peer, reason=str(e)))
-            return
-        except ConnectionError:
             return
         except Exception:  # ours: closing makes the MTA apply its default action
             log.exception("milter failed %s", kv(peer=peer, client=milter.session.client))

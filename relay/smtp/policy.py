@@ -28,6 +28,7 @@ from filters.base import Action, Stage
 from relay.logs import kv
 from relay.smtp import replies
 from relay.smtp.handler import RelayHandler, RelaySession
+from relay.smtp.waiting import Waiting
 
 log = logging.getLogger("floodgate.policy")
 
@@ -185,63 +186,42 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
 
 
 class PolicyServer:
-    """Serves the protocol on any number of connections, each with many requests.
-
-    At the connection cap a new connection closes the one that has waited longest for a
-    request (Postfix reconnects on a closed policy connection and asks again): a local
-    client holding the cap with idle or one-byte-at-a-time connections cannot lock
-    Postfix's smtpd processes out."""
+    """Serves the protocol on any number of connections, each with many requests; at the
+    connection cap a new connection closes the one waiting longest (relay/smtp/waiting.py)."""
 
     def __init__(self, decider: PolicyDecider):
         self.decider = decider
         self.connections = 0
-        # connections between or inside requests, in the order they started waiting
-        self.waiting: dict[asyncio.StreamWriter, object] = {}
+        self.waiting = Waiting("policy", MAX_CONNECTIONS, log)
 
     async def __call__(self, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         self.connections += 1
         try:
-            if self.connections > MAX_CONNECTIONS and not self._evict():
+            if self.connections > MAX_CONNECTIONS and not self.waiting.evict_oldest():
                 log.warning("policy connection refused %s",
                             kv(peer=peer, reason=f"over {MAX_CONNECTIONS} connections"))
                 return
             await self._serve(reader, writer, peer)
         finally:
-            self.waiting.pop(writer, None)
+            self.waiting.done(writer)
             self.connections -= 1
             writer.close()
-
-    def _evict(self) -> bool:
-        """Close the connection that has waited longest for a request; False if every
-        connection is busy deciding (bounded: a decision is the relay's own work)."""
-        if not self.waiting:
-            return False
-        oldest, peer = next(iter(self.waiting.items()))
-        del self.waiting[oldest]
-        log.warning("policy connection closed %s", kv(
-            peer=peer, reason=f"waited longest for a request of {MAX_CONNECTIONS} connections,"
-            " closed for a new one"))
-        oldest.transport.abort()
-        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: object) -> None:
         while True:
-            self.waiting[writer] = peer
+            self.waiting.wait(writer, peer)
             try:
                 attrs = await read_request(reader)
             except PolicyProtocolError as e:
-                if writer in self.waiting:  # not closed by _evict, which said why
+                if self.waiting.done(writer):  # else closed for a new one, and said so
                     log.warning("policy connection closed %s", kv(peer=peer, reason=str(e)))
                 return
             except ConnectionError:
                 return
-            if writer not in self.waiting:  # evicted while its request came in
-                return
-            del self.waiting[writer]
-            if attrs is None:
+            if not self.waiting.done(writer) or attrs is None:
                 return
             try:
                 action = await self.decider.decide(attrs)
