@@ -18,12 +18,16 @@ from tests.test_smtp import ALIASES
 MAX_SIZE = 100_000  # the tests' [relay] max_message_size
 
 
+def start_milter(start_relay, url: str, extra: str = "") -> RelayProcess:  # type: ignore[no-untyped-def]
+    relay = start_relay(url, aliases=ALIASES, extra=extra)
+    port = free_port()
+    return RelayProcess(relay.config, port, log_name="milter",
+                        command=("milter", "--listen", f"127.0.0.1:{port}")).start()
+
+
 @pytest.fixture
 def milter_process(start_relay, sqlite_url) -> Iterator[RelayProcess]:  # type: ignore[no-untyped-def]
-    relay = start_relay(sqlite_url, aliases=ALIASES)
-    port = free_port()
-    proc = RelayProcess(relay.config, port, log_name="milter",
-                        command=("milter", "--listen", f"127.0.0.1:{port}")).start()
+    proc = start_milter(start_relay, sqlite_url)
     yield proc
     proc.stop()
 
@@ -91,3 +95,39 @@ def test_a_client_holding_every_connection_cannot_lock_postfix_out(milter_proces
         for s in held:
             s.close()
     assert "milter connection refused" not in milter_process.log()
+
+
+def test_forged_authentication_results_under_our_id_are_deleted(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """[auth] on: the milter does not authenticate, but a sender's Authentication-Results
+    naming our authserv-id (the relay's hostname, however spelled) is deleted, as a forged
+    X-Spam-* is; another server's stays."""
+    proc = start_milter(start_relay, sqlite_url, extra='[auth]\nenabled = true\n'
+                        'nameserver = "127.0.0.1:9"\n')
+    try:
+        c = Conversation(proc.port)
+        assert c.send(milter.OPTNEG, struct.pack("!III", 6, 0x1FF, 0))[0] == milter.OPTNEG
+        c.send(milter.CONNECT, b"client.test\x004\x00\x19192.0.2.7\0")
+        c.send(milter.MAIL, b"<s@sender.test>\0")
+        c.send(milter.RCPT, b"<bob@example.org>\0")
+        for name, value in [(b"Authentication-Results", b"other.example; spf=fail"),
+                            (b"Authentication-Results", b"MX1.example.net; dmarc=pass"),
+                            (b"ARC-Authentication-Results", b"i=1; mx1.example.net; dmarc=pass"),
+                            (b"authentication-results", b"(x) mx1.example.net.; dkim=pass"),
+                            (b"Subject", b"hi")]:
+            assert c.send(milter.HEADER, name + b"\0" + value + b"\0")[0] == milter.CONTINUE
+        c.send(milter.EOH)
+        c.send(milter.BODY, b"Hello.\r\n")
+        c.sock.sendall(packet(milter.BODYEOB))
+        out = []
+        while True:
+            (n,) = struct.unpack("!I", c.reader.read(4))
+            body = c.reader.read(n)
+            out.append((body[:1], body[1:]))
+            if body[:1] in (milter.ACCEPT, milter.REPLYCODE):
+                break
+        deleted = {(d[4:].split(b"\0")[0].lower(), struct.unpack("!I", d[:4])[0])
+                   for command, d in out if command == milter.CHGHEADER}
+        assert deleted == {(b"authentication-results", 2), (b"authentication-results", 3),
+                           (b"arc-authentication-results", 1)}
+    finally:
+        proc.stop()

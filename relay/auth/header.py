@@ -111,6 +111,13 @@ def _claims(value: bytes, authserv_id: str, arc: bool) -> bool:
     return bool(ours) and _authserv_id(text) == ours
 
 
+def claims_ours(name: bytes, value: bytes, authserv_id: str) -> bool:
+    """Whether a field (its name and value, as a milter gets them) is an Authentication-Results
+    or ARC-Authentication-Results naming `authserv_id`: one to remove."""
+    key = name.strip().lower()
+    return key in _STRIPPED and _claims(value, authserv_id, key.startswith(b"arc"))
+
+
 def strip_ours(head: bytes, authserv_id: str) -> bytes:
     """The header block without any Authentication-Results or ARC-Authentication-Results
     field that names `authserv_id`. Only a block that has such a field name is taken apart."""
@@ -120,8 +127,7 @@ def strip_ours(head: bytes, authserv_id: str) -> bytes:
     kept = []
     for field in _fields(head):
         name, _, value = field.partition(b":")
-        key = name.strip().lower()
-        if key in _STRIPPED and _claims(value, authserv_id, key.startswith(b"arc")):
+        if claims_ours(name, value, authserv_id):
             continue
         kept.append(field)
     return b"".join(kept)

@@ -25,6 +25,7 @@ from aiosmtpd.smtp import Envelope
 
 from filters.base import Action, Stage, Verdict
 from filters.headers import STRIP_PREFIXES, format_header
+from relay.auth.header import claims_ours
 from relay.logs import kv
 from relay.smtp import replies
 from relay.smtp.handler import RelayHandler, RelaySession, scan_notes
@@ -183,7 +184,11 @@ class MilterSession:
         self.head.append(field)
         key = _text(name).lower()
         self.counts[key] = self.counts.get(key, 0) + 1
-        if key.startswith(STRIP_PREFIXES):
+        auth = self.handler.auth
+        # the milter does not authenticate (Postfix keeps what the sender wrote), but an
+        # Authentication-Results a sender forged under our id must not reach the mailbox
+        if key.startswith(STRIP_PREFIXES) or (
+                auth is not None and claims_ours(name, value, auth.authserv_id)):
             self.forged.append((_text(name), self.counts[key]))
         return [packet(CONTINUE)]
 
