@@ -200,6 +200,25 @@ def test_sender_supplied_results_with_our_id_are_removed(start_relay, sqlite_url
     assert "spf=softfail" in ar_of(spooled_text)
 
 
+def test_forged_results_dressed_up_as_ours_are_removed(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                       dns: NameServer) -> None:
+    """Each way RFC 8601 / RFC 5322 let a sender spell our authserv-id that a downstream
+    parser (authres, Sieve) reads as ours: nested comments, a quoted string, a trailing
+    dot, a comment before an ARC field's instance."""
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver)
+    forged = ("Authentication-Results: ((nested)) mx1.example.net; dmarc=pass forged=1\r\n"
+              "Authentication-Results: \"MX1.example.net\"; dmarc=pass forged=2\r\n"
+              "Authentication-Results: mx1.example.net.; dmarc=pass forged=3\r\n"
+              "Authentication-Results: (a \\) b)\r\n mx1.example.net; dmarc=pass forged=4\r\n"
+              "ARC-Authentication-Results: (c) i=1; mx1.example.net; dmarc=pass forged=5\r\n"
+              "ARC-Authentication-Results: mx1.example.net; dmarc=pass forged=6\r\n"
+              "Authentication-Results: \"other.example\"; spf=fail\r\n")
+    text = send_and_read_extra(relay, "s@soft.sender.test", forged, "alice@example.org").decode()
+    assert "forged=" not in text, text
+    assert 'Authentication-Results: "other.example"; spf=fail' in text
+    assert "dmarc=pass" not in ar_of(text.encode())
+
+
 def send_and_read_extra(relay: RelayProcess, sender: str, extra: str, rcpt: str) -> bytes:
     code, _ = send(relay, sender, [rcpt], message(sender, extra))
     assert code == 250

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from relay.smtp.policy import MAX_CONNECTIONS
 from tests.hardening_support import Raw
 from tests.support import RelayProcess, floodgate, free_port, split_ref, unref
 from tests.test_limits import limits
@@ -155,3 +156,38 @@ def test_a_connect_request_then_recipients_of_the_same_instance(services) -> Non
     assert ask(policy.port, connect, request("nobody@example.org"))[0] == "DUNNO"
     policy.wait_for_log(r"decision .*client=192.0.2.7 stage=rcpt action=reject "
                         r"reason=unknown_rcpt code=550 helo=client.test sender=<s@sender.test>")
+
+
+def test_a_request_whose_client_is_not_an_ip_records_nothing(services) -> None:  # type: ignore[no-untyped-def]
+    """Postfix always sends the client's IP: a made-up `client_address` (a local client
+    talking to the port itself) is answered DUNNO and logged, and no host is invented."""
+    _, policy = services
+    assert ask(policy.port, request("nobody@example.org", client="not-an-ip")) == ["DUNNO"]
+    policy.wait_for_log(r"policy request ignored client=not-an-ip "
+                        r"reason=\"client_address is not an IP address\"")
+    [said] = ask(policy.port, request("nobody@example.org", client="192.0.2.8"))
+    assert said.startswith("550 5.1.1 ")  # the one after it is decided as ever
+    policy.wait_for_log(r"decision .*client=192.0.2.8 stage=rcpt action=reject")
+    assert "client=not-an-ip stage=" not in policy.log()
+
+
+def test_a_client_holding_every_connection_cannot_lock_postfix_out(services) -> None:  # type: ignore[no-untyped-def]
+    """A local client opens the cap's worth of connections, half idle and half sending a
+    request one byte at a time: a new connection (Postfix's) closes the one that waited
+    longest and is answered."""
+    _, policy = services
+    held = []
+    try:
+        for i in range(MAX_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", policy.port), timeout=10)
+            if i % 2:
+                s.sendall(b"request=smtpd_acc")  # and never the rest
+            held.append(s)
+        assert ask(policy.port, request("bob@example.org")) == ["DUNNO"]
+        policy.wait_for_log(r"policy connection closed .*reason=\"waited longest "
+                            rf"of {MAX_CONNECTIONS} connections, closed for a new one\"")
+        assert held[0].recv(100) == b""  # the oldest was closed without an answer
+    finally:
+        for s in held:
+            s.close()
+    assert "policy connection refused" not in policy.log()

@@ -18,7 +18,6 @@ NAME = "Authentication-Results"
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+$")
 _STRIPPED = (b"authentication-results", b"arc-authentication-results")
 _INSTANCE = re.compile(r"^\s*i\s*=\s*\d+\s*;", re.IGNORECASE)
-_COMMENT = re.compile(r"\([^()]*\)")
 
 
 def _value(text: str) -> str:
@@ -60,17 +59,63 @@ def authentication_results(authserv_id: str, report: AuthReport) -> str:
     return f"{authserv_id}; " + "; ".join(parts)
 
 
+def _uncomment(text: str) -> str:
+    """`text` with its comments removed, nested ones too (RFC 5322 3.2.2: `((x)) id`), and
+    quoted strings kept whole: a regex for one level let `((x)) our-id; dmarc=pass` through."""
+    out: list[str] = []
+    depth, quoted, i = 0, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and (depth or quoted):
+            if quoted:
+                out.append(text[i:i + 2])
+            i += 2
+            continue
+        if quoted:
+            out.append(c)
+            quoted = c != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(c, 0)
+            if not depth:
+                out.append(" ")
+        elif c == "(":
+            depth = 1
+        else:
+            out.append(c)
+            quoted = c == '"'
+        i += 1
+    return "".join(out)
+
+
+def _authserv_id(text: str) -> str:
+    """The first value of a comment-free field: a token, or a quoted string unquoted (RFC 8601
+    2.2: `"our-id"` is the same id), lower case and without a trailing dot."""
+    text = text.lstrip()
+    if text.startswith('"'):
+        m = re.match(r'"((?:[^"\\]|\\.)*)"?', text)
+        found = re.sub(r"\\(.)", r"\1", m.group(1)) if m else ""
+    else:
+        found = re.split(r"[\s;]", text, maxsplit=1)[0]
+    return found.strip().rstrip(".").lower()
+
+
 def _claims(value: bytes, authserv_id: str, arc: bool) -> bool:
+    """Whether the field names `authserv_id`, however a sender dressed it up: case, folding,
+    comments (nested) anywhere, quotes, a trailing dot; an ARC field with or without its
+    `i=` instance (a malformed one claiming our id is dropped too: nothing is lost)."""
     text = value.decode("utf-8", "replace")
-    text = re.sub(r"\r?\n[ \t]", " ", text)
-    if arc:
-        m = _INSTANCE.match(text)
-        if m is None:
-            return False
+    text = _uncomment(re.sub(r"(?:\r\n|\r|\n)[ \t]", " ", text))
+    if arc and (m := _INSTANCE.match(text)) is not None:
         text = text[m.end():]
-    text = _COMMENT.sub(" ", text)
-    found = text.split(";", 1)[0].split()
-    return bool(found) and found[0].lower() == authserv_id.lower()
+    ours = authserv_id.strip().rstrip(".").lower()
+    return bool(ours) and _authserv_id(text) == ours
+
+
+def claims_ours(name: bytes, value: bytes, authserv_id: str) -> bool:
+    """Whether a field (its name and value, as a milter gets them) is an Authentication-Results
+    or ARC-Authentication-Results naming `authserv_id`: one to remove."""
+    key = name.strip().lower()
+    return key in _STRIPPED and _claims(value, authserv_id, key.startswith(b"arc"))
 
 
 def strip_ours(head: bytes, authserv_id: str) -> bytes:
@@ -82,8 +127,7 @@ def strip_ours(head: bytes, authserv_id: str) -> bytes:
     kept = []
     for field in _fields(head):
         name, _, value = field.partition(b":")
-        key = name.strip().lower()
-        if key in _STRIPPED and _claims(value, authserv_id, key.startswith(b"arc")):
+        if claims_ours(name, value, authserv_id):
             continue
         kept.append(field)
     return b"".join(kept)

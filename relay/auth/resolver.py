@@ -22,6 +22,9 @@ import dns.resolver
 from relay.auth.lookup import DnsTemporary
 
 CACHE_SIZE = 10_000  # answers kept; the oldest used go first
+# ...and their bytes: a sender's zone can answer every name with 64 kB of TXT (over TCP),
+# and 10,000 of those would be 640 MB. Real SPF/DKIM/DMARC answers are under 4 kB.
+CACHE_BYTES = 16 * 1024 * 1024
 NEGATIVE_TTL = 300  # seconds an NXDOMAIN/NODATA is believed at most
 MAX_TTL = 86_400
 
@@ -45,7 +48,7 @@ class Resolver:
     """Cached async lookups; one per process (`[auth]` is read once, reload makes a new one)."""
 
     def __init__(self, nameserver: str | None = None, timeout: float = 5.0,
-                 cache_size: int = CACHE_SIZE):
+                 cache_size: int = CACHE_SIZE, cache_bytes: int = CACHE_BYTES):
         if nameserver:
             r = dns.asyncresolver.Resolver(configure=False)
             host, port = parse_nameserver(nameserver)
@@ -58,8 +61,10 @@ class Resolver:
         r.cache = None  # ours: it also keeps negative answers, and has a bound
         self._resolver = r
         self.timeout = timeout
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Answer, int]] = OrderedDict()
         self._size = cache_size
+        self._max_bytes = cache_bytes
+        self.cached_bytes = 0  # the answers' sizes, as _weight counts them
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self.queries = 0  # sent to the name server (not answered from the cache)
 
@@ -76,7 +81,7 @@ class Resolver:
             if hit[0] > time.monotonic():
                 self._cache.move_to_end(key)
                 return hit[1]
-            del self._cache[key]
+            self._forget(key)
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -95,12 +100,18 @@ class Resolver:
         return answer
 
     def _remember(self, key: tuple[str, str], answer: Answer, ttl: float) -> None:
-        if ttl <= 0:
+        weight = _weight(key, answer)
+        if ttl <= 0 or weight > self._max_bytes // 64:  # one huge answer never fills it
             return
-        self._cache[key] = (time.monotonic() + ttl, answer)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._size:
-            self._cache.popitem(last=False)
+        if key in self._cache:
+            self._forget(key)
+        self._cache[key] = (time.monotonic() + ttl, answer, weight)
+        self.cached_bytes += weight
+        while len(self._cache) > self._size or self.cached_bytes > self._max_bytes:
+            self._forget(next(iter(self._cache)))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self.cached_bytes -= self._cache.pop(key)[2]
 
     async def _ask(self, name: str, rdtype: str) -> tuple[Answer, float]:
         self.queries += 1
@@ -122,6 +133,12 @@ class Resolver:
         if result.rrset is None:
             return [], NEGATIVE_TTL
         return [_value(rd) for rd in result.rrset], min(result.rrset.ttl, MAX_TTL)
+
+
+def _weight(key: tuple[str, str], answer: Answer) -> int:
+    """About what an answer costs in memory: its text, and a fixed part per record."""
+    return len(key[0]) + sum(64 + len(a) if isinstance(a, (bytes, str)) else 128
+                             for a in answer) + 128
 
 
 def _value(rd: object) -> object:

@@ -25,10 +25,12 @@ from aiosmtpd.smtp import Envelope
 
 from filters.base import Action, Stage, Verdict
 from filters.headers import STRIP_PREFIXES, format_header
+from relay.auth.header import claims_ours
 from relay.logs import kv
 from relay.smtp import replies
 from relay.smtp.handler import RelayHandler, RelaySession, scan_notes
 from relay.smtp.message_id import message_id_of
+from relay.smtp.waiting import Waiting
 
 log = logging.getLogger("floodgate.milter")
 
@@ -166,22 +168,28 @@ class MilterSession:
 
     def _rcpt(self, data: bytes) -> list[bytes]:
         rcpt = _text((_strings(data) or [b""])[0])
-        if len(self.envelope.rcpt_tos) < 1000:
-            self.envelope.rcpt_tos.append(rcpt.strip().removeprefix("<").removesuffix(">"))
+        if len(self.envelope.rcpt_tos) < 1000:  # at most 1000 of 320 characters, as the sender
+            self.envelope.rcpt_tos.append(
+                rcpt.strip().removeprefix("<").removesuffix(">")[:320])
         return [packet(CONTINUE)]
 
     def _header(self, data: bytes) -> list[bytes]:
         parts = data.split(b"\0")
         name = parts[0]
         value = parts[1] if len(parts) > 1 else b""
-        key = _text(name).lower()
-        self.counts[key] = self.counts.get(key, 0) + 1
-        if key.startswith(STRIP_PREFIXES):
-            self.forged.append((_text(name), self.counts[key]))
         field = name + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
         self._count(len(field))
-        if self.size <= self.max_size:
-            self.head.append(field)
+        if self.size > self.max_size:  # refused at the end: nothing more is kept for it
+            return [packet(CONTINUE)]
+        self.head.append(field)
+        key = _text(name).lower()
+        self.counts[key] = self.counts.get(key, 0) + 1
+        auth = self.handler.auth
+        # the milter does not authenticate (Postfix keeps what the sender wrote), but an
+        # Authentication-Results a sender forged under our id must not reach the mailbox
+        if key.startswith(STRIP_PREFIXES) or (
+                auth is not None and claims_ours(name, value, auth.authserv_id)):
+            self.forged.append((_text(name), self.counts[key]))
         return [packet(CONTINUE)]
 
     def _continue(self, data: bytes) -> list[bytes]:
@@ -200,6 +208,7 @@ class MilterSession:
         self.size += n
         if self.size > self.max_size:  # over: what came so far is dropped, the size kept
             self.head, self.body = [], bytearray()
+            self.counts, self.forged = {}, []
 
     def _abort(self, data: bytes) -> list[bytes]:
         self._new_message()
@@ -269,43 +278,54 @@ def _folded(name: str, value: str) -> bytes:
 
 
 class MilterServer:
-    """Serves the protocol on any number of MTA connections."""
+    """Serves the protocol on any number of MTA connections; at the connection cap a new
+    connection closes the one waiting longest for a packet (relay/smtp/waiting.py)."""
 
     def __init__(self, handler: RelayHandler, max_size: int):
         self.handler = handler
         self.max_size = max_size
         self.connections = 0
+        self.waiting = Waiting("milter", MAX_CONNECTIONS, log)
 
     async def __call__(self, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "local"
         self.connections += 1
         try:
-            if self.connections > MAX_CONNECTIONS:
+            if self.connections > MAX_CONNECTIONS and not self.waiting.evict_oldest():
                 log.warning("milter connection refused %s",
                             kv(peer=peer, reason=f"over {MAX_CONNECTIONS} connections"))
                 return
             await serve_milter(MilterSession(self.handler, self.max_size), reader, writer,
-                               peer)
+                               peer, self.waiting)
         finally:
+            self.waiting.done(writer)
             self.connections -= 1
             writer.close()
 
 
 async def serve_milter(milter: MilterSession, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, peer: object = "") -> None:
+                       writer: asyncio.StreamWriter, peer: object = "",
+                       waiting: Waiting | None = None) -> None:
     """Packets in, replies out, until QUIT, the end of the connection or a protocol error
     (logged; the MTA then applies its milter_default_action)."""
     while not milter.closed:
+        if waiting is not None:
+            waiting.wait(writer, peer)
         try:
             got = await read_packet(reader)
-            if got is None:
-                return
+        except MilterProtocolError as e:
+            if waiting is None or waiting.done(writer):  # else closed for a new one, said so
+                log.warning("milter connection closed %s", kv(peer=peer, reason=str(e)))
+            return
+        except ConnectionError:
+            return
+        if (waiting is not None and not waiting.done(writer)) or got is None:
+            return
+        try:
             out = await milter.handle(*got)
         except MilterProtocolError as e:
             log.warning("milter connection closed %s", kv(peer=peer, reason=str(e)))
-            return
-        except ConnectionError:
             return
         except Exception:  # ours: closing makes the MTA apply its default action
             log.exception("milter failed %s", kv(peer=peer, client=milter.session.client))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from filters.base import Action, Stage
 from relay.logs import kv
 from relay.smtp import replies
 from relay.smtp.handler import RelayHandler, RelaySession
+from relay.smtp.waiting import Waiting
 
 log = logging.getLogger("floodgate.policy")
 
@@ -75,6 +77,12 @@ class PolicyDecider:
             return DUNNO
         client = attrs.get("client_address", "")
         if not client:
+            return DUNNO
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:  # Postfix always sends one: a made-up host is never recorded
+            log.warning("policy request ignored %s",
+                        kv(client=client, reason="client_address is not an IP address"))
             return DUNNO
         state = attrs.get("protocol_state", "").upper()
         ps, new = self._session(client, attrs.get("client_port", ""), attrs)
@@ -178,37 +186,42 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
 
 
 class PolicyServer:
-    """Serves the protocol on any number of connections, each with many requests."""
+    """Serves the protocol on any number of connections, each with many requests; at the
+    connection cap a new connection closes the one waiting longest (relay/smtp/waiting.py)."""
 
     def __init__(self, decider: PolicyDecider):
         self.decider = decider
         self.connections = 0
+        self.waiting = Waiting("policy", MAX_CONNECTIONS, log)
 
     async def __call__(self, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         self.connections += 1
         try:
-            if self.connections > MAX_CONNECTIONS:
+            if self.connections > MAX_CONNECTIONS and not self.waiting.evict_oldest():
                 log.warning("policy connection refused %s",
                             kv(peer=peer, reason=f"over {MAX_CONNECTIONS} connections"))
                 return
             await self._serve(reader, writer, peer)
         finally:
+            self.waiting.done(writer)
             self.connections -= 1
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: object) -> None:
         while True:
+            self.waiting.wait(writer, peer)
             try:
                 attrs = await read_request(reader)
             except PolicyProtocolError as e:
-                log.warning("policy connection closed %s", kv(peer=peer, reason=str(e)))
+                if self.waiting.done(writer):  # else closed for a new one, and said so
+                    log.warning("policy connection closed %s", kv(peer=peer, reason=str(e)))
                 return
             except ConnectionError:
                 return
-            if attrs is None:
+            if not self.waiting.done(writer) or attrs is None:
                 return
             try:
                 action = await self.decider.decide(attrs)
