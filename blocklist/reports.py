@@ -341,12 +341,22 @@ def _top(conn: Connection, column: Any, reasons: Sequence[str], since: datetime,
     return [(str(k), int(v)) for k, v in conn.execute(stmt)]
 
 
+def _top_first_word(conn: Connection, column: Any, reasons: Sequence[str], since: datetime,
+                    limit: int) -> list[tuple[str, int]]:
+    """_top of the values' first words: a virus event's detail is the signature, then the
+    scanners' own verdicts for `floodgate trace` (a signature has no blank)."""
+    counts: Counter[str] = Counter()
+    for value, n in _top(conn, column, reasons, since, 1 << 30):
+        counts[value.split(" ", 1)[0]] += n
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+
 def summary_report(engine: Engine, *, since: datetime, now: datetime, limit: int,
                    active: list[BlockState], queued: int, held: int) -> Summary:
     with engine.connect() as conn:
         rows = window_counts(conn, TimelineRollup, MINUTE, ("stage", "action", "reason"), since)
         outcomes, connections, delivery = totals(rows)
-        viruses = _top(conn, Event.detail, ["virus"], since, limit)
+        viruses = _top_first_word(conn, Event.detail, ["virus"], since, limit)
         recipients = _top(conn, Event.recipient, ["unknown_rcpt", "trap"], since, limit,
                           rows=True)
         details = conn.execute(select(Event.detail, events_counted()).where(

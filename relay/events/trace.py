@@ -21,6 +21,7 @@ from relay.store.tables import Event
 EVENTS = Event.__table__
 MAX_SESSIONS = 50  # a search matching more shows the newest; the rest are counted
 _DSN = re.compile(r"\bdsn=([0-9A-Fa-f]+)$")
+_VERDICT = re.compile(r"(?:^| )([a-z_]+)=(\S+)\((scanned|cached|unscanned|looked_up)\)(?= |$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class Step:
     message_id: str
     size: int | None
     count: int  # more than 1: a flood folded into this row (relay/events/writer.py)
+    # each filter's own verdict, from the detail's `name=value(source)` words
+    # (filters/base.py Context.notes): [{"filter", "verdict", "source"}]
+    verdicts: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -137,6 +141,14 @@ def find(engine: Engine, q: Query) -> Trace:
     return Trace(_stories(rows), more)
 
 
+def verdicts(detail: str) -> list[dict[str, str]]:
+    """The filters' verdicts an event's detail carries, in the order they ran."""
+    if "(" not in detail:
+        return []
+    return [{"filter": f, "verdict": v, "source": src}
+            for f, v, src in _VERDICT.findall(detail)]
+
+
 def _dsn_ids(row: Row[Any]) -> list[str]:
     """The DSN a bounce event says was sent (relay/delivery/outcomes.py: `dsn=ID`)."""
     return _DSN.findall(row.detail) if row.reason == "bounced" else []
@@ -161,7 +173,7 @@ def _stories(rows: list[Row[Any]]) -> list[Story]:
         story.steps.append(Step(
             ts=r.ts, stage=r.stage, action=r.action, reason=r.reason, code=r.code,
             recipient=r.recipient, detail=r.detail, queue_id=r.queue_id,
-            message_id=r.message_id, size=r.size, count=r.count))
+            message_id=r.message_id, size=r.size, count=r.count, verdicts=verdicts(r.detail)))
     return list(stories.values())
 
 

@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -600,18 +600,24 @@ class RelayHandler:
 
     def record(self, session: RelaySession, envelope: Envelope | None, stage: str,
                verdict: Verdict, *, recipient: str = "", size: int | None = None,
-               queue_id: str = "", message_id: str = "") -> None:
+               queue_id: str = "", message_id: str = "", notes: Sequence[str] = ()) -> None:
         """One decision: an event row for the store and a log line for the operator."""
         sender = envelope.mail_from if envelope is not None and envelope.mail_from else ""
         self._record(session.sid, session.client, session.helo, stage, verdict,
                      sender=sender if envelope is not None else None,
                      recipient=recipient, size=size, queue_id=queue_id,
-                     message_id=message_id)
+                     message_id=message_id, notes=notes)
 
     def _record(self, sid: str, client: str, helo: str, stage: str, verdict: Verdict, *,
                 sender: str | None = None, recipient: str = "", size: int | None = None,
-                queue_id: str = "", message_id: str = "") -> None:
-        """`sender` None: no transaction yet (the log line then has no sender field)."""
+                queue_id: str = "", message_id: str = "", notes: Sequence[str] = ()) -> None:
+        """`sender` None: no transaction yet (the log line then has no sender field).
+        `notes`: the filters' own verdicts (filters/base.py Context.notes), after the
+        detail in the event (its first word stays what reports group by: the virus name),
+        a field of their own in the log line."""
+        verdicts = " ".join(notes)
+        detail = f"{verdict.detail} {verdicts}" if verdict.detail and verdicts else \
+            verdict.detail or verdicts
         # client-chosen text (HELO, addresses, virus names) is stored escaped: no NUL for
         # PostgreSQL to refuse, no terminal escapes for a report to replay. The stage goes
         # as a plain str, not a Stage member: the event writer's pipe takes plain values
@@ -621,7 +627,7 @@ class RelayHandler:
             host=host_key(client, self.ipv6_prefix), stage=str(stage),
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=printable(helo)[:255], sender=printable(sender or "")[:320],
-            recipient=printable(recipient), detail=printable(verdict.detail), size=size,
+            recipient=printable(recipient), detail=printable(detail), size=size,
             queue_id=queue_id, session=sid, message_id=printable(message_id)[:255],
         )
         self.events.emit(event)
@@ -631,7 +637,7 @@ class RelayHandler:
             session=sid, client=client, stage=stage,
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=helo, sender=None if sender is None else f"<{sender}>", rcpt=recipient,
-            size=size, queue_id=queue_id, detail=verdict.detail,
+            size=size, queue_id=queue_id, detail=verdict.detail, verdicts=verdicts,
         ))
 
     def door(self, client: str) -> bytes | None:
@@ -660,14 +666,17 @@ class RelayHandler:
     async def on_connect(self, session: RelaySession) -> Verdict:
         """The CONNECT filters (DNSBL) unless protected; the gate was asked at the door."""
         verdict: Verdict | None = None
+        notes: list[str] = []
         if not self.protected(session.client):
-            ctx = Context(client=session.client)
+            ctx = Context(client=session.client, notes=notes)
             verdict = await self.pipeline.run(Stage.CONNECT, ctx)
         if verdict is not None and verdict.reason == "dnsbl" and self.observe.defers:
             session.deferred, verdict = verdict, None
         if verdict is None or verdict.action == Action.ACCEPT:
             verdict = CONNECTED
-        self.record(session, None, Stage.CONNECT, verdict)
+        # the DNSBL's answer of a connection let in (a refusal's detail has it already)
+        self.record(session, None, Stage.CONNECT, verdict,
+                    notes=notes if verdict is CONNECTED else ())
         if verdict is CONNECTED:  # observe mode: what would have been refused here
             for would in (self.blocked(session.client), session.deferred):
                 if would is not None and (self.observe.everywhere
@@ -820,7 +829,8 @@ class RelayHandler:
         except TimeoutError:
             verdict = TOO_SLOW
         if verdict is not None and verdict.action != Action.ACCEPT:
-            self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
+            self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts,
+                        size=len(data), notes=ctx.notes)
             return verdict.reply
         notes = ""
         pieces: tuple[bytes | memoryview, ...] = (data,)
@@ -857,7 +867,8 @@ class RelayHandler:
                                   detail=notes)
         session.errors.delivered()
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
-                    size=spooled.size, queue_id=queue_id, message_id=message_id_of(data))
+                    size=spooled.size, queue_id=queue_id, message_id=message_id_of(data),
+                    notes=ctx.notes)
         return accepted.reply
 
     def _write(self, envelope: SpoolEnvelope, trace: bytes, *pieces: bytes | memoryview) -> None:
