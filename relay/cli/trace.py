@@ -35,7 +35,9 @@ def _line(step: tr.Step) -> str:
     if step.detail:
         what.append(step.detail)
     if step.count > 1:
-        what.append(f"(x{step.count}, folded in a flood)")
+        also = (f"; also of sessions {' '.join(step.folded)}"
+                f"{' and more not named' if step.folded_more else ''}" if step.folded else "")
+        what.append(f"(x{step.count}, folded in a flood{also})")
     return (f"  {step.ts.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}  {step.stage:<8} "
             f"{step.action:<8} {step.reason:<16} {step.code or '':>3}  "
             + " ".join(w for w in what if w))

@@ -36,6 +36,7 @@ class EventRecord:
     # the SMTP session: the `[ref ...]` its replies carry (relay/smtp/replies.py with_ref)
     session: str = ""
     message_id: str = ""  # the accepted message's Message-ID header field, as sent
+    folded: str = ""  # the other sessions a folded row stands for (tables.py Event.folded)
 
     @staticmethod
     def now() -> datetime:

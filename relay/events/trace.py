@@ -9,6 +9,7 @@ with the next hop's reply, a bounce) are added by its queue id. A reference is a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,10 @@ class Step:
     # each filter's own verdict, from the detail's `name=value(source)` words
     # (filters/base.py Context.notes): [{"filter", "verdict", "source"}]
     verdicts: list[dict[str, str]] = field(default_factory=list)
+    # a folded row: the other sessions it stands for (the story's is the first), and
+    # whether it stood for more than it names
+    folded: list[str] = field(default_factory=list)
+    folded_more: bool = False
 
 
 @dataclass(slots=True)
@@ -119,6 +124,12 @@ def find(engine: Engine, q: Query) -> Trace:
             .where(*_conditions(q)).group_by(Event.session, Event.queue_id)
             .order_by(func.max(Event.ts).desc())
         ).all()
+        if q.ref:  # a session folded into another's row in a flood (writer.py _merge)
+            seeds += conn.execute(
+                select(Event.session, Event.queue_id, Event.ts)
+                .where(Event.folded != "", Event.folded.contains(q.ref, autoescape=True),
+                       *_conditions(dataclasses.replace(q, ref=None)))).all()
+            seeds.sort(key=lambda s: s[2], reverse=True)
         sessions = list(dict.fromkeys(s for s, _, _ in seeds if s))
         more = max(0, len(sessions) - MAX_SESSIONS)
         sessions = sessions[:MAX_SESSIONS]
@@ -173,7 +184,9 @@ def _stories(rows: list[Row[Any]]) -> list[Story]:
         story.steps.append(Step(
             ts=r.ts, stage=r.stage, action=r.action, reason=r.reason, code=r.code,
             recipient=r.recipient, detail=r.detail, queue_id=r.queue_id,
-            message_id=r.message_id, size=r.size, count=r.count, verdicts=verdicts(r.detail)))
+            message_id=r.message_id, size=r.size, count=r.count, verdicts=verdicts(r.detail),
+            folded=[f for f in r.folded.split() if f != "+"],
+            folded_more=r.folded.endswith("+")))
     return list(stories.values())
 
 

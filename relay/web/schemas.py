@@ -198,6 +198,9 @@ class TraceEvent(BaseModel):
     count: int = Field(description="more than 1: a flood folded into this row")
     verdicts: list[TraceVerdict] = Field(
         description="each filter's own verdict, in the order they ran")
+    folded: list[str] = Field(description="a folded row: the other sessions it stands for")
+    folded_more: bool = Field(description="a folded row that stood for more sessions than "
+                              "it names")
 
 
 class TraceSession(BaseModel):
