@@ -39,7 +39,9 @@ from relay.store.tables import Event, events_counted
 REJECTS: tuple[str, ...] = tuple(r.value for r in (
     Reason.UNKNOWN_RCPT, Reason.TRAP, Reason.RELAY_DENIED, Reason.VIRUS, Reason.SPAM,
     Reason.DNSBL, Reason.BLOCKED, Reason.PROTOCOL))
-OUTCOMES = ("accepted", *REJECTS, "other", "tempfail")
+# observed: a refusal observe mode ([policy]) recorded but did not make: its own series,
+# never a refusal (the session went on) and never dropped (it is what the mode is for)
+OUTCOMES = ("accepted", *REJECTS, "other", "tempfail", "observed")
 HOST_FIELDS = ("host", "connections", "accepted", "rejected", *REJECTS, "other", "tempfail",
                "observed", "score", "blocked_until")
 
@@ -52,6 +54,8 @@ def outcome(stage: str, action: str, reason: str) -> str | None:
     delivery, which is the next hop's business."""
     if stage == DELIVERY:
         return None
+    if action == "observe":
+        return "observed"
     if action == "tempfail":
         return "tempfail"
     if action == "reject":
@@ -310,7 +314,7 @@ def totals(rows: Iterable[Row]) -> tuple[dict[str, int], int, dict[str, int]]:
     delivery: Counter[str] = Counter()
     for stage, action, reason, n in rows:
         n = int(n)
-        if stage == "connect":
+        if stage == "connect" and action != "observe":  # observed: the same connection
             connections += n
         if stage == DELIVERY:
             delivery[reason] += n
