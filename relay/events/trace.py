@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, func, or_, select
 
+from relay.events.record import bounded_message_id
 from relay.store.tables import Event
 
 EVENTS = Event.__table__
@@ -87,10 +88,11 @@ class Trace:
 
 
 def normalise_message_id(value: str) -> str:
-    """A Message-ID as an operator pastes it, with or without angle brackets, as the relay
-    stores it (as the header field has it: with them)."""
+    """A Message-ID as an operator pastes it, with or without angle brackets, whole or as
+    trace showed it, as the relay stores it (as the header field has it: with them, then
+    bounded: relay/events/record.py)."""
     value = value.strip()
-    return value if not value or value.startswith("<") else f"<{value}>"
+    return bounded_message_id(value if not value or value.startswith("<") else f"<{value}>")
 
 
 def _conditions(q: Query) -> list[Any]:

@@ -36,7 +36,7 @@ from filters.headers import head_end, oversized_field_async, rewrite_head_async
 from relay.config.limits import LimitsConfig
 from relay.delivery.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.delivery.spool import Envelope as SpoolEnvelope
-from relay.events.record import EventRecord
+from relay.events.record import EventRecord, bounded_message_id
 from relay.events.writer import EventWriter
 from relay.hosts.limits import ConnectionLimiter
 from relay.logs import kv, printable
@@ -628,7 +628,7 @@ class RelayHandler:
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=printable(helo)[:255], sender=printable(sender or "")[:320],
             recipient=printable(recipient), detail=printable(detail), size=size,
-            queue_id=queue_id, session=sid, message_id=printable(message_id)[:255],
+            queue_id=queue_id, session=sid, message_id=bounded_message_id(message_id),
         )
         self.events.emit(event)
         self.on_event(event)
