@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, func, or_, select
+from sqlalchemy import Engine, Row, and_, func, or_, select, text
 
 from relay.events.record import bounded_message_id
 from relay.store.tables import Event
@@ -36,6 +36,7 @@ class Query:
     client: str | None = None
     message_id: str | None = None
     since: datetime | None = None  # events at or after
+    host: str | None = None  # the client's host key (blocklist/hosts.py), the front end's
 
     def empty(self) -> bool:
         return not any((self.ref, self.sender, self.recipient, self.client, self.message_id))
@@ -95,18 +96,34 @@ def normalise_message_id(value: str) -> str:
     return bounded_message_id(value if not value or value.startswith("<") else f"<{value}>")
 
 
+# The partial indexes' own conditions, as literal SQL: a planner uses a partial index only
+# for a query that says its condition, and SQLite matches it only word for word (a bound
+# `!= ?` is not `!= ''`): relay/store/tables.py Event.__table_args__.
+_HAS = {c: text(f"{c} != ''") for c in ("queue_id", "message_id", "sender", "recipient",
+                                           "folded")}
+
+
+def _address(column: Any, name: str, value: str) -> Any:
+    value = value.strip("<>").lower()
+    match = func.lower(column) == value
+    return and_(match, _HAS[name]) if value else match  # the null sender: no index
+
+
 def _conditions(q: Query) -> list[Any]:
     where: list[Any] = []
     if q.ref:
-        where.append(or_(Event.session == q.ref, Event.queue_id == q.ref))
+        where.append(or_(Event.session == q.ref, and_(Event.queue_id == q.ref, _HAS["queue_id"])))
     if q.sender is not None:
-        where.append(func.lower(Event.sender) == q.sender.strip("<>").lower())
+        where.append(_address(Event.sender, "sender", q.sender))
     if q.recipient is not None:
-        where.append(func.lower(Event.recipient) == q.recipient.strip("<>").lower())
+        where.append(_address(Event.recipient, "recipient", q.recipient))
     if q.client:
         where.append(Event.client == q.client)
+        if q.host:  # the (host, ts) index: the client's host key (an IPv6 client's prefix)
+            where.append(Event.host == q.host)
     if q.message_id:
-        where.append(Event.message_id == normalise_message_id(q.message_id))
+        where.append(and_(Event.message_id == normalise_message_id(q.message_id),
+                          _HAS["message_id"]))
     if q.since is not None:
         where.append(Event.ts >= q.since)
     return where
@@ -129,7 +146,7 @@ def find(engine: Engine, q: Query) -> Trace:
         if q.ref:  # a session folded into another's row in a flood (writer.py _merge)
             seeds += conn.execute(
                 select(Event.session, Event.queue_id, Event.ts)
-                .where(Event.folded != "", Event.folded.contains(q.ref, autoescape=True),
+                .where(_HAS["folded"], Event.folded.contains(q.ref, autoescape=True),
                        *_conditions(dataclasses.replace(q, ref=None)))).all()
             seeds.sort(key=lambda s: s[2], reverse=True)
         sessions = list(dict.fromkeys(s for s, _, _ in seeds if s))
@@ -146,7 +163,8 @@ def find(engine: Engine, q: Query) -> Trace:
             ask = sorted(queue_ids - asked)
             asked |= queue_ids
             new = [r for r in conn.execute(
-                select(EVENTS).where(Event.queue_id.in_(ask))).all() if r.id not in seen]
+                select(EVENTS).where(Event.queue_id.in_(ask), _HAS["queue_id"])).all()
+                if r.id not in seen]
             seen |= {r.id for r in new}
             rows += new
             queue_ids |= {d for r in new for d in _dsn_ids(r)}

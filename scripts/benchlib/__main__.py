@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from scripts.benchlib import scenarios as sc
+from scripts.benchlib import trace_scale
 from scripts.benchlib.services import ROOT
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ALL = "1,2,3,4,5,6,7,8,9"
+ALL = "1,2,3,4,5,6,7,8,9,10"
 
 
 def machine() -> str:
@@ -137,7 +138,8 @@ def main() -> None:
                  ("6", lambda: sc.scenario_6(settings)),
                  ("7", lambda: sc.scenario_7(settings)),
                  ("8", lambda: sc.scenario_8(settings, scanners)),
-                 ("9", lambda: sc.scenario_9(settings))]
+                 ("9", lambda: sc.scenario_9(settings)),
+                 ("10", lambda: trace_scale.scenario_10(settings))]
         for key, fn in steps:
             if key not in only:
                 continue

@@ -30,5 +30,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_events_folded_ts", "events")
-    with op.batch_alter_table("events") as batch:
-        batch.drop_column("folded")
+    # not batch_alter_table: on SQLite it copies the table and loses the expression indexes
+    # of 0009 (SQLAlchemy cannot reflect them); SQLite drops a column itself since 3.35
+    op.drop_column("events", "folded")
