@@ -147,12 +147,13 @@ class EventWriter:
         row.count += record.count
         if record.ts > row.ts:  # the latest: blocks run from a host's last offence
             row.ts = record.ts
-        sid = record.session
-        if sid and row.session and sid != row.session and not row.folded.endswith("+") \
-                and sid not in row.folded:
-            # a short string, not a set: one per folded row, searched in a few ns
-            row.folded = (f"{row.folded} {sid}" if row.folded.count(" ") < FOLDED_SESSIONS - 1
-                          else f"{row.folded} +") if row.folded else sid
+        sid, folded = record.session, row.folded
+        # the usual case first, one test: a session named already ("" is in any string);
+        # a short string, not a set: one per folded row, searched in a few ns
+        if sid not in folded and sid != row.session and row.session \
+                and not folded.endswith("+"):
+            row.folded = (f"{folded} {sid}" if folded.count(" ") < FOLDED_SESSIONS - 1
+                          else f"{folded} +") if folded else sid
         self.aggregated += 1  # one row fewer: `record`'s other events were counted before
 
     def _drop(self, n: int) -> None:
