@@ -12,6 +12,7 @@ OUTCOME_COLOURS = {
     "accepted": "#2e9e5b", "unknown_rcpt": "#f28e2b", "trap": "#b35806",
     "relay_denied": "#8e6bbf", "virus": "#d62728", "spam": "#e377c2", "dnsbl": "#1f77b4",
     "blocked": "#555555", "protocol": "#8c564b", "other": "#aaaaaa", "tempfail": "#e6c229",
+    "observed": "#17becf",
 }
 # The chart's text and grid lines (the console's --ink, --muted and --line).
 CHROME = {"ink": "#1d2430", "muted": "#5c6470", "line": "#e2e5ea"}

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, insert, select
 from blocklist import blocks
 from blocklist.hosts import host_key
 from blocklist.protection import Protection
+from blocklist.replay import Unblock
 from blocklist.scoring import OBSERVE_SOURCE, BlockState, score_hosts
 from relay.config import Config
 from relay.store.tables import Event
@@ -119,6 +120,17 @@ class Audited:
     action: str
     target: str
     detail: str
+
+
+def unblocks(engine: Engine, since: datetime) -> list[Unblock]:
+    """The operator's unblocks since `since`, oldest first: `floodgate replay` ends its
+    blocks where the operator ended the real ones."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(AuditEntry.ts, AuditEntry.target, AuditEntry.who)
+                            .where(AuditEntry.action == "unblock", AuditEntry.ts >= since)
+                            .order_by(AuditEntry.ts, AuditEntry.id))
+        return [Unblock(blocks.utc(ts), blocks.canonical_network(target), who)
+                for ts, target, who in rows]
 
 
 def audit_list(engine: Engine, limit: int) -> list[Audited]:

@@ -18,7 +18,10 @@ The rules are the scorer's:
 - protected networks (blocklist/protection.py) are scored, never blocked.
 
 Blocks made by hand (`source` other than auto) are facts, not policy: they come into force
-when they were made, whatever is replayed.
+when they were made, whatever is replayed. So are an operator's unblocks (`floodgate block
+remove`, from the audit log): one ends the block in force on its network then, replayed or
+not, as `blocks.remove` does (level 0: not held against the host), and the block says who
+ended it and when, so a block an operator lifted is never shown as simply "would be blocked".
 """
 
 from __future__ import annotations
@@ -85,12 +88,24 @@ class ReplayBlock:
     level: int
     expires: datetime
     source: str = "auto"
+    unblocked: Unblock | None = None  # an operator ended it (`expires` is then that time)
 
     def as_dict(self) -> dict[str, object]:
         return {"network": self.network, "kind": self.kind, "start": self.start.isoformat(),
                 "score": self.score, "offences": self.offences, "reason": self.reason,
                 "first_offence": self.first_seen.isoformat(), "level": self.level,
-                "until": self.expires.isoformat()}
+                "until": self.expires.isoformat(),
+                "unblocked": None if self.unblocked is None else
+                {"at": self.unblocked.ts.isoformat(), "by": self.unblocked.who}}
+
+
+@dataclass(frozen=True, slots=True)
+class Unblock:
+    """An operator's `block remove` (the audit log's `unblock` entry)."""
+
+    ts: datetime
+    network: str
+    who: str
 
 
 @dataclass(slots=True)
@@ -143,10 +158,12 @@ class Replay:
     """Walks events in time order and keeps the blocks the policy makes."""
 
     def __init__(self, policy: Policy, history: Iterable[BlockState] = (),
-                 given: Iterable[BlockState] = ()):
+                 given: Iterable[BlockState] = (), unblocks: Iterable[Unblock] = ()):
         """`history`: blocks ended before the first event (escalation counts them);
         `given`: blocks the policy does not decide (manual ones, and those in force when
-        the replay starts), in force from their `first_seen`."""
+        the replay starts), in force from their `first_seen`; `unblocks`: the operator's,
+        each ending the block in force on its network at its time."""
+        self._unblocks = sorted(unblocks, key=lambda u: u.ts)
         self.policy = policy
         self.blocks: dict[str, ReplayBlock] = {}  # the latest per network, as the table
         self.made: list[ReplayBlock] = []
@@ -161,10 +178,32 @@ class Replay:
         return ReplayBlock(b.network, "network" if "/" in b.network else "host", b.first_seen,
                            b.score, 0, b.reason, b.first_seen, b.level, b.expires, b.source)
 
-    def run(self, events: Iterable[EventRow]) -> list[ReplayBlock]:
+    def run(self, events: Iterable[EventRow], until: datetime | None = None
+            ) -> list[ReplayBlock]:
+        """The blocks made; `until` (now): the unblocks after the last event apply too."""
         for event in events:
             self.add(event)
+        if until is not None:
+            self._catch_up(until)
         return self.made
+
+    def _catch_up(self, now: datetime) -> None:
+        """Given blocks come into force, and unblocks end blocks, up to `now`, in order."""
+        while True:
+            given = self._pending[0].start if self._pending else None
+            lifted = self._unblocks[0].ts if self._unblocks else None
+            if given is not None and given <= now and (lifted is None or given <= lifted):
+                block = self._pending.pop(0)
+                self.blocks[block.network] = block
+            elif lifted is not None and lifted <= now:
+                self._unblock(self._unblocks.pop(0))
+            else:
+                return
+
+    def _unblock(self, u: Unblock) -> None:
+        block = self._active(u.network, u.ts)
+        if block is not None:
+            block.expires, block.level, block.unblocked = u.ts, 0, u
 
     def _active(self, network: str | None, now: datetime) -> ReplayBlock | None:
         block = self.blocks.get(network) if network else None
@@ -172,9 +211,7 @@ class Replay:
 
     def add(self, event: EventRow) -> None:
         p, now = self.policy, event.ts
-        while self._pending and self._pending[0].start <= now:
-            given = self._pending.pop(0)
-            self.blocks[given.network] = given
+        self._catch_up(now)
         weight = p.weights.get(event.reason, 0.0)
         if not weight or (event.reason == "accepted" and not event.sender):
             return

@@ -39,7 +39,9 @@ from relay.store.tables import Event, events_counted
 REJECTS: tuple[str, ...] = tuple(r.value for r in (
     Reason.UNKNOWN_RCPT, Reason.TRAP, Reason.RELAY_DENIED, Reason.VIRUS, Reason.SPAM,
     Reason.DNSBL, Reason.BLOCKED, Reason.PROTOCOL))
-OUTCOMES = ("accepted", *REJECTS, "other", "tempfail")
+# observed: a refusal observe mode ([policy]) recorded but did not make: its own series,
+# never a refusal (the session went on) and never dropped (it is what the mode is for)
+OUTCOMES = ("accepted", *REJECTS, "other", "tempfail", "observed")
 # Greylisting's outcomes, counted on their own (a greylisted attempt is also a tempfail)
 GREYLIST: tuple[str, ...] = (Reason.GREYLISTED.value, Reason.GREYLIST_PASSED.value)
 HOST_FIELDS = ("host", "connections", "accepted", "rejected", *REJECTS, "other", "tempfail",
@@ -54,6 +56,8 @@ def outcome(stage: str, action: str, reason: str) -> str | None:
     delivery, which is the next hop's business."""
     if stage == DELIVERY:
         return None
+    if action == "observe":
+        return "observed"
     if action == "tempfail":
         return "tempfail"
     if action == "reject":
@@ -313,7 +317,7 @@ def totals(rows: Iterable[Row]) -> tuple[dict[str, int], int, dict[str, int]]:
     delivery: Counter[str] = Counter()
     for stage, action, reason, n in rows:
         n = int(n)
-        if stage == "connect":
+        if stage == "connect" and action != "observe":  # observed: the same connection
             connections += n
         if stage == DELIVERY:
             delivery[reason] += n
@@ -344,6 +348,16 @@ def _top(conn: Connection, column: Any, reasons: Sequence[str], since: datetime,
     return [(str(k), int(v)) for k, v in conn.execute(stmt)]
 
 
+def _top_first_word(conn: Connection, column: Any, reasons: Sequence[str], since: datetime,
+                    limit: int) -> list[tuple[str, int]]:
+    """_top of the values' first words: a virus event's detail is the signature, then the
+    scanners' own verdicts for `floodgate trace` (a signature has no blank)."""
+    counts: Counter[str] = Counter()
+    for value, n in _top(conn, column, reasons, since, 1 << 30):
+        counts[value.split(" ", 1)[0]] += n
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+
 def summary_report(engine: Engine, *, since: datetime, now: datetime, limit: int,
                    active: list[BlockState], queued: int, held: int) -> Summary:
     with engine.connect() as conn:
@@ -353,7 +367,7 @@ def summary_report(engine: Engine, *, since: datetime, now: datetime, limit: int
         for _, _, reason, n in rows:
             if reason in greylist:
                 greylist[reason] += int(n)
-        viruses = _top(conn, Event.detail, ["virus"], since, limit)
+        viruses = _top_first_word(conn, Event.detail, ["virus"], since, limit)
         recipients = _top(conn, Event.recipient, ["unknown_rcpt", "trap"], since, limit,
                           rows=True)
         details = conn.execute(select(Event.detail, events_counted()).where(

@@ -73,6 +73,15 @@ class Context:
     rcpt: str = ""
     rcpts: list[str] = field(default_factory=list)
     content: bytes = b""
+    # each filter's own verdict as one `name=value(source)` token (source: `scanned`,
+    # `cached`, `looked_up`), for the event `floodgate trace` reads: a refusal says only
+    # the filter that refused, and an accepted message nothing of the scans it passed
+    notes: list[str] = field(default_factory=list)
+
+
+def verdict_note(name: str, value: str, source: str) -> str:
+    """One Context.notes token; `value` loses its blanks so the token stays one word."""
+    return f"{name}={'_'.join(value.split()) or '-'}({source})"
 
 
 class OnError(Protocol):

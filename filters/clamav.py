@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from filters.archive import zip_excess
-from filters.base import Action, Context, Stage, Verdict
+from filters.base import Action, Context, Stage, Verdict, verdict_note
 from filters.endpoints import DOWN_FOR, Rotation, parse_address
 from filters.failure import FailurePolicy
 from filters.headers import head_end
@@ -351,15 +351,22 @@ class ClamAVFilter:
 
     # -- the check ---------------------------------------------------------------------
     async def check(self, ctx: Context) -> Verdict | None:
+        verdict, source = await self._check(ctx.content)
+        what = ("clean" if verdict is None else
+                verdict.detail if verdict.reason == "virus" else verdict.reason)
+        ctx.notes.append(verdict_note(self.name, what, source))
+        return verdict
+
+    async def _check(self, content: bytes) -> tuple[Verdict | None, str]:
+        """The verdict, and whether the cache gave it (`cached`) or clamd (`scanned`)."""
         self.messages += 1
-        content = ctx.content
         if self.max_size and len(content) > self.max_size:
-            return self.oversize(f"{len(content)} bytes over limit {self.max_size}")
+            return self.oversize(f"{len(content)} bytes over limit {self.max_size}"), "unscanned"
         # Split even without the cache: the zip check needs the decoded leaves.
         parts = await self._split(content)
         excess = self._archive_excess(parts)
         if excess is not None:  # clamd would cut it short and say OK: never ask it
-            return self.limits(excess)
+            return self.limits(excess), "unscanned"
         version: str | None = None
         if self.cache is not None:
             version = await self.db_version()
@@ -367,16 +374,16 @@ class ClamAVFilter:
             if hit is not None:
                 self.cache_hits += 1
                 if hit:
-                    return self.virus(hit)
+                    return self.virus(hit), "cached"
                 # Every leaf is known clean; what lies outside them is not: scan it now.
                 sig, failure = await self._scan(parts.skeleton)
-                return failure or self.found(sig)
+                return failure or self.found(sig), "cached"
         sig, failure = await self._scan(content)
         if failure is not None:
-            return failure
+            return failure, "scanned"
         if self.cache is not None and not past_limits(sig):  # a partial scan teaches nothing
             await self._remember(parts, sig, version, content)
-        return self.found(sig)
+        return self.found(sig), "scanned"
 
     def _archive_excess(self, parts: Parts) -> str | None:
         """Why a zip leaf is past clamd's limits by its own directory, None if none is."""

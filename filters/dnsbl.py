@@ -26,7 +26,7 @@ import dns.rdatatype
 import dns.resolver
 
 from filters.address import normalise_domain
-from filters.base import Action, Context, Stage, Verdict
+from filters.base import Action, Context, Stage, Verdict, verdict_note
 from filters.failure import FailurePolicy
 from filters.verdict_cache import VerdictCache
 
@@ -201,6 +201,16 @@ class DnsblResult:
         listed = " ".join(f"{z}={','.join(c)}*{w}" for z, c, w in self.listings)
         return f"score={self.score} {listed}".strip()
 
+    def note(self, reject_score: int) -> str:
+        """One word for the event of an accepted connection: `clean`, or the score against
+        the threshold, each zone that answered with its codes, each zone that failed."""
+        if not (self.listings or self.ignored or self.errors):
+            return "clean"
+        zones = [f"{z}:{'+'.join(c)}*{w}" for z, c, w in self.listings]
+        zones += [f"{z}:{'+'.join(c)}*0" for z, c in self.ignored]
+        zones += [f"{z}:{why}" for z, why in self.errors]
+        return ",".join([f"{self.score}/{reject_score}", *zones])
+
 
 class ZoneAnswer(NamedTuple):
     """What the cache keeps per zone and address."""
@@ -279,6 +289,7 @@ class DnsblFilter:
             result = await self.lookup(ctx.client)
         except ValueError:
             return None  # not an IP address (unix socket, test harness): nothing to look up
+        ctx.notes.append(verdict_note(self.name, result.note(self.reject_score), "looked_up"))
         if not result.listings or result.score < self.reject_score:
             return None
         top = max(result.listings, key=lambda item: item.weight)

@@ -43,7 +43,7 @@ from aiospamc.exceptions import AIOSpamcConnectionFailed, TimeoutException
 from aiospamc.requests import Request
 
 from filters.address import normalise_domain
-from filters.base import Action, Context, Stage, Verdict
+from filters.base import Action, Context, Stage, Verdict, verdict_note
 from filters.endpoints import Rotation, parse_address
 from filters.failure import FailurePolicy
 from filters.headers import strip_headers_async
@@ -201,12 +201,15 @@ class SpamAssassinFilter:
     async def check(self, ctx: Context) -> Verdict | None:
         content = ctx.content
         if self.max_size and len(content) > self.max_size:
+            ctx.notes.append(verdict_note(self.name, "spam_oversize", "unscanned"))
             return self.oversize(len(content))
         limits = self.thresholds(ctx.rcpts or ([ctx.rcpt] if ctx.rcpt else []))
         message = await strip_headers_async(content, ("x-spam-",))
         key = digest(message) if self.cache is not None else ""
         result = self.cache.get(key) if self.cache is not None else None
+        source = "cached"
         if result is None:
+            source = "scanned"
             try:
                 result = await self._symbols(message)
             except Exception as e:  # aiospamc raises many unrelated types; all mean "no verdict"
@@ -214,9 +217,14 @@ class SpamAssassinFilter:
                 if isinstance(e, TimeoutError):
                     why = f"timeout after {self.request_timeout:g}s"
                 log.warning("spamd check failed address=%s error=%s", self.address, why)
-                return self.failed(why)
+                failed = self.failed(why)
+                ctx.notes.append(verdict_note(self.name, failed.reason, source))
+                return failed
             if self.cache is not None:
                 self.cache.put(key, result, self.cache_ttl)
+        score = f"{round(result.score, 1) + 0.0:.1f}"
+        ctx.notes.append(verdict_note(
+            self.name, f"{score}/{limits.reject:.1f},tag:{limits.tag:.1f}", source))
         return self.decide(result, limits)
 
     async def _request(self, request: Request) -> Any:

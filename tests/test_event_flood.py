@@ -186,3 +186,40 @@ def test_relay_keeps_every_prober_through_a_store_outage(start_relay, own_postgr
     for source in probers:
         wait_until(lambda s=source: refused_at_connect(relay, s), what=f"{source} blocked")
     engine.dispose()
+
+
+def test_trace_finds_every_session_a_folded_row_stands_for(start_relay, own_postgres) -> None:  # type: ignore[no-untyped-def]
+    """Sessions whose refusals were folded into another session's row while the store was
+    down are still found by their own `[ref ...]`: the row names them."""
+    from tests.support import floodgate, split_ref
+    from tests.test_blocking import connect
+    from tests.test_trace import trace_json
+
+    url = own_postgres.create_database()
+    relay = start_relay(url, aliases=ALIASES, extra_store="event_buffer = 20")
+    own_postgres.pause()
+    refs = []
+    for _ in range(8):
+        with connect(relay, "127.0.1.7") as smtp:
+            smtp.ehlo("prober.test")
+            smtp.mail("x@prober.test")
+            for i in range(3):
+                code, text = smtp.rcpt(f"guess{i}@example.org")
+                assert code == 550
+            refs.append(split_ref(text.decode())[1])
+    relay.wait_for_log(r"event buffer over half full, folding events per host and reason")
+    own_postgres.resume()
+    engine = make_engine(url)
+    wait_until(lambda: event_count(engine) == 8 * 4, timeout=60, what="every event written")
+    engine.dispose()
+    folded_only = 0
+    for ref in refs:
+        stories = trace_json(relay, ref)["sessions"]
+        # its refusals: in its own story, or in the row of the session they were folded into
+        refusals = [e for st in stories for e in st["events"] if e["reason"] == "unknown_rcpt"
+                    and (st["session"] == ref or ref in e["folded"])]
+        assert refusals, ref
+        folded_only += all(ref in e["folded"] for e in refusals)
+    assert folded_only  # the path under test: found through another session's row
+    shown = floodgate(relay.config, "trace", refs[-1]).stdout
+    assert "folded in a flood; also of sessions " in shown and refs[-1] in shown

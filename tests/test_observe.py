@@ -78,6 +78,20 @@ codes = ["127.0.0.2-127.0.0.11"]
         row = wait_until(lambda: (r := host_row(relay, "127.0.0.2"))["observed"] and r,
                          what="observed refusal in the report")
         assert row["observed"] == 1 and row["dnsbl"] == 0 and row["accepted"] == 1
+        # the summary and the timeline count it as its own outcome, not as a refusal, and
+        # its event as no second connection
+        summary = json.loads(floodgate(relay.config, "report", "summary", "--format",
+                                       "json").stdout)
+        assert summary["connections"] == 1
+        assert summary["outcomes"]["observed"] == 1 and summary["outcomes"]["dnsbl"] == 0
+        assert summary["outcomes"]["accepted"] == 1
+        timeline = json.loads(floodgate(relay.config, "report", "timeline", "--format",
+                                        "json").stdout)
+        assert all("observed" in b for b in timeline["buckets"])
+        assert sum(b["observed"] for b in timeline["buckets"]) == 1
+        assert sum(b["dnsbl"] for b in timeline["buckets"]) == 0
+        table = floodgate(relay.config, "report", "summary").stdout
+        assert "observed (would have refused)" in table
 
 
 def test_a_virus_is_refused_in_observe_mode(start_relay, sqlite_url, clamd) -> None:  # type: ignore[no-untyped-def]

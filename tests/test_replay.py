@@ -78,6 +78,19 @@ def test_replay_of_the_configured_scoring_finds_the_scorers_blocks(attacked) -> 
     assert "would not have been blocked: 0" in shown
 
 
+def test_replay_shows_a_block_the_operator_lifted_as_unblocked(attacked) -> None:  # type: ignore[no-untyped-def]
+    relay, _ = attacked
+    floodgate(relay.config, "block", "remove", ATTACKERS[0])
+    wait_until(lambda: refused_at_connect(relay, ATTACKERS[0]) is None, what="unblocked")
+    found = {b["network"]: b for b in replay(relay)["would_block"]}
+    lifted = found[ATTACKERS[0]]["unblocked"]
+    assert lifted is not None and lifted["by"]
+    assert found[ATTACKERS[0]]["until"] == lifted["at"]  # ended there, as the real one
+    assert found[ATTACKERS[1]]["unblocked"] is None
+    shown = floodgate(relay.config, "replay", "--since", "1h").stdout
+    assert f"unblocked by {lifted['by']} at" in shown
+
+
 def test_replay_under_a_higher_threshold_or_no_weight_blocks_nobody(attacked) -> None:  # type: ignore[no-untyped-def]
     relay, table = attacked
     higher = replay(relay, "--threshold", "25")

@@ -164,3 +164,52 @@ def test_the_story_goes_on_to_each_delivery_attempt_and_the_dsn(start_relay, sql
     shown = floodgate(relay.config, "trace", queue_id).stdout
     assert re.search(r" delivery +tempfail +deferred +451  to=busy@dest\.test .*"
                      r"reply=451 4\.3\.0 Mailbox busy", shown), shown
+
+
+def hostile_message_id(control: bytes = b"\x1b", xs: int = 230) -> bytes:
+    """A Message-ID field of 100 kB: nested angle brackets, a control character, non-ASCII,
+    `xs` x's, then 10,000 folded continuation lines (SMTP's lines stay under 1,000)."""
+    first = b"<<outer<inner>>" + control + b"caf\xc3\xa9-" + b"x" * xs
+    return first + b"".join(b"\r\n p%06d" % i for i in range(10_000)) + b"@hostile.test>"
+
+
+def with_message_id(field: bytes) -> bytes:
+    return (b"From: a@sender.test\r\nTo: bob@example.org\r\nMessage-ID: " + field
+            + b"\r\nSubject: hostile\r\n\r\nHello.\r\n")
+
+
+# the stored id is cut at 255 characters: 24 before the x's (the control character
+# escaped as 4), so with 230 x's the cut keeps an unfolded line's blank as its last
+@pytest.mark.parametrize("xs", [230, 200])
+def test_a_hostile_message_id_is_stored_bounded_and_found_again(start_relay, sqlite_url,  # type: ignore[no-untyped-def]
+                                                                xs: int) -> None:
+    relay = start_relay(sqlite_url, aliases=ALIASES, max_message_size=1_000_000)
+    field = hostile_message_id(xs=xs)
+    assert len(field) > 100_000 and field.count(b"\r\n ") == 10_000
+    queue_id, ref = queue(relay, "hostile@sender.test", "bob@example.org",
+                          with_message_id(field))
+    wait_until(lambda: reasons_stored(sqlite_url, "accepted") == 1, what="the message")
+    [story] = trace_json(relay, ref)["sessions"]
+    [accepted] = [e for e in story["events"] if e["reason"] == "accepted"]
+    stored = accepted["message_id"]
+    assert 0 < len(stored) <= 255 and stored.isprintable()  # bounded, no escape, no newline
+    assert stored.startswith("<<outer<inner>>\\x1bcafé-xxx")  # escaped, as it was sent
+    whole = b" ".join(line.strip() for line in field.split(b"\r\n")).decode()
+    for asked in (stored, f" {stored} ", whole):  # as shown, pasted with blanks, whole
+        [found] = trace_json(relay, "--message-id", asked)["sessions"]
+        assert found["session"] == ref and queue_id in found["queue_ids"]
+
+
+def test_a_message_id_with_a_nul_is_refused_with_its_reference(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(sqlite_url, aliases=ALIASES, max_message_size=1_000_000)
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as smtp:
+        smtp.ehlo("sender.test")
+        smtp.mail("hostile@sender.test")
+        assert smtp.rcpt("bob@example.org")[0] == 250
+        code, text = smtp.data(with_message_id(hostile_message_id(b"\x00")))
+        assert smtp.noop()[0] == 250  # the session goes on
+    reply, ref = split_ref(text)
+    assert (code, reply) == (550, "5.6.11 Error: NUL in message data")
+    wait_until(lambda: reasons_stored(sqlite_url, "protocol") == 1, what="the refusal")
+    [story] = trace_json(relay, ref)["sessions"]
+    assert [e["reason"] for e in story["events"]][-1] == "protocol"

@@ -240,3 +240,52 @@ def test_console_times_are_utc_in_any_timezone(start_relay, start_web, sqlite_ur
         shown = page.locator("#events tbody tr td:first-child").all_text_contents()
         assert shown == [utc(e["ts"], "%m-%d %H:%M:%S") for e in host["events"]]
         browser.close()
+
+
+def test_the_trace_box_tells_a_sessions_story(start_relay, start_web, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """The console's trace page: a refusal's reference, then the sender's address typed into
+    the box, then a Message-ID, each shows the session's story; axe finds nothing."""
+    from tests.test_trace import MESSAGE as WITH_ID
+    from tests.test_trace import MESSAGE_ID, queue, reasons_stored, refuse_unknown
+
+    relay = start_relay(sqlite_url, aliases=ALIASES, extra=relay_extra())
+    web = start_web(relay.config)
+    ref = refuse_unknown(relay)
+    queue_id, queued = queue(relay, "writer@sender.test", "alice@example.org", WITH_ID)
+    wait_until(lambda: reasons_stored(sqlite_url, "accepted") == 1, what="both sessions")
+    found: dict[str, list] = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(web.url + "/console/trace.html")
+        expect(page.locator("#login")).to_be_visible()
+        found["trace, signed out"] = axe.violations(page)
+        sign_in(page, web.url, READ)
+        page.click("header a[href='trace.html']")
+        expect(page.locator("#trace-search")).to_be_visible()
+        found["trace, empty"] = axe.violations(page)
+
+        page.fill("#q", ref)
+        page.click("#trace-search button[type=submit]")
+        story = page.locator(f'#stories section[data-session="{ref}"]')
+        expect(story).to_contain_text("unknown_rcpt")
+        expect(story).to_contain_text("<nobody@example.org>")
+        expect(page.locator("#trace-msg")).to_have_text("1 session")
+        found["trace, a refusal"] = axe.violations(page)
+
+        for typed in ("writer@sender.test", MESSAGE_ID):  # an address, a Message-ID
+            page.fill("#q", typed)
+            page.click("#trace-search button[type=submit]")
+            story = page.locator(f'#stories section[data-session="{queued}"]')
+            expect(story).to_contain_text(f"queue_id={queue_id}")
+            expect(story).to_contain_text(f"message_id={MESSAGE_ID}")
+            expect(page.locator("#stories section")).to_have_count(1)
+        found["trace, a message"] = axe.violations(page)
+        page.fill("#q", "000000000000")
+        page.click("#trace-search button[type=submit]")
+        expect(page.locator("#trace-msg")).to_have_text("nothing found")
+        browser.close()
+    bad = {state: axe.blocking(v) for state, v in found.items() if axe.blocking(v)}
+    assert not bad, json.dumps(bad, indent=1)
+    rest = {state: [v["id"] for v in vs] for state, vs in found.items() if vs}
+    assert not rest, f"minor or moderate axe findings: {rest}"

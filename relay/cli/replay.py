@@ -91,8 +91,8 @@ def replay(ctx: click.Context, since: float, threshold: float | None,
     rows = blocks.block_rows(engine)
     history, given = split_history(rows, warm, blocklist.duration)
     reasons = [r for r, w in policy.weights.items() if w]
-    made = Replay(policy, history, given).run(
-        blocks.events_in_order(engine, since=warm, reasons=reasons))
+    made = Replay(policy, history, given, ops.unblocks(engine, warm)).run(
+        blocks.events_in_order(engine, since=warm, reasons=reasons), until=now)
     actual = [Actual(s.network, created, s.score, s.level, s.reason, s.source)
               for s, created in rows]
     result = compare(made, actual, start)
@@ -157,8 +157,11 @@ def _table(result: Comparison, start: datetime, policy: Policy,
                   "reasons", "blocked now",
                   title=f"would be blocked: {len(result.blocked)} ({new} not blocked now)")
     for b, real in result.blocked:
+        now = "yes" if real else "NEW"
+        if b.unblocked is not None:  # the operator's decision, never hidden
+            now = f"unblocked by {b.unblocked.who} at {_when(b.unblocked.ts)}"
         table.add_row(b.network, b.kind, _when(b.start), f"{b.score:g}", str(b.offences),
-                      str(b.level), _when(b.expires), b.reason, "yes" if real else "NEW")
+                      str(b.level), _when(b.expires), b.reason, now)
     _tidy(table)
     out.print(table if result.blocked else table.title, highlight=False)
     gone = Table("network", "blocked at (UTC)", "score", "level", "reason",

@@ -198,7 +198,7 @@ def summary(ctx: click.Context, since: str, top: int, fmt: str) -> None:
     out.print(f"[bold]Floodgate summary[/] {_when(start)} to {_when(now)} UTC", highlight=False)
     table = Table("outcome", "count", title=f"{s.connections:,} connections")
     for name, n in s.outcomes.items():
-        table.add_row(name, f"{n:,}")
+        table.add_row("observed (would have refused)" if name == "observed" else name, f"{n:,}")
     for name, n in s.delivery.items():
         table.add_row(f"delivery: {name}", f"{n:,}")
     for name, n in s.greylist.items():

@@ -3,11 +3,13 @@ story of a session and its messages, as relay/events/trace.py reads it from the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
 from rich.markup import escape
 
+from blocklist.hosts import host_key
 from relay.cli import common as cli
 from relay.config.types import parse_duration
 from relay.events import trace as tr
@@ -35,7 +37,9 @@ def _line(step: tr.Step) -> str:
     if step.detail:
         what.append(step.detail)
     if step.count > 1:
-        what.append(f"(x{step.count}, folded in a flood)")
+        also = (f"; also of sessions {' '.join(step.folded)}"
+                f"{' and more not named' if step.folded_more else ''}" if step.folded else "")
+        what.append(f"(x{step.count}, folded in a flood{also})")
     return (f"  {step.ts.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}  {step.stage:<8} "
             f"{step.action:<8} {step.reason:<16} {step.code or '':>3}  "
             + " ".join(w for w in what if w))
@@ -64,7 +68,10 @@ def trace(ctx: click.Context, ref: str | None, sender: str | None, recipient: st
                      since=tr.since(since if since is not None or ref else 86_400.0))
     if query.empty():
         raise click.UsageError("give a REF, or --from, --to, --client or --message-id")
-    found = tr.find(cli.open_store(cli.load(ctx)), query)
+    config = cli.load(ctx)
+    if client:
+        query = dataclasses.replace(query, host=host_key(client, config.store.ipv6_prefix))
+    found = tr.find(cli.open_store(config), query)
     if fmt == "json":
         click.echo(json.dumps(tr.as_data(found), indent=2))
         return

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect
 
+from relay.logs import printable
 from relay.store.dbapi import executemany, markers
 from relay.store.rollups import add_to_rollups
 from relay.store.sqltypes import from_micros, to_micros
@@ -36,10 +37,22 @@ class EventRecord:
     # the SMTP session: the `[ref ...]` its replies carry (relay/smtp/replies.py with_ref)
     session: str = ""
     message_id: str = ""  # the accepted message's Message-ID header field, as sent
+    folded: str = ""  # the other sessions a folded row stands for (tables.py Event.folded)
 
     @staticmethod
     def now() -> datetime:
         return datetime.now(UTC)
+
+
+MESSAGE_ID_LIMIT = 255  # events.message_id's width; RFC 5322 ids are far shorter
+
+
+def bounded_message_id(value: str) -> str:
+    """What events.message_id holds of a Message-ID, and what `trace --message-id` looks
+    for (the same function, so a pasted id finds its message, cut or not): escaped (no NUL
+    or terminal escape reaches the store), cut to the column, without blanks at its ends (a
+    cut can end on an unfolded line's blank, which a paste loses)."""
+    return printable(value.strip())[:MESSAGE_ID_LIMIT].strip()
 
 
 FIELDS = tuple(f.name for f in fields(EventRecord))

@@ -9,18 +9,21 @@ with the next hop's reply, a bounce) are added by its queue id. A reference is a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, func, or_, select
+from sqlalchemy import Engine, Row, and_, func, or_, select, text
 
+from relay.events.record import bounded_message_id
 from relay.store.tables import Event
 
 EVENTS = Event.__table__
 MAX_SESSIONS = 50  # a search matching more shows the newest; the rest are counted
 _DSN = re.compile(r"\bdsn=([0-9A-Fa-f]+)$")
+_VERDICT = re.compile(r"(?:^| )([a-z_]+)=(\S+)\((scanned|cached|unscanned|looked_up)\)(?= |$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,7 @@ class Query:
     client: str | None = None
     message_id: str | None = None
     since: datetime | None = None  # events at or after
+    host: str | None = None  # the client's host key (blocklist/hosts.py), the front end's
 
     def empty(self) -> bool:
         return not any((self.ref, self.sender, self.recipient, self.client, self.message_id))
@@ -53,6 +57,13 @@ class Step:
     message_id: str
     size: int | None
     count: int  # more than 1: a flood folded into this row (relay/events/writer.py)
+    # each filter's own verdict, from the detail's `name=value(source)` words
+    # (filters/base.py Context.notes): [{"filter", "verdict", "source"}]
+    verdicts: list[dict[str, str]] = field(default_factory=list)
+    # a folded row: the other sessions it stands for (the story's is the first), and
+    # whether it stood for more than it names
+    folded: list[str] = field(default_factory=list)
+    folded_more: bool = False
 
 
 @dataclass(slots=True)
@@ -78,24 +89,41 @@ class Trace:
 
 
 def normalise_message_id(value: str) -> str:
-    """A Message-ID as an operator pastes it, with or without angle brackets, as the relay
-    stores it (as the header field has it: with them)."""
+    """A Message-ID as an operator pastes it, with or without angle brackets, whole or as
+    trace showed it, as the relay stores it (as the header field has it: with them, then
+    bounded: relay/events/record.py)."""
     value = value.strip()
-    return value if not value or value.startswith("<") else f"<{value}>"
+    return bounded_message_id(value if not value or value.startswith("<") else f"<{value}>")
+
+
+# The partial indexes' own conditions, as literal SQL: a planner uses a partial index only
+# for a query that says its condition, and SQLite matches it only word for word (a bound
+# `!= ?` is not `!= ''`): relay/store/tables.py Event.__table_args__.
+_HAS = {c: text(f"{c} != ''") for c in ("queue_id", "message_id", "sender", "recipient",
+                                           "folded")}
+
+
+def _address(column: Any, name: str, value: str) -> Any:
+    value = value.strip("<>").lower()
+    match = func.lower(column) == value
+    return and_(match, _HAS[name]) if value else match  # the null sender: no index
 
 
 def _conditions(q: Query) -> list[Any]:
     where: list[Any] = []
     if q.ref:
-        where.append(or_(Event.session == q.ref, Event.queue_id == q.ref))
+        where.append(or_(Event.session == q.ref, and_(Event.queue_id == q.ref, _HAS["queue_id"])))
     if q.sender is not None:
-        where.append(func.lower(Event.sender) == q.sender.strip("<>").lower())
+        where.append(_address(Event.sender, "sender", q.sender))
     if q.recipient is not None:
-        where.append(func.lower(Event.recipient) == q.recipient.strip("<>").lower())
+        where.append(_address(Event.recipient, "recipient", q.recipient))
     if q.client:
         where.append(Event.client == q.client)
+        if q.host:  # the (host, ts) index: the client's host key (an IPv6 client's prefix)
+            where.append(Event.host == q.host)
     if q.message_id:
-        where.append(Event.message_id == normalise_message_id(q.message_id))
+        where.append(and_(Event.message_id == normalise_message_id(q.message_id),
+                          _HAS["message_id"]))
     if q.since is not None:
         where.append(Event.ts >= q.since)
     return where
@@ -115,6 +143,12 @@ def find(engine: Engine, q: Query) -> Trace:
             .where(*_conditions(q)).group_by(Event.session, Event.queue_id)
             .order_by(func.max(Event.ts).desc())
         ).all()
+        if q.ref:  # a session folded into another's row in a flood (writer.py _merge)
+            seeds += conn.execute(
+                select(Event.session, Event.queue_id, Event.ts)
+                .where(_HAS["folded"], Event.folded.contains(q.ref, autoescape=True),
+                       *_conditions(dataclasses.replace(q, ref=None)))).all()
+            seeds.sort(key=lambda s: s[2], reverse=True)
         sessions = list(dict.fromkeys(s for s, _, _ in seeds if s))
         more = max(0, len(sessions) - MAX_SESSIONS)
         sessions = sessions[:MAX_SESSIONS]
@@ -129,12 +163,21 @@ def find(engine: Engine, q: Query) -> Trace:
             ask = sorted(queue_ids - asked)
             asked |= queue_ids
             new = [r for r in conn.execute(
-                select(EVENTS).where(Event.queue_id.in_(ask))).all() if r.id not in seen]
+                select(EVENTS).where(Event.queue_id.in_(ask), _HAS["queue_id"])).all()
+                if r.id not in seen]
             seen |= {r.id for r in new}
             rows += new
             queue_ids |= {d for r in new for d in _dsn_ids(r)}
     rows.sort(key=lambda r: (r.ts, r.id))
     return Trace(_stories(rows), more)
+
+
+def verdicts(detail: str) -> list[dict[str, str]]:
+    """The filters' verdicts an event's detail carries, in the order they ran."""
+    if "(" not in detail:
+        return []
+    return [{"filter": f, "verdict": v, "source": src}
+            for f, v, src in _VERDICT.findall(detail)]
 
 
 def _dsn_ids(row: Row[Any]) -> list[str]:
@@ -161,7 +204,9 @@ def _stories(rows: list[Row[Any]]) -> list[Story]:
         story.steps.append(Step(
             ts=r.ts, stage=r.stage, action=r.action, reason=r.reason, code=r.code,
             recipient=r.recipient, detail=r.detail, queue_id=r.queue_id,
-            message_id=r.message_id, size=r.size, count=r.count))
+            message_id=r.message_id, size=r.size, count=r.count, verdicts=verdicts(r.detail),
+            folded=[f for f in r.folded.split() if f != "+"],
+            folded_more=r.folded.endswith("+")))
     return list(stories.values())
 
 

@@ -24,8 +24,8 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
@@ -44,7 +44,7 @@ from relay.auth.check import AuthReport
 from relay.config.limits import LimitsConfig
 from relay.delivery.spool import NULL_SENDER_TEXT, Spool, new_queue_id
 from relay.delivery.spool import Envelope as SpoolEnvelope
-from relay.events.record import EventRecord
+from relay.events.record import EventRecord, bounded_message_id
 from relay.events.writer import EventWriter
 from relay.hosts.limits import ConnectionLimiter
 from relay.hosts.senders import Match, SenderLists
@@ -100,6 +100,14 @@ def header_too_large(size: int, limit: int) -> Verdict:
     be refused again (RFC 3463 5.3.4: a size limit of this system)."""
     return Verdict.reject(552, "5.3.4", "size", "Message header too large",
                           detail=f"a header field of at least {size} bytes, limit {limit}")
+
+
+class ContentDecision(NamedTuple):
+    """What `RelayHandler.check_content` decided of a message."""
+
+    verdict: Verdict | None
+    auth_headers: list[tuple[str, str]]  # Authentication-Results etc., to prepend
+    notes: list[str]  # each filter's own verdict (filters/base.py Context.notes)
 
 
 def scan_notes(verdict: Verdict | None) -> str:
@@ -653,18 +661,24 @@ class RelayHandler:
 
     def record(self, session: RelaySession, envelope: Envelope | None, stage: str,
                verdict: Verdict, *, recipient: str = "", size: int | None = None,
-               queue_id: str = "", message_id: str = "") -> None:
+               queue_id: str = "", message_id: str = "", notes: Sequence[str] = ()) -> None:
         """One decision: an event row for the store and a log line for the operator."""
         sender = envelope.mail_from if envelope is not None and envelope.mail_from else ""
         self._record(session.sid, session.client, session.helo, stage, verdict,
                      sender=sender if envelope is not None else None,
                      recipient=recipient, size=size, queue_id=queue_id,
-                     message_id=message_id)
+                     message_id=message_id, notes=notes)
 
     def _record(self, sid: str, client: str, helo: str, stage: str, verdict: Verdict, *,
                 sender: str | None = None, recipient: str = "", size: int | None = None,
-                queue_id: str = "", message_id: str = "") -> None:
-        """`sender` None: no transaction yet (the log line then has no sender field)."""
+                queue_id: str = "", message_id: str = "", notes: Sequence[str] = ()) -> None:
+        """`sender` None: no transaction yet (the log line then has no sender field).
+        `notes`: the filters' own verdicts (filters/base.py Context.notes), after the
+        detail in the event (its first word stays what reports group by: the virus name),
+        a field of their own in the log line."""
+        verdicts = " ".join(notes)
+        detail = f"{verdict.detail} {verdicts}" if verdict.detail and verdicts else \
+            verdict.detail or verdicts
         # client-chosen text (HELO, addresses, virus names) is stored escaped: no NUL for
         # PostgreSQL to refuse, no terminal escapes for a report to replay. The stage goes
         # as a plain str, not a Stage member: the event writer's pipe takes plain values
@@ -674,8 +688,8 @@ class RelayHandler:
             host=host_key(client, self.ipv6_prefix), stage=str(stage),
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=printable(helo)[:255], sender=printable(sender or "")[:320],
-            recipient=printable(recipient), detail=printable(verdict.detail), size=size,
-            queue_id=queue_id, session=sid, message_id=printable(message_id)[:255],
+            recipient=printable(recipient), detail=printable(detail), size=size,
+            queue_id=queue_id, session=sid, message_id=bounded_message_id(message_id),
         )
         self.events.emit(event)
         self.on_event(event)
@@ -684,7 +698,7 @@ class RelayHandler:
             session=sid, client=client, stage=stage,
             action=verdict.action.value, reason=verdict.reason, code=verdict.code,
             helo=helo, sender=None if sender is None else f"<{sender}>", rcpt=recipient,
-            size=size, queue_id=queue_id, detail=verdict.detail,
+            size=size, queue_id=queue_id, detail=verdict.detail, verdicts=verdicts,
         ))
 
     def door(self, client: str) -> bytes | None:
@@ -721,8 +735,9 @@ class RelayHandler:
     async def on_connect(self, session: RelaySession) -> Verdict:
         """The CONNECT filters (DNSBL) unless protected; the gate was asked at the door."""
         verdict: Verdict | None = None
+        notes: list[str] = []
         if not self.protected(session.client):
-            ctx = Context(client=session.client)
+            ctx = Context(client=session.client, notes=notes)
             verdict = await self.pipeline.run(Stage.CONNECT, ctx)
         if verdict is not None and verdict.reason == "dnsbl" and (self.observe.defers
                                                                   or self.senders.allows):
@@ -730,7 +745,9 @@ class RelayHandler:
             session.deferred, verdict = verdict, None
         if verdict is None or verdict.action == Action.ACCEPT:
             verdict = CONNECTED
-        self.record(session, None, Stage.CONNECT, verdict)
+        # the DNSBL's answer of a connection let in (a refusal's detail has it already)
+        self.record(session, None, Stage.CONNECT, verdict,
+                    notes=notes if verdict is CONNECTED else ())
         if verdict is CONNECTED:  # observe mode: what would have been refused here
             for would in (self.blocked(session.client), session.deferred):
                 if would is not None and (self.observe.everywhere
@@ -885,32 +902,33 @@ class RelayHandler:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
     async def check_content(self, session: RelaySession, envelope: Envelope, data: bytes,
-                            *, authenticate: bool = True
-                            ) -> tuple[Verdict | None, list[tuple[str, str]]]:
+                            *, authenticate: bool = True) -> ContentDecision:
         """DATA's decisions before anything is queued: the header size limit, the hop
         count, the From-domain block, the content filters and (with [auth] on) SPF, DKIM,
         DMARC and ARC beside them, within the reply deadline. A refusal comes back
         recorded; an accept (its headers to add) or None is for the caller to record with
-        what it did with the message, with the authentication headers to prepend. The
-        relay's DATA hook and the milter (relay/smtp/milter.py) both decide here."""
+        what it did with the message, with the authentication headers to prepend and the
+        filters' own verdicts (for its event). The relay's DATA hook and the milter
+        (relay/smtp/milter.py) both decide here."""
         rcpts = ",".join(envelope.rcpt_tos)
+        notes: list[str] = []
         limit = self.limits.header_size_limit
         if (big := await oversized_field_async(data[:head_end(data)], limit)) is not None:
             refused = header_too_large(big, limit)
             self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
-            return refused, []
+            return ContentDecision(refused, [], notes)
         hops = hop_count(data, self.hopcount_limit + 1)
         if hops > self.hopcount_limit:  # a loop: Postfix's hopcount_limit
             self.record(session, envelope, Stage.DATA, dataclasses.replace(
                 TOO_MANY_HOPS, detail=f"over {self.hopcount_limit} Received: lines"),
                 recipient=rcpts, size=len(data))
-            return TOO_MANY_HOPS, []
+            return ContentDecision(TOO_MANY_HOPS, [], notes)
         if (refused := self._from_blocked(session, data)) is not None:
             self.record(session, envelope, Stage.DATA, refused, recipient=rcpts, size=len(data))
-            return refused, []
+            return ContentDecision(refused, [], notes)
         ctx = Context(client=session.client, helo=session.helo,
                       mail_from=envelope.mail_from or "", rcpts=list(envelope.rcpt_tos),
-                      content=data)
+                      content=data, notes=notes)
         left = (session.reply_deadline - asyncio.get_running_loop().time()
                 if session.reply_deadline is not None else None)
         auth = self.auth if authenticate else None
@@ -931,21 +949,22 @@ class RelayHandler:
             if checking is not None and not checking.done():
                 checking.cancel()
         if verdict is not None and verdict.action != Action.ACCEPT:
-            self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts, size=len(data))
-            return verdict, []
+            self.record(session, envelope, Stage.DATA, verdict, recipient=rcpts,
+                        size=len(data), notes=notes)
+            return ContentDecision(verdict, [], notes)
         if auth is None or report is None:
-            return verdict, []
+            return ContentDecision(verdict, [], notes)
         action = auth.action(report, envelope.rcpt_tos)
         refusal = self._auth_findings(session, envelope, report, action, rcpts, len(data))
         if refusal is not None:
-            return refusal, []
-        return verdict, auth.headers(report, action)
+            return ContentDecision(refusal, [], notes)
+        return ContentDecision(verdict, auth.headers(report, action), notes)
 
     async def handle_DATA(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope) -> str:
         data = envelope.original_content or b""
         rcpts = ",".join(envelope.rcpt_tos)
-        verdict, auth_headers = await self.check_content(session, envelope, data)
+        verdict, auth_headers, filter_notes = await self.check_content(session, envelope, data)
         if verdict is not None and verdict.action != Action.ACCEPT:
             return verdict.reply
         notes = ""
@@ -984,7 +1003,8 @@ class RelayHandler:
                                   detail=notes)
         session.errors.delivered()
         self.record(session, envelope, Stage.DATA, accepted, recipient=rcpts,
-                    size=spooled.size, queue_id=queue_id, message_id=message_id_of(data))
+                    size=spooled.size, queue_id=queue_id, message_id=message_id_of(data),
+                    notes=filter_notes)
         return accepted.reply
 
     def _from_blocked(self, session: RelaySession, data: bytes) -> Verdict | None:

@@ -13,7 +13,7 @@ from filters.headers import head_end
 
 _MESSAGE_ID = re.compile(rb"(?:\A|\n)message-id[ \t]*:[ \t]*((?:[^\r\n]|\r?\n[ \t])*)",
                          re.IGNORECASE)
-LIMIT = 255  # events.message_id's width; RFC 5322 ids are far shorter
+LIMIT = 255  # events.message_id's width (relay/events/record.py bounded_message_id)
 
 
 def message_id_of(message: bytes) -> str:

@@ -226,6 +226,7 @@ class MilterSession:
         handler, session, envelope = self.handler, self.session, self.envelope
         queue_id = self.macros.get("i", "")
         rcpts = ",".join(envelope.rcpt_tos)
+        notes: list[str] = []
         if self.size > self.max_size:
             verdict: Verdict | None = Verdict.reject(
                 552, "5.3.4", "size", TOO_BIG_TEXT,
@@ -241,8 +242,9 @@ class MilterSession:
             try:
                 # no authentication here: Postfix keeps the headers a sender forged, so an
                 # Authentication-Results of ours could not be told from theirs
-                verdict, _ = await handler.check_content(session, envelope, data,
-                                                         authenticate=False)
+                decision = await handler.check_content(session, envelope, data,
+                                                       authenticate=False)
+                verdict, notes = decision.verdict, decision.notes
             finally:
                 session.reply_deadline = None
         out: list[bytes]
@@ -258,7 +260,8 @@ class MilterSession:
             handler.record(session, envelope, Stage.DATA, Verdict.accept(
                 250, "2.0.0", "accepted", f"Ok: queued as {queue_id}",
                 detail=scan_notes(verdict)), recipient=rcpts, size=self.size,
-                queue_id=queue_id, message_id=message_id_of(envelope.original_content or b""))
+                queue_id=queue_id, message_id=message_id_of(envelope.original_content or b""),
+                notes=notes)
             out.append(packet(ACCEPT))
         self._new_message()
         return out

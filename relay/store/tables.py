@@ -49,6 +49,9 @@ class Event(Base):
     # the SMTP session's id: the `[ref ...]` in its replies, what `floodgate trace` finds
     session: Mapped[str] = mapped_column(String(16), default="", server_default="")
     message_id: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    # a row folded in a flood: the other sessions it stands for (`session` is the first's),
+    # blank-separated, at most FOLDED_SESSIONS of them, then `+` if there were more
+    folded: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     __table_args__ = (
         Index("ix_events_ts", "ts"),
@@ -60,6 +63,14 @@ class Event(Base):
               postgresql_where=text("queue_id != ''")),
         Index("ix_events_message_id", "message_id", sqlite_where=text("message_id != ''"),
               postgresql_where=text("message_id != ''")),
+        # `floodgate trace --from/--to` (case-blind): only events that carry an address
+        Index("ix_events_sender_lower", func.lower(text("sender")),
+              sqlite_where=text("sender != ''"), postgresql_where=text("sender != ''")),
+        Index("ix_events_recipient_lower", func.lower(text("recipient")),
+              sqlite_where=text("recipient != ''"), postgresql_where=text("recipient != ''")),
+        # only folded rows (a few a minute in a flood): `trace REF` reads them all
+        Index("ix_events_folded_ts", "ts", sqlite_where=text("folded != ''"),
+              postgresql_where=text("folded != ''")),
     )
 
 

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from blocklist import blocks, senders
 from blocklist import operations as ops
 from blocklist import reports as rp
+from blocklist.hosts import host_key
 from relay.config import Config
 from relay.config.types import parse_duration
 from relay.events import trace as tr
@@ -173,6 +174,8 @@ def trace(request: Request, _: Reader, ref: Annotated[str | None, Query(max_leng
     `message_id`; `since` defaults to 24h for a search, no limit for a ref."""
     query = tr.Query(ref=ref, sender=sender, recipient=to, client=client,
                      message_id=message_id,
+                     host=host_key(client, config_of(request).store.ipv6_prefix)
+                     if client else None,
                      since=tr.since(seconds(since, "since", MAX_SINCE) if since
                                     else None if ref else 86_400.0))
     if query.empty():

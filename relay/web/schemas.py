@@ -200,6 +200,13 @@ class AuditRow(BaseModel):
     detail: str
 
 
+class TraceVerdict(BaseModel):
+    filter: str = Field(description="clamav, spamassassin, dnsbl")
+    verdict: str = Field(description="clean, a virus name, score/threshold, DNSBL zones")
+    source: str = Field(description="scanned, cached (the verdict cache), looked_up, "
+                        "unscanned")
+
+
 class TraceEvent(BaseModel):
     ts: str
     stage: str
@@ -212,6 +219,11 @@ class TraceEvent(BaseModel):
     message_id: str
     size: int | None
     count: int = Field(description="more than 1: a flood folded into this row")
+    verdicts: list[TraceVerdict] = Field(
+        description="each filter's own verdict, in the order they ran")
+    folded: list[str] = Field(description="a folded row: the other sessions it stands for")
+    folded_more: bool = Field(description="a folded row that stood for more sessions than "
+                              "it names")
 
 
 class TraceSession(BaseModel):

@@ -128,7 +128,9 @@ async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    await (document.body.dataset.page === "host" ? refreshHost() : refreshDashboard());
+    const page = document.body.dataset.page;
+    await (page === "host" ? refreshHost() : page === "trace" ? refreshTrace()
+      : refreshDashboard());
     $("#updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
   } catch (e) {
     if (e instanceof Unauthorized) showLogin("the token is no longer accepted");
@@ -368,6 +370,79 @@ async function hostAction(kind) {
   await refresh();
 }
 
+// -- trace page ---------------------------------------------------------------------------
+
+let traced = null; // the search shown: a story is read once, not at every refresh
+
+// What the box holds, as /api/trace searches: an IP address is a client; an address or a
+// Message-ID (an @, or <...>) is looked for as sender, recipient and Message-ID at once;
+// anything else is a reference (a reply's [ref ...] or a queue id).
+function traceQueries(q) {
+  const v = encodeURIComponent(q);
+  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(q) || (q.includes(":") && /^[0-9a-f:.]+$/i.test(q))) {
+    return [`client=${v}`];
+  }
+  if (q.includes("@") || q.startsWith("<")) return [`from=${v}`, `to=${v}`, `message_id=${v}`];
+  return [`ref=${v}`];
+}
+
+function eventWhat(e) {
+  const what = [];
+  if (e.recipient) what.push(e.stage === "rcpt" ? `<${e.recipient}>` : `to=${e.recipient}`);
+  if (e.queue_id) what.push(`queue_id=${e.queue_id}`);
+  if (e.message_id) what.push(`message_id=${e.message_id}`);
+  if (e.size !== null) what.push(`size=${e.size}`);
+  if (e.detail) what.push(e.detail);
+  if (e.count > 1) {
+    what.push(`(x${e.count}, folded in a flood` + (e.folded.length ? "; also of sessions " +
+      e.folded.join(" ") + (e.folded_more ? " and more not named" : "") : "") + ")");
+  }
+  return what.join(" ");
+}
+
+async function refreshTrace() {
+  const q = (new URLSearchParams(location.search).get("q") || "").trim();
+  $("#q").value = $("#q").value || q;
+  if (!q || q === traced) return;
+  traced = q;
+  let results;
+  try {
+    results = await Promise.all(traceQueries(q).map((p) => api("/api/trace?" + p)));
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    $("#trace-msg").textContent = "trace failed: " + e.message;
+    return;
+  }
+  const seen = new Set();
+  const sessions = [];
+  for (const r of results) {
+    for (const st of r.sessions) {
+      const key = `${st.session}|${st.events[0]?.ts}`;
+      if (!seen.has(key)) { seen.add(key); sessions.push(st); }
+    }
+  }
+  sessions.sort((a, b) => utc(a.events[0].ts).localeCompare(utc(b.events[0].ts)));
+  const more = results.reduce((n, r) => n + r.more, 0);
+  $("#trace-title").textContent = `Trace of ${q}`;
+  $("#trace-msg").textContent = sessions.length
+    ? `${sessions.length} session${sessions.length === 1 ? "" : "s"}` +
+      (more ? `, and ${more} more: narrow the search` : "")
+    : "nothing found";
+  $("#stories").replaceChildren(...sessions.map((st) => el("section",
+    { class: "card story", "data-session": st.session },
+    el("h2", { text: `session ${st.session || "-"}` }),
+    el("p", { class: "muted", text: `client ${st.client || "-"}, helo ${st.helo || "-"}, ` +
+      `node ${st.node}` + (st.sender || st.queue_ids.length ? `, from <${st.sender}>` : "") }),
+    el("table", {},
+      el("thead", {}, el("tr", {}, ...["time (UTC)", "stage", "action", "reason", "code",
+        "what"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...st.events.map((e) => el("tr", {},
+        el("td", { text: fmtShort(e.ts) }), el("td", { text: e.stage }),
+        el("td", { text: e.action }), el("td", { text: e.reason }),
+        el("td", { class: "num", text: e.code ? String(e.code) : "" }),
+        el("td", { class: "wrap", text: eventWhat(e) }))))))));
+}
+
 // -- wiring -------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -386,6 +461,8 @@ document.addEventListener("DOMContentLoaded", () => {
     for (const kind of ["unblock", "block", "allow"]) {
       $("#" + kind).addEventListener("click", () => hostAction(kind));
     }
+  } else if (document.body.dataset.page === "trace") {
+    // a plain GET form: the search is in the address, so it can be bookmarked and shared
   } else {
     $("#range").addEventListener("change", refresh);
     $("#block-form").addEventListener("submit", blockSubmit);
