@@ -5,7 +5,8 @@ Why before clamd: a worm outbreak is thousands of copies of one executable attac
 name and a few bytes decide it without a scan, and with clamd down it is still refused.
 
 What is judged, for every MIME part (filters/mime.py) and every member of a zip attachment
-(filters/archive.py, inner zips opened a few levels deep):
+(filters/archive.py, inner zips opened a few levels deep), of a tar or tar.gz and of a lone
+gzip (filters/tarball.py):
 - the file name's last extension, after decoding what hides it: RFC 2047 encoded words
   (`=?UTF-8?B?...?=`; RFC 2231 `filename*=` is decoded by the MIME parser), Unicode
   compatibility forms (NFKC), and trailing dots and blanks (`evil.exe.`, which Windows

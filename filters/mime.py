@@ -40,6 +40,8 @@ from filters.archive import (
     zip_summary,
 )
 from filters.headers import head_end
+from filters.tarball import MAX_BYTES as TAR_MAX_BYTES
+from filters.tarball import headers_at_most, opened, tar_summary
 
 MAX_LEAVES = 256
 MAX_DEPTH = 20  # nested multipart and message/* parts
@@ -54,6 +56,11 @@ INLINE_STEPS = 5_000
 EMAIL_LINE_STEPS = 5
 # Reading a zip's directory costs about 8 us an entry (84 ms for 10,000): some ten steps.
 ZIP_ENTRY_STEPS = 10
+# tarfile reads a header in Python, and the first members' first bytes: about 40 us each.
+TAR_ENTRY_STEPS = 40
+# A gzip attachment is inflated this far on the event loop (about 1 ms); one that inflates
+# further is listed in the offload child (to filters.tarball.MAX_BYTES).
+INLINE_INFLATE = 256 << 10
 
 IDENTITY = frozenset(("", "7bit", "8bit", "binary"))
 UUENCODE = frozenset(("x-uuencode", "uuencode", "uue", "x-uue"))
@@ -522,13 +529,26 @@ def split_parts(message: bytes, budget: int | None = None) -> Parts:
 
 def _archives(leaves: list[Leaf] | tuple[Leaf, ...],
               splitter: _Splitter | None = None) -> tuple[ZipSummary, ...]:
-    """The zip leaves' directories; each entry is charged to the `splitter`'s budget first
-    (one C count), so a zip of thousands of entries is read in the offload child."""
-    if splitter is not None:
-        for leaf in leaves:
-            if leaf.payload.startswith(ZIP_MAGIC):
+    """The zip leaves' directories and the tar and gzip leaves' members (filters/tarball.py);
+    each is charged to the `splitter`'s budget first (one C count), so a zip of thousands of
+    entries, or any gzip, is read in the offload child."""
+    tars: dict[int, bytes] = {}  # leaf index -> its tar or inflated gzip
+    inline = splitter is not None and splitter.budget is not None
+    for n, leaf in enumerate(leaves):
+        if leaf.payload.startswith(ZIP_MAGIC):
+            if splitter is not None:
                 splitter.step(ZIP_ENTRY_STEPS * leaf.payload.count(CENTRAL_MAGIC))
-    return tuple(s for leaf in leaves if (s := zip_summary(leaf.payload)) is not None)
+            continue
+        inner = opened(leaf.payload, INLINE_INFLATE if inline else TAR_MAX_BYTES)
+        if inner is None:
+            continue
+        tars[n] = inner
+        if splitter is not None:  # a gzip that fills the inline limit goes to the child
+            splitter.step(INLINE_STEPS + 1 if inline and len(inner) >= INLINE_INFLATE
+                          else TAR_ENTRY_STEPS * headers_at_most(inner))
+    return tuple(s for n, leaf in enumerate(leaves)
+                 if (s := zip_summary(leaf.payload) if n not in tars
+                     else tar_summary(leaf.payload, leaf.filename, tars[n])) is not None)
 
 
 def split_digests(message: bytes) -> Parts:

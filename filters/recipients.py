@@ -32,14 +32,21 @@ RCPT_FAILURE = FailurePolicy("recipients", stage=Stage.RCPT)
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """A verification's answer: `known` True or False, or None when it could not say."""
+    """A verification's answer: `known` True or False, or None when it could not say;
+    `limited`: None because the domain's lookup rate was spent, no lookup was made."""
 
     known: bool | None
     detail: str = ""
+    limited: bool = False
 
 
-def unverified(detail: str) -> Verdict:
-    return Verdict.tempfail(450, "4.1.1", "rcpt_unverified", UNVERIFIED_TEXT, detail=detail)
+def unverified(detail: str, limited: bool = False) -> Verdict:
+    """The same 450 either way; the reason tells a next hop that could not answer
+    (`rcpt_unverified`, no offence: every sender retrying meanwhile gets it) from a guess past
+    the rate (`verify_limited`, scored: what a dictionary attack gets once the bucket is
+    empty, while a real sender's recipients are in the alias table or cached)."""
+    return Verdict.tempfail(450, "4.1.1", "verify_limited" if limited else "rcpt_unverified",
+                            UNVERIFIED_TEXT, detail=detail)
 
 
 async def _no_lookup(local: str, domain: str) -> Lookup:
@@ -81,7 +88,7 @@ class RecipientFilter:
             return verdict
         answer = await self.verify(local, domain)
         if answer.known is None:
-            return unverified(answer.detail)
+            return unverified(answer.detail, answer.limited)
         if answer.known:
             return Verdict.accept(250, "2.1.5", "known_rcpt", "Ok", detail=answer.detail)
         return Verdict.reject(UNKNOWN.code, UNKNOWN.status, UNKNOWN.reason, UNKNOWN.text,

@@ -32,6 +32,8 @@ class Reason(StrEnum):
     KNOWN_RCPT = "known_rcpt"
     UNKNOWN_RCPT = "unknown_rcpt"
     RCPT_UNVERIFIED = "rcpt_unverified"  # verification could not say now (450 4.1.1)
+    # ... past the domain's verification rate, no lookup made: a dictionary attack's guesses
+    VERIFY_LIMITED = "verify_limited"
     POSTMASTER = "postmaster"  # routed to the configured postmaster
     TRAP = "trap"  # a spam trap ([scoring] traps)
     RELAY_DENIED = "relay_denied"  # a domain not hosted here

@@ -169,3 +169,39 @@ def test_stale_triplets_and_expired_networks_are_pruned(start_relay, sqlite_url)
     # the expired network is greylisted again
     assert rcpt(relay, "127.0.8.5")[0] == 451
     engine.dispose()
+
+
+def test_pending_triplets_per_network_are_capped(start_relay, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """A bot with a fresh sender every attempt: greylisted every time, but its network
+    stores only `max_pending` triplets; one of them retried lets the network in."""
+    relay = start_relay(sqlite_url, aliases=ALIASES,
+                        extra=GREYLIST.replace("opt_out", "max_pending = 3\nopt_out"))
+    engine = make_engine(sqlite_url)
+    for n in range(8):
+        code, text = rcpt(relay, "127.0.10.5", sender=f"r{n}@bot.test")
+        assert (code, split_ref(f"{code} {text}")[0]) == (451, GREYLISTED)
+    assert rcpt(relay, "127.0.11.5", sender="news@sender.test")[0] == 451  # its own count
+
+    def stored(network: str) -> list[str]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(select(GreylistTriplet.sender).where(
+                GreylistTriplet.network == network)).scalars())
+
+    assert stored("127.0.10.0/24") == ["r0@bot.test", "r1@bot.test", "r2@bot.test"]
+    assert stored("127.0.11.0/24") == ["news@sender.test"]
+    # a triplet not stored, retried after the delay, is still only greylisted ...
+    backdate(engine, "127.0.10.0/24", timedelta(minutes=61))
+    assert rcpt(relay, "127.0.10.5", sender="r5@bot.test")[0] == 451
+    # ... a stored one passes, and with it the network
+    assert rcpt(relay, "127.0.10.5", sender="r1@bot.test")[0] == 250
+    assert rcpt(relay, "127.0.10.6", sender="r7@bot.test")[0] == 250
+    # rows first seen before the retry window are no longer pending: room for new ones
+    with engine.begin() as conn:
+        conn.execute(GreylistTriplet.__table__.insert(), [
+            {"key": f"k{n}", "network": "127.0.12.0/24", "sender": f"old{n}@bot.test",
+             "recipient": "alice@example.org", "first_seen": datetime.now(UTC) - timedelta(days=2),
+             "last_seen": datetime.now(UTC) - timedelta(days=2), "passed": None, "attempts": 1}
+            for n in range(3)])
+    assert rcpt(relay, "127.0.12.5", sender="fresh@bot.test")[0] == 451
+    assert "fresh@bot.test" in stored("127.0.12.0/24")
+    engine.dispose()

@@ -509,6 +509,24 @@ def test_degenerate_messages(message: bytes) -> None:
 
 # -- what a split may cost the event loop ---------------------------------------------------
 
+def test_a_gzip_that_inflates_far_or_a_tar_of_many_members_is_listed_off_the_loop() -> None:
+    """Inflating is C but not free: past INLINE_INFLATE the gzip is the child's, which
+    inflates to tarball.MAX_BYTES; and a tar's headers are read in Python, charged each."""
+    import gzip
+    import tarfile
+
+    bomb = crlf(with_attachment("b", "see", gzip.compress(bytes(64 << 20)), "zeros.gz"))
+    with pytest.raises(TooComplex):
+        split_parts(bomb, INLINE_STEPS)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(500):
+            tar.addfile(tarfile.TarInfo(f"f{i}.txt"), io.BytesIO(b""))
+    many = crlf(with_attachment("m", "see", buf.getvalue(), "many.tar"))
+    with pytest.raises(TooComplex):
+        split_parts(many, INLINE_STEPS)
+    assert [len(a.entries) for a in split_parts(many).archives] == [500]
+
 @pytest.mark.parametrize("make", [pathological.tiny_parts, pathological.many_headers,
                                   pathological.many_part_headers, pathological.folded_header])
 def test_complex_structure_spends_the_inline_budget(make: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import smtplib
 import socket
 import string
 from collections.abc import Iterator
@@ -141,10 +142,40 @@ def test_a_dictionary_attack_is_limited_to_the_bucket(start_relay, sqlite_url, s
     assert len(sink.rcpts_seen()) == 5
     assert replies[:5] == [UNKNOWN] * 5
     assert replies[5:] == [UNVERIFIED] * 195  # never 550 unprobed, never accepted
-    relay.wait_for_log(r"reason=rcpt_unverified .*detail=.?verification rate limit reached")
+    relay.wait_for_log(r"reason=verify_limited .*detail=.?verification rate limit reached")
     # the cache is free: the five refused again without a probe, jane waits for a token
     assert rcpt(relay, *names[:5], "jane@verified.test") == [UNKNOWN] * 5 + [UNVERIFIED]
     assert len(sink.rcpts_seen()) == 5
+
+
+def test_guesses_past_the_bucket_get_the_attacker_blocked(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]
+    """The 450s past the bucket (`verify_limited`) are scored like unknown recipients; the
+    450s of a next hop that cannot answer (`rcpt_unverified`) are not: a real server
+    retrying its message meanwhile is never blocked for it."""
+    down = f"127.0.0.1:{free_port()}"  # nothing listens: every probe fails at once
+    relay = start(start_relay, sqlite_url, verified_domain(
+        "verified.test", sink.hop, 'smtp = true\nrate = 0.001\nburst = 1') + verified_domain(
+        "down.test", down, 'smtp = true\nrate = 100\nburst = 100') +
+        '[scoring]\nthreshold = 10\ninterval = "0.2s"\nwindow = "1h"\n')
+    for _ in range(15):  # a queue retrying one message: fifteen 450s, no offence
+        assert rcpt(relay, "jane@down.test", source="127.0.0.6") == [UNVERIFIED]
+    codes: list[int] = []
+    for first in range(0, 36, 9):  # nine a session: under the session error limits
+        try:
+            smtp = connect(relay, "127.0.0.5")
+        except smtplib.SMTPConnectError as e:
+            assert e.smtp_code == 554
+            break
+        with smtp:
+            smtp.ehlo("attacker.test")
+            if smtp.mail("x@attacker.test")[0] == 554:
+                break
+            codes += [smtp.rcpt(f"guess{i}@verified.test")[0] for i in range(first, first + 9)]
+    assert codes[0] == 550 and set(codes[1:]) <= {450, 554}  # one probe, then the bucket
+    assert len(sink.rcpts_seen()) == 1
+    wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="the attacker blocked")
+    relay.wait_for_log(r"block network=127.0.0.5 score=\d+ .*verify_limited=\d+")
+    assert refused_at_connect(relay, "127.0.0.6") is None
 
 
 def test_a_blocked_host_never_reaches_the_probe(start_relay, sqlite_url, sink) -> None:  # type: ignore[no-untyped-def]

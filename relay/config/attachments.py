@@ -24,7 +24,7 @@ class AttachmentsConfig(Strict):
                     "before any scanner")
     banned_extensions: list[str] = Field(
         default=list(BANNED_EXTENSIONS),
-        description="file name extensions refused, of parts and zip members")
+        description="file name extensions refused, of parts and archive members")
     banned_types: list[str] = Field(
         default=list(BANNED_TYPES), description="declared content types refused")
     domains: dict[str, AttachmentLists] = Field(

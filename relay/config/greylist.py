@@ -23,6 +23,9 @@ class GreylistConfig(Strict):
     history: Duration = Field(
         default=30 * 86_400.0,
         description="a host with mail accepted within this long is never greylisted")
+    max_pending: int = Field(
+        default=100, gt=0,
+        description="new triplets a client network may have waiting for their retry")
     opt_out: list[str] = Field(
         default_factory=list,
         description="recipient domains never greylisted")

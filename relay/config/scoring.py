@@ -27,6 +27,10 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "unknown_rcpt": 1, "relay_denied": 2, "virus": 5, "spam": 3, "dnsbl": 1, "protocol": 2,
     "trap": 10, "blocked": 1, "size": 0, "too_many_rcpts": 0, "accepted": -1,
     "rate_limit": 1, "pregreet": 3,
+    # an unknown-looking recipient refused with 450 only because the domain's verification
+    # rate was spent: the dictionary attack's guesses past the bucket (rcpt_unverified, a
+    # next hop that could not answer, stays 0: every sender retrying meanwhile gets it)
+    "verify_limited": 1,
     # a session cut off at smtpd_hard_error_limit (or by its junk commands): on top of the
     # errors themselves, for not stopping at the soft limit's delays
     "error_limit": 3, "junk_limit": 3,

@@ -5,7 +5,9 @@ within `retry_window` passes, and its network is allowlisted for `allow_lifetime
 Never greylisted: protected clients (the never-block rules: allowlist, own addresses,
 loopback), recipient domains that opt out, networks that passed before, and hosts with mail
 accepted within `history` (one indexed events lookup, then remembered in memory: a host with
-good history costs a dict lookup per RCPT). Triplets live in the store, so a retry that
+good history costs a dict lookup per RCPT). A network stores at most `max_pending` triplets
+waiting for their retry: a bot with a fresh sender every attempt is greylisted all the same,
+without a new row each time. Triplets live in the store, so a retry that
 reaches another relay on the same store passes. A store that cannot answer greylists
 nobody: greylisting is a nuisance for spammers, never a reason to lose mail.
 """
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -127,6 +129,11 @@ class Greylist:
             row = conn.execute(select(GreylistTriplet.first_seen, GreylistTriplet.passed)
                                .where(GreylistTriplet.key == key)).first()
             if row is None:
+                if self._pending(conn, network, now) >= cfg.max_pending:
+                    # a bot with a fresh sender every attempt: greylisted all the same, but
+                    # its rows stop here; the network's stored triplets can still pass
+                    return greylisted(recipient, f"new triplet not stored, "
+                                                 f"{cfg.max_pending} pending network={network}")
                 ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)
                 conn.execute(ins(GreylistTriplet).values(
                     key=key, network=network, sender=sender[:320], recipient=recipient[:320],
@@ -161,6 +168,17 @@ class Greylist:
         accepted = conn.execute(select(Event.id).where(
             Event.host == host, Event.ts >= since, Event.reason == "accepted").limit(1)).first()
         return accepted is not None
+
+    def _pending(self, conn: Connection, network: str, now: datetime) -> int:
+        """The network's triplets still waiting for a retry that could pass (within the
+        retry window), counted up to `max_pending`: a short range of (network, first_seen)."""
+        since = now - timedelta(seconds=self.config.retry_window)
+        waiting = (select(GreylistTriplet.key)
+                   .where(GreylistTriplet.network == network,
+                          GreylistTriplet.first_seen >= since,
+                          GreylistTriplet.passed.is_(None))
+                   .limit(self.config.max_pending).subquery())
+        return conn.execute(select(func.count()).select_from(waiting)).scalar_one()
 
     def prune(self) -> tuple[int, int]:
         """Forget triplets not seen for longer than both the retry window and the allow

@@ -66,6 +66,10 @@ log = logging.getLogger("floodgate.smtp")
 Greylisting = Callable[[str, str, str], Awaitable[Verdict | None]]
 
 
+# what RCPT's pipeline says of an address it could not find, or not find now
+UNKNOWN_OR_UNVERIFIED = frozenset({"unknown_rcpt", "rcpt_unverified", "verify_limited"})
+
+
 async def _no_greylist(client: str, sender: str, recipient: str) -> None:
     return None
 
@@ -861,7 +865,7 @@ class RelayHandler:
                           rcpts=envelope.rcpt_tos)
             verdict = await self.pipeline.run(Stage.RCPT, ctx)
             # postmaster is always taken (RFC 5321 4.5.1), verification unable to say or not
-            if (verdict is not None and verdict.reason in ("unknown_rcpt", "rcpt_unverified")
+            if (verdict is not None and verdict.reason in UNKNOWN_OR_UNVERIFIED
                     and self.postmaster and is_postmaster(address)):
                 verdict = self._postmaster()
             if verdict is not None and verdict.reason == "known_rcpt":

@@ -8,9 +8,11 @@ Why it cannot amplify a dictionary attack:
   (not shared between relay processes or nodes: each keeps its own, bounded, LRU);
 - concurrent lookups of one address share one lookup (single flight);
 - each domain has a token bucket (`rate`, `burst`): a lookup past it is not made and the
-  recipient gets `450 4.1.1` (try again later). Not accept: that would take mail for unknown
-  addresses and bounce it later (backscatter). Not 550: a real user would bounce. The sender
-  of real mail retries; a dictionary attack learns nothing and costs the next hop nothing.
+  recipient gets `450 4.1.1` (try again later), reason `verify_limited`, which the scorer
+  counts like an unknown recipient, so the attacker is blocked before long. Not accept:
+  that would take mail for unknown addresses and bounce it later (backscatter). Not 550: a
+  real user would bounce. The sender of real mail retries; a dictionary attack learns
+  nothing and costs the next hop nothing.
 A lookup that cannot answer (no connection, timeout, a 4xx) is `450 4.1.1` too and is not
 cached: the next attempt asks again, within the bucket.
 
@@ -89,7 +91,8 @@ class DomainVerifier:
         task = self.flying.get(key)
         if task is None:
             if not self.bucket.take():
-                return Lookup(None, "verification rate limit reached for the domain")
+                return Lookup(None, "verification rate limit reached for the domain",
+                              limited=True)
             task = asyncio.create_task(self._lookup(address, key))
             self.flying[key] = task
             task.add_done_callback(lambda _t: self.flying.pop(key, None))

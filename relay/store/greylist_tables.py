@@ -26,6 +26,10 @@ class GreylistTriplet(Base):
     passed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
 
+    # the network's pending triplets, counted before a new one is stored ([greylist]
+    # max_pending): a bot with a fresh sender every attempt cannot grow the table unbounded
+    __table_args__ = (Index("ix_greylist_network_first_seen", "network", "first_seen"),)
+
 
 class GreylistHost(Base):
     """A client network that retried and passed: never greylisted until `expires`."""

@@ -17,12 +17,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scripts.benchlib import adoption, trace_scale, verification
+from scripts.benchlib import adoption, greylist_cost, trace_scale, verification
 from scripts.benchlib import scenarios as sc
 from scripts.benchlib.services import ROOT
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ALL = "1,2,3,4,5,6,7,8,9,10,12,13"
+ALL = "1,2,3,4,5,6,7,8,9,10,12,13,14"
 
 
 def machine() -> str:
@@ -147,7 +147,8 @@ def main() -> None:
                  ("9", lambda: sc.scenario_9(settings)),
                  ("10", lambda: trace_scale.scenario_10(settings)),
                  ("12", lambda: adoption.scenario_12(settings)),
-                 ("13", lambda: verification.scenario_13(settings))]
+                 ("13", lambda: verification.scenario_13(settings)),
+                 ("14", lambda: greylist_cost.scenario_14(settings))]
         for key, fn in steps:
             if key not in only:
                 continue
