@@ -363,3 +363,35 @@ def test_scan_prints_dkim_and_arc_results(tmp_path: Path, sqlite_url: str,
     assert f"ARC pass {TRUSTED} overrides the DMARC failure ({TRUSTED} is trusted)" in text, \
         run.stdout
     assert "arc=pass" in run.stdout
+
+
+def test_observe_mode_records_a_dmarc_refusal_and_tags(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                       dns: NameServer) -> None:
+    """[policy] observe for example.org: a DMARC p=reject failure to it is recorded as
+    would-have-refused (action observe, 550) and accepted, tagged; example.net enforces, and
+    a message to both is refused."""
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver,
+                       '[policy.domains]\n"example.org" = "observe"\n')
+    sender = "s@fail.sender.test"
+    spooled_text = send_and_read(relay, sender)
+    assert "dmarc=fail" in ar_of(spooled_text)
+    assert b"X-Floodgate-DMARC: fail policy=reject" in spooled_text
+    found = events(sqlite_url, lambda e: e.reason == "dmarc_reject")
+    assert [(e.action, e.code) for e in found] == [("observe", 550)]
+    assert "observe mode" in found[0].detail
+    for rcpts in (["bob@example.net"], ["alice@example.org", "bob@example.net"]):
+        assert send(relay, sender, rcpts, message(sender))[0] == 550, rcpts
+    events(sqlite_url, lambda e: e.reason == "dmarc_reject" and e.action == "reject",
+           at_least=2)
+
+
+def test_observe_mode_everywhere_accepts_dmarc_failures(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                       dns: NameServer) -> None:
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver,
+                       '[policy]\nmode = "observe"\n')
+    sender = "s@fail.sender.test"
+    code, _ = send(relay, sender, ["alice@example.org", "bob@example.net"], message(sender))
+    assert code == 250
+    assert b"X-Floodgate-DMARC: fail policy=reject" in last_spooled(relay)
+    found = events(sqlite_url, lambda e: e.reason == "dmarc_reject")
+    assert [e.action for e in found] == ["observe"]
