@@ -73,6 +73,13 @@ def _claims(value: bytes, authserv_id: str, arc: bool) -> bool:
     return bool(found) and found[0].lower() == authserv_id.lower()
 
 
+def claims_ours(name: str, value: bytes, authserv_id: str) -> bool:
+    """Whether a field (`name`, raw `value`) is an Authentication-Results or
+    ARC-Authentication-Results naming `authserv_id`: one to remove (the milter's test)."""
+    key = name.strip().lower().encode()
+    return key in _STRIPPED and _claims(value, authserv_id, key.startswith(b"arc"))
+
+
 def strip_ours(head: bytes, authserv_id: str) -> bytes:
     """The header block without any Authentication-Results or ARC-Authentication-Results
     field that names `authserv_id`. Only a block that has such a field name is taken apart."""

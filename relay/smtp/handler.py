@@ -884,8 +884,7 @@ class RelayHandler:
                           envelope: Envelope, address: str) -> str:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
-    async def check_content(self, session: RelaySession, envelope: Envelope, data: bytes,
-                            *, authenticate: bool = True
+    async def check_content(self, session: RelaySession, envelope: Envelope, data: bytes
                             ) -> tuple[Verdict | None, list[tuple[str, str]]]:
         """DATA's decisions before anything is queued: the header size limit, the hop
         count, the From-domain block, the content filters and (with [auth] on) SPF, DKIM,
@@ -913,7 +912,7 @@ class RelayHandler:
                       content=data)
         left = (session.reply_deadline - asyncio.get_running_loop().time()
                 if session.reply_deadline is not None else None)
-        auth = self.auth if authenticate else None
+        auth = self.auth
         # authentication is DNS: it runs while the content scanners do, not after them
         checking = (asyncio.ensure_future(auth.check(data, session.client, session.helo,
                                                      envelope.mail_from or ""))
