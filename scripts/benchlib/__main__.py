@@ -17,12 +17,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scripts.benchlib import auth_scenario, verification
 from scripts.benchlib import scenarios as sc
-from scripts.benchlib import verification
 from scripts.benchlib.services import ROOT
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ALL = "1,2,3,4,5,6,7,8,9,13"
+ALL = "1,2,3,4,5,6,7,8,9,11,13"
 
 
 def machine() -> str:
@@ -139,6 +139,7 @@ def main() -> None:
                  ("7", lambda: sc.scenario_7(settings)),
                  ("8", lambda: sc.scenario_8(settings, scanners)),
                  ("9", lambda: sc.scenario_9(settings)),
+                 ("11", lambda: auth_scenario.scenario_11(settings)),
                  ("13", lambda: verification.scenario_13(settings))]
         for key, fn in steps:
             if key not in only:
