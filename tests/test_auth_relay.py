@@ -395,3 +395,21 @@ def test_observe_mode_everywhere_accepts_dmarc_failures(start_relay, sqlite_url:
     assert b"X-Floodgate-DMARC: fail policy=reject" in last_spooled(relay)
     found = events(sqlite_url, lambda e: e.reason == "dmarc_reject")
     assert [e.action for e in found] == ["observe"]
+
+
+def test_scan_says_observe_mode_only_records_the_dmarc_refusal(tmp_path: Path, sqlite_url: str,
+                                                              dns: NameServer) -> None:
+    config = write_config(tmp_path / "scan.toml", store_url=sqlite_url, port=free_port(),
+                          extra=f'[auth]\nnameserver = "{dns.nameserver}"\n'
+                                '[policy.domains]\n"example.org" = "observe"\n')
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(message("s@fail.sender.test"))
+    args = ["scan", str(eml), "--client", "127.0.0.1", "--from", "s@fail.sender.test"]
+    run = floodgate(config, *args, "--rcpt", "alice@example.org")
+    assert "Relay accepted and tagged: observe mode ([policy]) only records the refusal " \
+           "(550 5.7.1)" in " ".join(run.stdout.split()), run.stdout
+    found = json.loads(floodgate(config, *args, "--rcpt", "alice@example.org",
+                                 "--format", "json").stdout)["auth"]
+    assert found["action"] == "observe"
+    refused = floodgate(config, *args, "--rcpt", "bob@example.net", check=False)
+    assert refused.returncode == 1 and "refused in session (550 5.7.1)" in refused.stdout
