@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import smtplib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import dkim
 import pytest
 
+from tests.dkim_support import Key, ed25519_key, rsa_key
 from tests.dns_server import NameServer, run_nsd, silent_nameserver
 from tests.hardening_support import events, spooled
 from tests.support import RelayProcess, floodgate, free_port, unref, write_config
@@ -33,15 +36,52 @@ ZONE = [
 ORG = ['_dmarc IN TXT "v=DMARC1; p=none; sp=reject"', 'sub IN TXT "v=spf1 -all"']
 
 
+# signed.test signs its mail but its SPF fails from here (it is sent through a host it does
+# not list): DMARC can pass only by the aligned DKIM signature. lists.test is a mailing list
+# the tests trust as an ARC sealer; rogue.test seals as well, but nobody trusts it.
+SIGNED, TRUSTED, ROGUE = "signed.test", "lists.test", "rogue.test"
+
+
+@dataclass(frozen=True)
+class Keys:
+    rsa: Key
+    ed25519: Key
+
+
 def message(sender: str, extra: str = "") -> bytes:
     return (f"{extra}From: Someone <{sender}>\r\nTo: alice@example.org\r\n"
             "Subject: hi\r\n\r\nHello.\r\n").encode()
 
 
 @pytest.fixture(scope="module")
-def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NameServer]:
-    with run_nsd(tmp_path_factory.mktemp("auth"), {"sender.test": ZONE, "org.test": ORG}) as server:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(rsa_key(tmp_path_factory.mktemp("keys")), ed25519_key())
+
+
+@pytest.fixture(scope="module")
+def dns(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[NameServer]:
+    signed = ['@ IN TXT "v=spf1 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"',
+              keys.rsa.record("rsa"), keys.ed25519.record("ed")]
+    zones = {"sender.test": ZONE, "org.test": ORG, SIGNED: signed,
+             TRUSTED: [keys.rsa.record("arc")], ROGUE: [keys.rsa.record("arc")]}
+    with run_nsd(tmp_path_factory.mktemp("auth"), zones) as server:
         yield server
+
+
+def signed(key: Key, selector: str, body: bytes, **kw: object) -> bytes:
+    """`body` with a DKIM-Signature of signed.test made with `key`."""
+    header = dkim.sign(body, selector.encode(), SIGNED.encode(), key.private,
+                       signature_algorithm=key.algorithm, **kw)  # type: ignore[arg-type]
+    return header + body
+
+
+def sealed(body: bytes, key: Key, sealer: str) -> bytes:
+    """`body` as a mailing list at `sealer` passes it on: its Authentication-Results (it saw
+    SPF pass) and the ARC set it seals over them."""
+    ar = f"Authentication-Results: {sealer}; spf=pass smtp.mailfrom=example.test\r\n".encode()
+    arc_set = dkim.arc_sign(ar + body, b"arc", sealer.encode(), key.private, sealer.encode())
+    assert arc_set, "dkimpy sealed nothing"
+    return b"".join(arc_set) + ar + body
 
 
 def auth_relay(start_relay, url: str, nameserver: str, extra: str = "") -> RelayProcess:  # type: ignore[no-untyped-def]
@@ -271,3 +311,124 @@ def test_a_reload_switches_dmarc_reject(start_relay, sqlite_url: str,  # type: i
     edit(relay.config, 'dmarc_reject = "reject"', 'dmarc_reject = "none"')
     hup(relay)
     assert send(relay, sender, ["alice@example.org"], message(sender))[0] == 250
+
+
+def test_dkim_alignment_passes_dmarc_when_spf_fails(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                    dns: NameServer, keys: Keys) -> None:
+    """rsa-sha256 and ed25519-sha256 signatures of the From domain pass DMARC with SPF
+    failing; the same signature with l= does not align, so p=reject refuses it."""
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver)
+    sender = f"s@{SIGNED}"
+    for key, selector in ((keys.rsa, "rsa"), (keys.ed25519, "ed")):
+        code, _ = send(relay, sender, ["alice@example.org"],
+                       signed(key, selector, message(sender)))
+        assert code == 250, selector
+        ar = ar_of(last_spooled(relay))
+        assert "spf=fail" in ar, ar
+        assert (f"dkim=pass header.d={SIGNED} header.s={selector} "
+                f"header.a={key.algorithm.decode()}") in ar, ar
+        assert f"dmarc=pass (aligned dkim) header.from={SIGNED}" in ar, ar
+    code, text = send(relay, sender, ["alice@example.org"],
+                      signed(keys.rsa, "rsa", message(sender), length=True))
+    assert (code, unref(text)) == (550, f"5.7.1 DMARC policy of {SIGNED} rejects this message")
+    refused = events(sqlite_url, lambda e: e.reason == "dmarc_reject" and e.action == "reject")
+    assert f"dkim=pass:{SIGNED}" in refused[0].detail and "spf=fail" in refused[0].detail
+
+
+def test_a_trusted_arc_sealer_overrides_a_dmarc_failure(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                        dns: NameServer, keys: Keys) -> None:
+    """A list in trusted_arc_sealers vouches for a message DMARC fails (p=reject): accepted,
+    recorded as overridden; the same chain sealed by an untrusted list is refused."""
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver,
+                       f'trusted_arc_sealers = ["{TRUSTED}"]')
+    sender = "s@fail.sender.test"
+    code, _ = send(relay, sender, ["alice@example.org"],
+                   sealed(message(sender), keys.rsa, TRUSTED))
+    assert code == 250
+    ar = ar_of(last_spooled(relay))
+    assert f"overridden by trusted ARC sealer {TRUSTED}" in ar and "dmarc=fail" in ar, ar
+    assert "arc=pass" in ar, ar
+    assert b"X-Floodgate-DMARC" not in last_spooled(relay)
+    found = events(sqlite_url, lambda e: e.reason == "dmarc_reject")
+    assert found[0].action == "accept"
+    assert f"arc_override={TRUSTED}" in found[0].detail and "action=none" in found[0].detail
+    code, text = send(relay, sender, ["alice@example.org"],
+                      sealed(message(sender), keys.rsa, ROGUE))
+    assert (code, unref(text)) == (
+        550, "5.7.1 DMARC policy of fail.sender.test rejects this message")
+    refused = events(sqlite_url, lambda e: e.reason == "dmarc_reject" and e.action == "reject")
+    assert "arc=pass" in refused[0].detail and "arc_override" not in refused[0].detail
+
+
+def test_scan_prints_dkim_and_arc_results(tmp_path: Path, sqlite_url: str,
+                                          dns: NameServer, keys: Keys) -> None:
+    config = write_config(tmp_path / "scan.toml", store_url=sqlite_url, port=free_port(),
+                          extra=f'[auth]\nnameserver = "{dns.nameserver}"\n'
+                                f'trusted_arc_sealers = ["{TRUSTED}"]\n')
+    eml = tmp_path / "m.eml"
+    sender = f"s@{SIGNED}"
+    eml.write_bytes(signed(keys.ed25519, "ed", message(sender)).replace(b"\r\n", b"\n"))
+    args = ["scan", str(eml), "--client", "127.0.0.1", "--from", sender]
+    run = floodgate(config, *args)
+    assert f"dkim=pass header.d={SIGNED} header.s=ed header.a=ed25519-sha256" in run.stdout
+    found = json.loads(floodgate(config, *args, "--format", "json").stdout)["auth"]
+    assert [(d["result"], d["domain"]) for d in found["dkim"]] == [("pass", SIGNED)]
+    assert found["dmarc"]["result"] == "pass" and found["action"] == "none"
+    eml.write_bytes(sealed(message("s@fail.sender.test"), keys.rsa, TRUSTED)
+                    .replace(b"\r\n", b"\n"))
+    run = floodgate(config, "scan", str(eml), "--client", "127.0.0.1",
+                    "--from", "s@fail.sender.test")
+    text = " ".join(run.stdout.split())
+    assert f"ARC pass {TRUSTED} overrides the DMARC failure ({TRUSTED} is trusted)" in text, \
+        run.stdout
+    assert "arc=pass" in run.stdout
+
+
+def test_observe_mode_records_a_dmarc_refusal_and_tags(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                       dns: NameServer) -> None:
+    """[policy] observe for example.org: a DMARC p=reject failure to it is recorded as
+    would-have-refused (action observe, 550) and accepted, tagged; example.net enforces, and
+    a message to both is refused."""
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver,
+                       '[policy.domains]\n"example.org" = "observe"\n')
+    sender = "s@fail.sender.test"
+    spooled_text = send_and_read(relay, sender)
+    assert "dmarc=fail" in ar_of(spooled_text)
+    assert b"X-Floodgate-DMARC: fail policy=reject" in spooled_text
+    found = events(sqlite_url, lambda e: e.reason == "dmarc_reject")
+    assert [(e.action, e.code) for e in found] == [("observe", 550)]
+    assert "observe mode" in found[0].detail
+    for rcpts in (["bob@example.net"], ["alice@example.org", "bob@example.net"]):
+        assert send(relay, sender, rcpts, message(sender))[0] == 550, rcpts
+    events(sqlite_url, lambda e: e.reason == "dmarc_reject" and e.action == "reject",
+           at_least=2)
+
+
+def test_observe_mode_everywhere_accepts_dmarc_failures(start_relay, sqlite_url: str,  # type: ignore[no-untyped-def]
+                                                       dns: NameServer) -> None:
+    relay = auth_relay(start_relay, sqlite_url, dns.nameserver,
+                       '[policy]\nmode = "observe"\n')
+    sender = "s@fail.sender.test"
+    code, _ = send(relay, sender, ["alice@example.org", "bob@example.net"], message(sender))
+    assert code == 250
+    assert b"X-Floodgate-DMARC: fail policy=reject" in last_spooled(relay)
+    found = events(sqlite_url, lambda e: e.reason == "dmarc_reject")
+    assert [e.action for e in found] == ["observe"]
+
+
+def test_scan_says_observe_mode_only_records_the_dmarc_refusal(tmp_path: Path, sqlite_url: str,
+                                                              dns: NameServer) -> None:
+    config = write_config(tmp_path / "scan.toml", store_url=sqlite_url, port=free_port(),
+                          extra=f'[auth]\nnameserver = "{dns.nameserver}"\n'
+                                '[policy.domains]\n"example.org" = "observe"\n')
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(message("s@fail.sender.test"))
+    args = ["scan", str(eml), "--client", "127.0.0.1", "--from", "s@fail.sender.test"]
+    run = floodgate(config, *args, "--rcpt", "alice@example.org")
+    assert "Relay accepted and tagged: observe mode ([policy]) only records the refusal " \
+           "(550 5.7.1)" in " ".join(run.stdout.split()), run.stdout
+    found = json.loads(floodgate(config, *args, "--rcpt", "alice@example.org",
+                                 "--format", "json").stdout)["auth"]
+    assert found["action"] == "observe"
+    refused = floodgate(config, *args, "--rcpt", "bob@example.net", check=False)
+    assert refused.returncode == 1 and "refused in session (550 5.7.1)" in refused.stdout

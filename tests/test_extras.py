@@ -51,9 +51,20 @@ def test_postgresql_store_without_postgresql_extra_names_it(tmp_path: Path) -> N
 def test_runtime_leaves_out_the_extras_and_test_pulls_them_in() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = " ".join(project["dependencies"])
-    for heavy in ("matplotlib", "psycopg", "pyclamd"):
+    for heavy in ("matplotlib", "psycopg", "pyclamd", "ldap3"):
         assert heavy not in runtime
     extras = project["optional-dependencies"]
     assert any(d.startswith("matplotlib") for d in extras["charts"])
     assert any(d.startswith("psycopg[binary]") for d in extras["postgresql"])
-    assert "floodgate[charts,postgresql]" in extras["test"]
+    assert any(d.startswith("ldap3") for d in extras["ldap"])
+    assert "floodgate[charts,postgresql,ldap]" in extras["test"]
+
+
+def test_ldap_verification_without_ldap_extra_names_it(tmp_path: Path, sqlite_url: str) -> None:
+    config = write_config(tmp_path / "relay.toml", store_url=sqlite_url, port=free_port())
+    config.write_text(config.read_text()
+                      + '\n[domains."example.org".verify]\nldap_url = "ldap://127.0.0.1:1"\n')
+    result = without("ldap3", "-c", str(config), "check-config")
+    assert result.returncode == 2, result.stderr
+    assert "needs the ldap extra: pip install 'floodgate[ldap]'" in result.stderr, result.stderr
+    assert without("nothing_at_all", "-c", str(config), "check-config").stdout == "ok\n"

@@ -12,12 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from filters.base import Context, Stage, Verdict
+from relay.auth.authenticator import Authenticator
+from relay.config.auth import AuthConfig
 from relay.delivery.spool import Spool
 from relay.smtp import milter
 from relay.smtp.handler import RelayHandler
 from relay.smtp.milter import MilterProtocolError, MilterSession, packet, read_packet, serve_milter
 from relay.smtp.pipeline import Pipeline
 from tests import test_fuzz  # noqa: F401 - its hypothesis profiles
+from tests.dns_server import run_nsd
 
 MAX_SIZE = 2000
 
@@ -84,9 +87,12 @@ def replies(data: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def converse(tmp: Path, stream: bytes) -> tuple[list[tuple[bytes, bytes]], Events]:
+def converse(tmp: Path, stream: bytes, auth: AuthConfig | None = None
+             ) -> tuple[list[tuple[bytes, bytes]], Events]:
     async def run() -> tuple[bytes, Events]:
         h, events = handler(tmp)
+        if auth is not None:
+            h.auth = Authenticator(auth, "mx.test")
         reader = asyncio.StreamReader()
         reader.feed_data(stream)
         reader.feed_eof()
@@ -98,13 +104,14 @@ def converse(tmp: Path, stream: bytes) -> tuple[list[tuple[bytes, bytes]], Event
     return replies(out), events
 
 
-def message(body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+def message(body: bytes, headers: tuple[tuple[bytes, bytes], ...] = (),
+            sender: bytes = b"s@sender.test") -> bytes:
     return b"".join([
         packet(milter.OPTNEG, struct.pack("!III", 6, 0x1FF, 0)),
         packet(milter.MACRO, b"C" + b"j\0mx.test\0"),
         packet(milter.CONNECT, b"client.test\x004\x00\x19192.0.2.7\0"),
         packet(milter.HELO, b"client.test\0"),
-        packet(milter.MAIL, b"<s@sender.test>\0SIZE=10\0"),
+        packet(milter.MAIL, b"<" + sender + b">\0SIZE=10\0"),
         packet(milter.RCPT, b"<bob@example.org>\0"),
         packet(milter.MACRO, b"T" + b"i\0ABC123\0"),
         packet(milter.DATA),
@@ -135,6 +142,36 @@ def test_clean_message_accepted_with_headers_and_forged_ones_deleted(tmp_path: P
     last = events.events[-1]
     assert (last.client, last.reason, last.queue_id, last.sender) == (  # type: ignore[attr-defined]
         "192.0.2.7", "accepted", "ABC123", "s@sender.test")
+
+
+def test_authentication_results_replace_the_senders_claims_to_our_id(tmp_path: Path) -> None:
+    """[auth] on: the sender's Authentication-Results and ARC-Authentication-Results naming
+    our authserv-id are deleted, ours inserted at the top (index 0); another id's kept.
+    A DMARC p=reject failure is refused with the relay's 550 5.7.1."""
+    zone = ['@ IN TXT "v=spf1 ip4:192.0.2.7 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"',
+            'fail IN TXT "v=spf1 -all"', '_dmarc.fail IN TXT "v=DMARC1; p=reject"']
+    with run_nsd(tmp_path / "dns", {"sender.test": zone}) as dns:
+        auth = AuthConfig(enabled=True, nameserver=dns.nameserver, timeout=1.0)
+        out, _ = converse(tmp_path, message(b"Hello.\r\n", (
+            (b"Authentication-Results", b"other.test; spf=fail"),
+            (b"Authentication-Results", b" MX.test;\n\tspf=pass smtp.mailfrom=x"),
+            (b"From", b"s@sender.test"),
+            (b"ARC-Authentication-Results", b"i=1; mx.test; dmarc=pass"))), auth)
+        refused, _ = converse(tmp_path, message(b"Hello.\r\n", (
+            (b"From", b"s@fail.sender.test"),), sender=b"s@fail.sender.test"), auth)
+    end = out[13:]
+    assert end[0] == (milter.CHGHEADER,
+                      struct.pack("!I", 1) + b"ARC-Authentication-Results\0\0")
+    assert end[1] == (milter.CHGHEADER, struct.pack("!I", 2) + b"Authentication-Results\0\0")
+    assert [c for c, _ in end[2:4]] == [milter.ADDHEADER] * 2  # the scanner's X-Spam-*
+    command, data = end[4]
+    assert command == milter.INSHEADER and data.startswith(
+        struct.pack("!I", 0) + b"Authentication-Results\0mx.test; spf=pass"), end[4]
+    assert b"dmarc=pass (aligned spf) header.from=sender.test" in data.replace(b"\n\t", b" ")
+    assert end[5:] == [(milter.ACCEPT, b"")]
+    command, data = refused[-1]
+    assert command == milter.REPLYCODE
+    assert data.startswith(b"550 5.7.1 DMARC policy of fail.sender.test rejects this message")
 
 
 def test_refusal_is_the_relays_reply_with_its_reference(tmp_path: Path) -> None:

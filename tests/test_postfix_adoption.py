@@ -5,6 +5,7 @@ recipient checks) and `floodgate milter` (content) running on a real store, clam
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dns_server import run_nsd
 from tests.make_fixtures import SIG_EICAR
 from tests.postfix_mta import Postfix
 from tests.services import MESSAGES
@@ -30,6 +32,10 @@ from tests.test_content import scanners
 from tests.test_smtp import ALIASES
 
 pytest_plugins = ["tests.scanner_fixtures"]  # real clamd and spamd, session-wide
+
+
+AUTH_ZONE = ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"',
+             'fail IN TXT "v=spf1 -all"', '_dmarc.fail IN TXT "v=DMARC1; p=reject"']
 
 
 @dataclass
@@ -53,11 +59,19 @@ def adopted(request, tmp_path: Path, postgres, clamd, spamd) -> Iterator[Adopted
     postfix = Postfix(sink.port, "")
     policy_port, milter_port = free_port(), free_port()
     milter_at = f"127.0.0.1:{milter_port}"
-    if getattr(request, "param", "inet") == "unix":
+    kind = getattr(request, "param", "inet")
+    if kind == "unix":
         milter_at = str(postfix.dir / "floodgate-milter.sock")
+    auth = ""
+    if kind == "auth":  # [auth] on, the senders' SPF and DMARC served by nsd
+        served = contextlib.ExitStack()
+        request.addfinalizer(served.close)
+        dns = served.enter_context(run_nsd(tmp_path / "dns", {"sender.test": AUTH_ZONE}))
+        auth = f'[auth]\nenabled = true\nnameserver = "{dns.nameserver}"\n'
     config = write_config(tmp_path / "floodgate.toml", store_url=postgres.create_database(),
                           port=free_port(),
-                          extra=SCORING % "1h" + scanners(clamd.unix_address, spamd.address))
+                          extra=SCORING % "1h" + scanners(clamd.unix_address, spamd.address)
+                          + auth)
     (tmp_path / "aliases.txt").write_text(ALIASES)
     floodgate(config, "aliases", "import", "--format", "list", str(tmp_path / "aliases.txt"))
     policy = RelayProcess(config, policy_port, log_name="policy", command=(
@@ -161,6 +175,26 @@ def test_clean_mail_arrives_with_floodgates_headers(adopted: Adopted) -> None:
     assert b"X-Spam-Status: No, score=" in head
     adopted.milter.wait_for_log(r"decision .*client=127.0.0.1 stage=data action=accept "
                                 r"reason=accepted code=250")
+
+
+@pytest.mark.parametrize("adopted", ["auth"], indirect=True)
+def test_milter_authenticates_through_postfix(adopted: Adopted) -> None:
+    """[auth] on: the sender's Authentication-Results claiming our id is gone, ours is
+    there once; a DMARC p=reject failure gets the relay's 550 5.7.1 from Postfix."""
+    forged = (b"Authentication-Results: mx1.example.net; dmarc=pass\r\n"
+              b"From: s@sender.test\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHi.\r\n")
+    with connect(adopted.postfix) as smtp:
+        smtp.sendmail("s@sender.test", ["bob@example.org"], forged)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("s@fail.sender.test", ["bob@example.org"],
+                          forged.replace(b"From: s@sender.test", b"From: s@fail.sender.test"))
+    assert (refused.value.smtp_code, unref(refused.value.smtp_error)) == (
+        550, "5.7.1 DMARC policy of fail.sender.test rejects this message")
+    wait_until(lambda: adopted.sink.received, 30, "delivery to the sink")
+    head = adopted.sink.received[0].data.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"Authentication-Results: mx1.example.net;") == 1, head
+    assert b"dmarc=pass (aligned spf) header.from=sender.test" in head.replace(
+        b"\r\n\t", b" "), head
 
 
 @pytest.mark.parametrize("adopted", ["unix"], indirect=True)

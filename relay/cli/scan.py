@@ -22,6 +22,7 @@ from relay.auth.check import Action, AuthReport
 from relay.auth.header import NAME
 from relay.cli import common as cli
 from relay.config import Config
+from relay.smtp.observe import Observe
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -50,6 +51,8 @@ def _summary(report: AuthReport, action: str) -> list[str]:
                  + (f"  overrides the DMARC failure ({report.arc_override} is trusted)"
                     if report.arc_override else ""))
     outcome = {"reject": "refused in session (550 5.7.1)",
+               "observe": "accepted and tagged: observe mode ([policy]) only records the "
+                          "refusal (550 5.7.1)",
                "tag": "accepted and tagged", "none": "accepted"}[action]
     lines.append(f"Relay  {outcome}" + (f"; events: {', '.join(report.findings())}"
                                         if report.findings() else ""))
@@ -57,14 +60,26 @@ def _summary(report: AuthReport, action: str) -> list[str]:
 
 
 def _authenticate(config: Config, message: bytes, client: str, helo: str, sender: str,
-                  rcpts: list[str]) -> tuple[AuthReport, Action, str]:
+                  rcpts: list[str]) -> tuple[AuthReport, str, str]:
+    """The report, what the relay would do ("observe": a refusal observe mode only records,
+    as RelayHandler decides it) and the Authentication-Results value."""
     auth = Authenticator(config.auth, config.relay.hostname)
     report = asyncio.run(auth.check(_as_received(message), client, helo, sender))
-    action = auth.action(report, rcpts)
-    return report, action, auth.headers(report, action)[0][1]
+    action: str = auth.action(report, rcpts)
+    if action == "reject":
+        observed = config.observed()
+        observe = Observe(observed, everywhere=observed == frozenset(config.hosted()))
+        enforcing = [r for r in rcpts if not observe.of(r)]
+        if rcpts:  # no recipient of an enforcing domain would have it refused
+            observing = not enforcing or auth.action(report, enforcing) != "reject"
+        else:
+            observing = config.policy.mode == "observe"
+        action = "observe" if observing else action
+    shown: Action = "tag" if action == "observe" else action  # type: ignore[assignment]
+    return report, action, auth.headers(report, shown)[0][1]
 
 
-def _auth_json(report: AuthReport, action: Action, header: str) -> dict[str, object]:
+def _auth_json(report: AuthReport, action: str, header: str) -> dict[str, object]:
     return {
         "authentication_results": header,
         "action": action,

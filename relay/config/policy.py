@@ -1,4 +1,4 @@
-"""`[policy]`: enforce the refusals of scoring, blocking and DNSBL, or only record them
+"""`[policy]`: enforce the refusals of scoring, blocking, DNSBL and DMARC, or only record them
 (observe mode), for every hosted domain or per domain."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class PolicyConfig(Strict):
         description=(
             '`"observe"`: refusals by scoring, blocking and DNSBL are recorded as '
             "would-have-refused (event action `observe`, the reason and `554` they would "
-            "have carried) and the session goes on"
+            "have carried) and the session goes on; a DMARC p=reject refusal is recorded "
+            "the same way and the message accepted, tagged"
         ))
     # [policy.domains] "example.org" = "observe": that domain's mode, overriding `mode`
     domains: dict[str, Mode] = Field(default_factory=dict)

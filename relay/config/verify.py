@@ -4,6 +4,8 @@ lookup, cached, rate-limited per domain."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 from pydantic import Field
 
 from relay.config.types import Duration, Strict
@@ -43,4 +45,8 @@ class VerifyConfig(Strict):
             return "set smtp = true or ldap_url (or both)"
         if self.ldap_url and "%s" not in self.ldap_filter:
             return "ldap_filter needs a %s for the address"
+        # ldap3 is an optional extra: say so at check-config and start-up, not as a 450 for
+        # every recipient once the first lookup fails to import it
+        if self.ldap_url and find_spec("ldap3") is None:
+            return "ldap_url needs the ldap extra: pip install 'floodgate[ldap]'"
         return None

@@ -905,8 +905,8 @@ class RelayHandler:
                           envelope: Envelope, address: str) -> str:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
-    async def check_content(self, session: RelaySession, envelope: Envelope, data: bytes,
-                            *, authenticate: bool = True) -> ContentDecision:
+    async def check_content(self, session: RelaySession, envelope: Envelope,
+                            data: bytes) -> ContentDecision:
         """DATA's decisions before anything is queued: the header size limit, the hop
         count, the From-domain block, the content filters and (with [auth] on) SPF, DKIM,
         DMARC and ARC beside them, within the reply deadline. A refusal comes back
@@ -935,7 +935,7 @@ class RelayHandler:
                       content=data, notes=notes)
         left = (session.reply_deadline - asyncio.get_running_loop().time()
                 if session.reply_deadline is not None else None)
-        auth = self.auth if authenticate else None
+        auth = self.auth
         # authentication is DNS: it runs while the content scanners do, not after them
         checking = (asyncio.ensure_future(auth.check(data, session.client, session.helo,
                                                      envelope.mail_from or ""))
@@ -959,10 +959,13 @@ class RelayHandler:
         if auth is None or report is None:
             return ContentDecision(verdict, [], notes)
         action = auth.action(report, envelope.rcpt_tos)
-        refusal = self._auth_findings(session, envelope, report, action, rcpts, len(data))
+        observing = action == "reject" and self._observes_dmarc(auth, report, envelope)
+        refusal = self._auth_findings(session, envelope, report, action, rcpts, len(data),
+                                      observing=observing)
         if refusal is not None:
             return ContentDecision(refusal, [], notes)
-        return ContentDecision(verdict, auth.headers(report, action), notes)
+        return ContentDecision(verdict, auth.headers(report, "tag" if observing else action),
+                               notes)
 
     async def handle_DATA(self, server: FloodgateSMTP, session: RelaySession,
                           envelope: Envelope) -> str:
@@ -1034,11 +1037,24 @@ class RelayHandler:
             log.exception("authentication failed %s", kv(session=session.sid))
             return None
 
+    def _observes_dmarc(self, auth: Authenticator, report: AuthReport,
+                        envelope: Envelope) -> bool:
+        """Observe mode ([policy]) for a DMARC refusal: no recipient of an enforcing domain
+        would have it refused (a message to an enforcing and an observing domain is
+        refused, as one to a rejecting and a tagging domain is)."""
+        enforcing = [r for r in envelope.rcpt_tos if not self.observe.of(r)]
+        return not enforcing or auth.action(report, enforcing) != "reject"
+
     def _auth_findings(self, session: RelaySession, envelope: Envelope, report: AuthReport,
-                       action: str, rcpts: str, size: int) -> Verdict | None:
+                       action: str, rcpts: str, size: int, *,
+                       observing: bool = False) -> Verdict | None:
         """Each finding (spf_fail, dkim_fail, dmarc_reject, ...) is an event for scoring and
-        reports, its detail naming the From domain; the refusal when the action is reject."""
+        reports, its detail naming the From domain; the refusal when the action is reject.
+        Observing, the refusal is recorded as would-have-refused (action observe), the
+        message accepted and tagged."""
         detail = report.summary() + (f" action={action}" if report.findings() else "")
+        if observing:
+            detail += " (observe mode: tagged)"
         refusal = None
         if action == "reject":
             refusal = Verdict.reject(
@@ -1054,6 +1070,10 @@ class RelayHandler:
             self.record(session, envelope, Stage.DATA,
                         Verdict(Action.ACCEPT, 0, "", reason, "authentication", detail),
                         recipient=rcpts, size=size)
+        if refusal is not None and observing:
+            self.record(session, envelope, Stage.DATA, observed(refusal), recipient=rcpts,
+                        size=size)
+            return None
         if refusal is not None:
             self.record(session, envelope, Stage.DATA, refusal, recipient=rcpts, size=size)
         return refusal

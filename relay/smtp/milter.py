@@ -5,6 +5,8 @@ body the relay's own DATA decisions run (`RelayHandler.check_content`: the heade
 hop count, ClamAV and SpamAssassin with the verdict cache) and are recorded as the relay's
 events. A refusal goes back as SMFIR_REPLYCODE with the relay's own reply text, a scanner
 failure as its 4xx, an accepted message gets the relay's X-Spam-* headers (forged ones
+deleted first) and, with [auth] on, its Authentication-Results inserted at the top (the
+sender's Authentication-Results and ARC-Authentication-Results naming our authserv-id
 deleted first). No maintained pure-Python milter library exists (pymilter needs libmilter,
 purepythonmilter is at 0.0.1), so this is a small implementation with strict bounds: a
 packet over MAX_PACKET or a protocol error closes the connection, which Postfix's
@@ -47,6 +49,7 @@ QUIT_NC, HEADER, MAIL, EOH, OPTNEG, QUIT = b"K", b"L", b"M", b"N", b"O", b"Q"
 RCPT, DATA, UNKNOWN = b"R", b"T", b"U"
 # replies (SMFIR_*)
 ADDHEADER, CHGHEADER, ACCEPT, CONTINUE, REPLYCODE = b"h", b"m", b"a", b"c", b"y"
+INSHEADER = b"i"  # SMFIR_INSHEADER: a field at an index, 0 the top (allowed by ADDHDRS)
 # actions asked for at negotiation (SMFIF_*): add and change (delete) header fields
 SMFIF_ADDHDRS, SMFIF_CHGHDRS = 0x01, 0x10
 
@@ -185,8 +188,7 @@ class MilterSession:
         key = _text(name).lower()
         self.counts[key] = self.counts.get(key, 0) + 1
         auth = self.handler.auth
-        # the milter does not authenticate (Postfix keeps what the sender wrote), but an
-        # Authentication-Results a sender forged under our id must not reach the mailbox
+        # an Authentication-Results a sender forged under our id must not reach the mailbox
         if key.startswith(STRIP_PREFIXES) or (
                 auth is not None and claims_ours(name, value, auth.authserv_id)):
             self.forged.append((_text(name), self.counts[key]))
@@ -227,6 +229,7 @@ class MilterSession:
         queue_id = self.macros.get("i", "")
         rcpts = ",".join(envelope.rcpt_tos)
         notes: list[str] = []
+        auth_headers: list[tuple[str, str]] = []
         if self.size > self.max_size:
             verdict: Verdict | None = Verdict.reject(
                 552, "5.3.4", "size", TOO_BIG_TEXT,
@@ -240,11 +243,8 @@ class MilterSession:
             loop = asyncio.get_running_loop()
             session.reply_deadline = loop.time() + handler.limits.reply_timeout
             try:
-                # no authentication here: Postfix keeps the headers a sender forged, so an
-                # Authentication-Results of ours could not be told from theirs
-                decision = await handler.check_content(session, envelope, data,
-                                                       authenticate=False)
-                verdict, notes = decision.verdict, decision.notes
+                decision = await handler.check_content(session, envelope, data)
+                verdict, auth_headers, notes = decision
             finally:
                 session.reply_deadline = None
         out: list[bytes]
@@ -257,6 +257,10 @@ class MilterSession:
             if Stage.DATA in handler.pipeline.stages and verdict is not None:
                 out += [packet(ADDHEADER, name.encode() + b"\0" + _folded(name, value) + b"\0")
                         for name, value in verdict.headers]
+            # ours at the top, in order: inserted at index 0 last first
+            out += [packet(INSHEADER, struct.pack("!I", 0) + name.encode() + b"\0"
+                           + _folded(name, value) + b"\0")
+                    for name, value in reversed(auth_headers)]
             handler.record(session, envelope, Stage.DATA, Verdict.accept(
                 250, "2.0.0", "accepted", f"Ok: queued as {queue_id}",
                 detail=scan_notes(verdict)), recipient=rcpts, size=self.size,

@@ -17,12 +17,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scripts.benchlib import adoption, greylist_cost, trace_scale, verification
+from scripts.benchlib import adoption, auth_scenario, greylist_cost, trace_scale, verification
 from scripts.benchlib import scenarios as sc
 from scripts.benchlib.services import ROOT
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ALL = "1,2,3,4,5,6,7,8,9,10,12,13,14"
+ALL = "1,2,3,4,5,6,7,8,9,10,11,12,13,14"
 
 
 def machine() -> str:
@@ -146,6 +146,7 @@ def main() -> None:
                  ("8", lambda: sc.scenario_8(settings, scanners)),
                  ("9", lambda: sc.scenario_9(settings)),
                  ("10", lambda: trace_scale.scenario_10(settings)),
+                 ("11", lambda: auth_scenario.scenario_11(settings)),
                  ("12", lambda: adoption.scenario_12(settings)),
                  ("13", lambda: verification.scenario_13(settings)),
                  ("14", lambda: greylist_cost.scenario_14(settings))]
