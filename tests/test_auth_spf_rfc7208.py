@@ -143,14 +143,21 @@ def test_rfc7208_case(servers: dict[str, NameServer], scenario: str, name: str,
     allowed = [expected] if isinstance(expected, str) else list(expected)
     server = servers[scenario]
 
-    async def run() -> str:
+    async def run() -> tuple[str, str, int]:
         resolver = Resolver(server.nameserver, timeout=2.0)
-        got = await check_spf(resolver, case["host"], case.get("mailfrom", ""),
-                              case.get("helo", ""))
-        return got.result
+        args = (case["host"], case.get("mailfrom", ""), case.get("helo", ""))
+        first = await check_spf(resolver, *args)
+        # again with the answers cached: evaluated on the loop from the cache (spf.py),
+        # it must say the same and ask the name server nothing more
+        asked = resolver.queries
+        again = await check_spf(resolver, *args)
+        return first.result, again.result, resolver.queries - asked
 
-    result = asyncio.run(run())
+    result, again, asked = asyncio.run(run())
     assert result in allowed, f"{name}: {case.get('description', '')} ({case.get('spec')})"
+    assert again == result, f"{name}: {result} first, {again} from the cache"
+    if result != "temperror":
+        assert asked == 0, f"{name}: {asked} queries with the answers cached"
 
 
 def test_skips_are_suite_cases() -> None:

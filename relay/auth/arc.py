@@ -19,7 +19,15 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from relay.auth.dkim import header_section
-from relay.auth.domainkeys import KeyRecord, answering_from, fetch_keys, key_name, parsed
+from relay.auth.domainkeys import (
+    INLINE_MAX_BYTES,
+    INLINE_MAX_SIGNATURES,
+    KeyRecord,
+    answering_from,
+    fetch_keys,
+    key_name,
+    parsed,
+)
 from relay.auth.lookup import TxtLookup
 from relay.auth.quiet import QUIET
 from relay.auth.verdicts import ArcResult
@@ -43,11 +51,17 @@ async def verify_arc(message: bytes, txt: TxtLookup, *, executor: Executor | Non
     if not _ARC.search(head):
         return ArcResult("none")
     loop = asyncio.get_running_loop()
+    # as DKIM (relay/auth/domainkeys.py): a small message's chain of one or two sets is
+    # verified on the loop, the rest in the executor
+    inline = executor is None and len(message) <= INLINE_MAX_BYTES
     try:
-        plan = await loop.run_in_executor(executor, _read, head, max_sets)
+        plan = (_read(head, max_sets) if inline
+                else await loop.run_in_executor(executor, _read, head, max_sets))
         if plan.verdict is not None:
             return plan.verdict
         keys = await fetch_keys(plan.names, txt)
+        if inline and plan.instances <= INLINE_MAX_SIGNATURES:
+            return _verify(message, plan, keys)
         return await loop.run_in_executor(executor, _verify, message, plan, keys)
     except Exception as e:  # a dkimpy corner we did not foresee must not fail the message
         return ArcResult("fail", reason=f"not verified: {type(e).__name__}")

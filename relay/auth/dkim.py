@@ -26,6 +26,8 @@ from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from relay.auth.domainkeys import (
+    INLINE_MAX_BYTES,
+    INLINE_MAX_SIGNATURES,
     KeyRecord,
     answering_from,
     fetch_keys,
@@ -61,16 +63,21 @@ async def verify_dkim(message: bytes, txt: TxtLookup, *, executor: Executor | No
     Never raises: a malformed signature, key or message is a result (neutral, permerror),
     a key DNS could not give now is temperror. `executor` runs the parsing and the
     cryptography (default: the loop's default executor; a ProcessPoolExecutor keeps even
-    a 25 MB body's hashing off the loop's GIL)."""
+    a 25 MB body's hashing off the loop's GIL); without one, a message of at most
+    INLINE_MAX_BYTES with at most INLINE_MAX_SIGNATURES signatures is verified on the loop."""
     head = header_section(message)
     if not _SIGNED.search(head):
         return []
     loop = asyncio.get_running_loop()
+    inline = executor is None and len(message) <= INLINE_MAX_BYTES
     try:
-        plan = await loop.run_in_executor(executor, _read, head, max_signatures)
+        plan = (_read(head, max_signatures) if inline
+                else await loop.run_in_executor(executor, _read, head, max_signatures))
         if not plan.checks:
             return [r for r in plan.results if r is not None]
         keys = await fetch_keys({c.name for c in plan.checks}, txt)
+        if inline and len(plan.checks) <= INLINE_MAX_SIGNATURES:
+            return _verify(message, plan, keys)
         return await loop.run_in_executor(executor, _verify, message, plan, keys)
     except Exception as e:  # a dkimpy corner we did not foresee must not fail the message
         return [DkimResult("neutral", "", "", reason=f"not verified: {type(e).__name__}")]

@@ -72,6 +72,14 @@ class Resolver:
         """The `TxtLookup` of relay/auth/lookup.py."""
         return [a for a in await self.query(name, "TXT") if isinstance(a, bytes)]
 
+    def cached(self, name: str, rdtype: str) -> Answer | None:
+        """The answer the cache holds now, or None: for a caller on the loop's thread that
+        must not wait (SPF evaluated inline while every answer is cached)."""
+        hit = self._cache.get((name.lower().rstrip("."), rdtype.upper()))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]
+
     async def query(self, name: str, rdtype: str) -> Answer:
         """The records of `rdtype` at `name` ([] for NXDOMAIN or NODATA); DnsTemporary when
         the answer cannot be had now. Concurrent asks for one name share one query."""
