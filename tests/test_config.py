@@ -83,6 +83,12 @@ def test_issue_example_works_as_written(tmp_path: Path) -> None:
       '[spamassassin.domains."bücher.example"]\ntag_score = 3\nreject_score = 6\n'
       '[spamassassin.domains."XN--BCHER-KVA.example."]\ntag_score = 4\nreject_score = 8'),
      "spamassassin.domains: 'XN--BCHER-KVA.example.': same domain as 'bücher.example'"),
+    (("catch_all = false", 'catch_all = false\n[attachments]\n'
+      '[attachments.domains."example.org"]\nbanned_extensions = ["exe"]\n'
+      '[attachments.domains."EXAMPLE.org."]\nbanned_extensions = []'),
+     "attachments.domains: 'EXAMPLE.org.': same domain as 'example.org'"),
+    (("catch_all = false", 'catch_all = false\n[auth.domains]\n"nowhere.example" = "tag"'),
+     "(top level): auth.domains.'nowhere.example': not a hosted domain"),
 ])
 def test_mistakes_name_their_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
     path = tmp_path / "floodgate.toml"

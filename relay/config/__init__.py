@@ -69,15 +69,12 @@ class Config(Strict):
             if key in seen:
                 raise ValueError(f"domains.{name!r}: same domain as {seen[key]!r}")
             seen[key] = name
-        for name in self.policy.domains:
-            if name not in seen:
-                raise ValueError(f"policy.domains.{name!r}: not a hosted domain")
-        for name in self.auth.domains:
-            if name not in seen:
-                raise ValueError(f"auth.domains.{name!r}: not a hosted domain")
-        for name in self.attachments.domains if self.attachments else ():
-            if name not in seen:
-                raise ValueError(f"attachments.domains.{name!r}: not a hosted domain")
+        per_domain = {"policy": self.policy.domains, "auth": self.auth.domains,
+                      "attachments": self.attachments.domains if self.attachments else {}}
+        for section, names in per_domain.items():
+            for name in names:
+                if name not in seen:
+                    raise ValueError(f"{section}.domains.{name!r}: not a hosted domain")
         return self
 
     def hosted(self) -> dict[str, DomainConfig]:

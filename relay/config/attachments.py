@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from filters.address import normalise_domain
 from filters.attachments import BANNED_EXTENSIONS, BANNED_TYPES
-from relay.config.types import Strict
+from relay.config.types import Strict, per_domain
 
 
 class AttachmentLists(Strict):
@@ -35,7 +34,7 @@ class AttachmentsConfig(Strict):
     @field_validator("domains")
     @classmethod
     def _normalise(cls, v: dict[str, AttachmentLists]) -> dict[str, AttachmentLists]:
-        return {normalise_domain(k): lists for k, lists in v.items()}
+        return per_domain(v)
 
     def lists_for(self, domain: str) -> tuple[list[str], list[str]]:
         """(extensions, types) for a recipient domain."""

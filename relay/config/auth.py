@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from filters.address import normalise_domain
-from relay.config.types import Strict
+from relay.config.types import Strict, per_domain
 
 DmarcReject = Literal["reject", "tag", "none"]
 
@@ -38,14 +38,7 @@ class AuthConfig(Strict):
     @field_validator("domains")
     @classmethod
     def _domains(cls, v: dict[str, DmarcReject]) -> dict[str, DmarcReject]:
-        out: dict[str, DmarcReject] = {}
-        seen: dict[str, str] = {}
-        for name, action in v.items():
-            key = normalise_domain(name)
-            if key in seen:
-                raise ValueError(f"{name!r}: same domain as {seen[key]!r}")
-            seen[key], out[key] = name, action
-        return out
+        return per_domain(v)
 
     @field_validator("trusted_arc_sealers")
     @classmethod

@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from filters.address import normalise_domain
-from relay.config.types import Strict
+from relay.config.types import Strict, per_domain
 
 Mode = Literal["enforce", "observe"]
 
@@ -28,14 +27,7 @@ class PolicyConfig(Strict):
     @field_validator("domains")
     @classmethod
     def _domains(cls, v: dict[str, Mode]) -> dict[str, Mode]:
-        out: dict[str, Mode] = {}
-        seen: dict[str, str] = {}
-        for name, mode in v.items():
-            key = normalise_domain(name)
-            if key in seen:
-                raise ValueError(f"{name!r}: same domain as {seen[key]!r}")
-            seen[key], out[key] = name, mode
-        return out
+        return per_domain(v)
 
     def observed(self, hosted: list[str]) -> frozenset[str]:
         """The hosted domains (normalised) whose mode is observe."""

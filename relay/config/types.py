@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from filters.address import normalise_domain
 from filters.endpoints import parse_address
 
 # What a scanner's failure, or a message past its size, gets ([clamav] and [spamassassin]).
@@ -101,3 +102,20 @@ def scanner_address(v: str | list[str]) -> str | list[str]:
 # Seconds, written as 30, "30s", "5m", "24h" or "7d"; never negative. One type for every
 # duration in every section, so each section stops repeating the same validator.
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+T = TypeVar("T")
+
+
+def per_domain(v: dict[str, T]) -> dict[str, T]:
+    """A `[section.domains]` table keyed by normalised domain (lower case, A-label); two
+    spellings of one domain are refused, not silently merged. Config checks that each is
+    a hosted domain."""
+    out: dict[str, T] = {}
+    seen: dict[str, str] = {}
+    for name, value in v.items():
+        key = normalise_domain(name)
+        if key in seen:
+            raise ValueError(f"{name!r}: same domain as {seen[key]!r}")
+        seen[key], out[key] = name, value
+    return out
