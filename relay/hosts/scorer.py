@@ -53,12 +53,16 @@ class Scorer:
         self.weights = scoring.all_weights()
 
     def run_once(self, now: datetime | None = None) -> list[BlockDecision]:
-        now = now or datetime.now(UTC)
         reasons = [r for r, w in self.weights.items() if w != 0]
-        offences = blocks.load_offences(
-            self.engine, since=now - timedelta(seconds=self.scoring.window), now=now,
-            reasons=reasons)
-        existing = blocks.load_blocks(self.engine)
+        while True:
+            at = now or datetime.now(UTC)
+            offences = blocks.load_offences(
+                self.engine, since=at - timedelta(seconds=self.scoring.window), now=at,
+                reasons=reasons)
+            existing = blocks.load_blocks(self.engine)
+            if now is not None or not _ended_meanwhile(existing, at):
+                break
+        now = at
         decisions = self._decide(offences, existing, now)
         blocks.write_decisions(self.engine, decisions, self.node, now)
         self._log(decisions)
@@ -72,10 +76,14 @@ class Scorer:
         the blocks now active for these hosts (for the gate) and the hosts whose tally is
         no longer good (a block since ended after the tally began: the periodic run over
         the store decides for them)."""
-        now = now or datetime.now(UTC)
         keys = {t.host for t in tallies}
         keys |= {n for n in map(network_key, keys) if n is not None}
-        existing = blocks.load_blocks(self.engine, keys)
+        while True:
+            at = now or datetime.now(UTC)
+            existing = blocks.load_blocks(self.engine, keys)
+            if now is not None or not _ended_meanwhile(existing, at):
+                break
+        now = at
         stale = set()
         for t in tallies:
             for key in (t.host, network_key(t.host)):
@@ -130,3 +138,12 @@ class Scorer:
     async def loop(self) -> None:
         await poll_every(self.scoring.interval, self.run_once, logger=log.name,
                          failed="scoring failed, will retry", recovered="scoring running again")
+
+
+def _ended_meanwhile(existing: dict[str, BlockState], at: datetime) -> bool:
+    """Whether a block read as active at `at` had already ended when the read finished: an
+    operator's unblock between taking the time and reading the store. Judged at `at`, it
+    would be active, and its extension (compare-and-set on the expiry just read) would
+    undo the unblock; the caller reads again with a later time."""
+    after = datetime.now(UTC)
+    return any(at < b.expires <= after for b in existing.values())
