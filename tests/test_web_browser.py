@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import func, select
 
 from blocklist import blocks
 from blocklist.chart_style import OUTCOME_COLOURS, nice_ticks
 from relay.store.database import make_engine
+from relay.store.tables import Event
 from tests import axe
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, split_ref, wait_until
 from tests.test_blocking import dictionary_attack, refused_at_connect
 from tests.test_smtp import ALIASES, MESSAGE
 from tests.web_support import ADMIN, ADMIN_NAME, READ, gate_caught_up, relay_extra, web_starter
@@ -120,6 +122,18 @@ def attacked(start_relay, start_web, sqlite_url):  # type: ignore[no-untyped-def
     dictionary_attack(relay, "127.0.0.5")
     engine = make_engine(sqlite_url)
     wait_until(lambda: blocks.active_blocks(engine), what="the scorer to block 127.0.0.5")
+    # The block is made as the offence is recorded, before the events reach the store. One
+    # more knock, refused at the door, is 127.0.0.5's last event; events are written in
+    # order, so once its session is stored the whole attack is, as the pages will show it.
+    refusal = wait_until(lambda: refused_at_connect(relay, "127.0.0.5"), what="the door")
+    _, ref = split_ref(str(refusal))
+
+    def stored() -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(Event).where(
+                Event.session == ref)).scalar_one()
+
+    wait_until(stored, what="the attack's events in the store")
     engine.dispose()
     return relay, web
 
