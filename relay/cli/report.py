@@ -3,9 +3,11 @@ wants, from the store's rollups; rich tables on a terminal, CSV/JSON for scripts
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -37,6 +39,18 @@ def _since(value: str) -> float:
 
 def _when(dt: datetime | None) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if dt else ""
+
+
+def _machine_readable(fmt: str, records: Sequence[dict[str, Any]], fields: Sequence[str]) -> bool:
+    """Print `records` as CSV or JSON when `fmt` asks for it; False leaves the table to
+    the caller (one reading of --format for the row reports)."""
+    if fmt == "csv":
+        click.echo(rp.to_csv(records, fields), nl=False)
+    elif fmt == "json":
+        click.echo(rp.to_json(records))
+    else:
+        return False
+    return True
 
 
 def _num(n: int) -> str:
@@ -79,11 +93,7 @@ def hosts(ctx: click.Context, since: str, top: int, reason: str | None, fmt: str
                            weights=config.scoring.all_weights(), score_since=score_since,
                            active=blocks.active_blocks(engine, now))
     records = [h.row() for h in rows]
-    if fmt == "csv":
-        click.echo(rp.to_csv(records, rp.HOST_FIELDS), nl=False)
-        return
-    if fmt == "json":
-        click.echo(rp.to_json(records))
+    if _machine_readable(fmt, records, rp.HOST_FIELDS):
         return
     # a terminal is narrow: refusal columns nobody scored are left out (CSV/JSON keep all)
     fields = ["connections", "accepted", "rejected",
@@ -155,11 +165,7 @@ def auth(ctx: click.Context, since: str, top: int, fmt: str) -> None:
     config = cli.load(ctx)
     start, _now = rp.since_now(_since(since))
     rows = rp.auth_by_domain(cli.open_store(config), since=start, top=top)
-    if fmt == "csv":
-        click.echo(rp.to_csv(rows, rp.AUTH_FIELDS), nl=False)
-        return
-    if fmt == "json":
-        click.echo(rp.to_json(rows))
+    if _machine_readable(fmt, rows, rp.AUTH_FIELDS):
         return
     table = Table(*(f.replace("_", " ") for f in rp.AUTH_FIELDS),
                   title=f"authentication findings by From domain since {_when(start)} UTC",
